@@ -1,0 +1,36 @@
+# All set-up is idempotent: re-running a target only redoes what is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.twostep-installed
+CONSTRAINTS := $(VENV)/torch-constraints.txt
+TORCH_VERSION := 2.13.0
+
+.PHONY: setup demo test lint clean-runs
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first (the CPU wheel on disk), then everything else with torch pinned so no
+# resolver step can pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml $(BIN)/python
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	echo "torch==$(TORCH_VERSION)" > $(CONSTRAINTS)
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	$(BIN)/pip check
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/distill run --config toy
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,1 @@
+"""twostep flows package."""

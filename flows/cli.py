@@ -1,0 +1,123 @@
+"""The ``distill`` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows.env import apply_defaults
+from pipeline.errors import TwostepError
+
+apply_defaults()
+
+app = typer.Typer(
+    name="distill",
+    help="twostep: distill an 8-step text-to-image teacher into a 2-step student.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    str, typer.Option("--config", "-c", help="Preset name (toy, smoke, ...) or a YAML file.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config field: section.field=value (repeat)."),
+]
+WorkspaceOpt = Annotated[
+    str | None,
+    typer.Option("--workspace", "-w", help="Artifact root (default: ./runs/<preset>)."),
+]
+
+
+def fail(exc: TwostepError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = "toy",
+    set_: SetOpt = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Compute only this stage (repeat); upstream must be cached."),
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute, ignore the cache.")] = False,
+) -> None:
+    """Run the pipeline (or some stages) locally: ephemeral Prefect, local Ray."""
+    from flows.distill import distill
+    from pipeline.config import load_config, workspace_of
+    from pipeline.store import ArtifactStore
+    from stages.registry import plan_run, preflight
+
+    try:
+        cfg = load_config(config, set_, workspace)
+        plan = plan_run(only)
+        preflight(cfg, ArtifactStore(workspace_of(cfg)), plan)
+        summary = distill(config=config, overrides=set_ or [], workspace=workspace,
+                          only=only or None, force=force)
+    except TwostepError as exc:
+        fail(exc)
+    table = Table(title=f"distill run ({config})")
+    for column in ("stage", "key", "result", "counts", "folder"):
+        table.add_column(column)
+    for stage, info in summary.items():
+        counts = ", ".join(f"{k}={v}" for k, v in info["counts"].items())
+        table.add_row(stage, str(info["key"]), "cached" if info["cached"] else "computed",
+                      counts, str(info["uri"]))
+    console.print(table)
+
+
+@app.command()
+def status(
+    config: ConfigOpt = "toy",
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Show each stage's latest result in the workspace."""
+    from pipeline.config import load_config, workspace_of
+    from pipeline.stage import read_latest
+    from pipeline.store import ArtifactStore
+    from schemas.config import STAGE_NAMES
+
+    try:
+        root = workspace if workspace else workspace_of(load_config(config))
+    except TwostepError as exc:
+        fail(exc)
+    if "://" not in root and not Path(root).exists():
+        err_console.print(f"[bold red]error:[/] workspace {root} does not exist (nothing has run)")
+        raise typer.Exit(code=2)
+    store = ArtifactStore(root)
+    table = Table(title=f"workspace {root}")
+    for column in ("stage", "key", "finished", "last run", "counts"):
+        table.add_column(column)
+    for stage in STAGE_NAMES:
+        latest = read_latest(store, stage)
+        if latest is None:
+            table.add_row(stage, "-", "-", "never run", "")
+            continue
+        counts = ", ".join(f"{k}={v}" for k, v in latest["counts"].items())
+        table.add_row(stage, latest["key"], latest["created_at"],
+                      f"{'cached' if latest['cached'] else 'computed'} at {latest['at']}", counts)
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except TwostepError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,87 @@
+"""Prefect flows: ``distill`` (every stage, in order; deployment ``distill/full``) and one
+flow per stage (``curate``, ...) for reruns. Flows only sequence stage calls; the work and
+its caching live in :mod:`stages` and :mod:`pipeline`."""
+
+from __future__ import annotations
+
+from flows.env import apply_defaults
+
+apply_defaults()
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from pipeline.config import load_config, workspace_of  # noqa: E402
+from pipeline.ray_runtime import ray_session  # noqa: E402
+from pipeline.stage import StageOutcome  # noqa: E402
+from pipeline.store import ArtifactStore  # noqa: E402
+from schemas.config import DistillConfig  # noqa: E402
+from schemas.manifest import Manifest  # noqa: E402
+from stages.registry import PlannedStage, execute, plan_run, preflight  # noqa: E402
+
+
+@task(name="stage", task_run_name="{step.name}", cache_policy=NO_CACHE, retries=0)
+def stage_task(
+    step: PlannedStage,
+    cfg: DistillConfig,
+    store: ArtifactStore,
+    outputs: dict[str, Manifest],
+    force: bool,
+) -> StageOutcome:
+    outcome = execute(step, cfg, store, outputs, force)
+    state = "cached" if outcome.cached else "computed"
+    get_run_logger().info("%s %s: %s %s", step.name, state, outcome.uri, outcome.manifest.counts)
+    return outcome
+
+
+def run_pipeline(
+    config: str,
+    overrides: list[str] | None,
+    workspace: str | None,
+    only: list[str] | None,
+    force: bool,
+) -> dict[str, dict[str, object]]:
+    """Load and validate the config, then run the planned stages on one Ray session.
+    Returns a summary per stage (key, cached, uri, counts)."""
+    cfg = load_config(config, overrides, workspace)
+    plan = plan_run(only)
+    store = ArtifactStore(workspace_of(cfg))
+    preflight(cfg, store, plan)
+    outputs: dict[str, Manifest] = {}
+    summary: dict[str, dict[str, object]] = {}
+    with ray_session(cfg.ray):
+        for step in plan:
+            outcome = stage_task(step, cfg, store, outputs, force)
+            outputs[step.name] = outcome.manifest
+            summary[step.name] = {"key": outcome.manifest.key, "cached": outcome.cached,
+                                  "uri": outcome.uri, "counts": outcome.manifest.counts}
+    return summary
+
+
+@flow(name="distill", log_prints=True)
+def distill(
+    config: str = "toy",
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+    only: list[str] | None = None,
+    force: bool = False,
+) -> dict[str, dict[str, object]]:
+    """Run the pipeline. ``config``: a preset name (``toy``, ``smoke``) or a YAML path;
+    ``overrides``: ``key=value`` items; ``only``: stage names to (re)compute, their upstream
+    stages must be cached; ``force``: recompute instead of using the cache."""
+    return run_pipeline(config, overrides, workspace, only, force)
+
+
+@flow(name="curate", log_prints=True)
+def curate(
+    config: str = "toy",
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+    force: bool = False,
+) -> dict[str, dict[str, object]]:
+    """Rerun prompt curation alone."""
+    return run_pipeline(config, overrides, workspace, ["curate"], force)
+
+
+STAGE_FLOWS = {"curate": curate}
+"""Per-stage flows by stage name (deployments ``<stage>/<stage>``)."""

@@ -1,0 +1,1 @@
+"""twostep pipeline package."""

@@ -1,0 +1,1 @@
+"""Prompt curation building blocks: source readers, text normalization, MinHash dedupe, split."""

@@ -1,0 +1,292 @@
+"""Read prompt sources into rows, counting malformed rows instead of failing on them.
+
+Every reader returns a :class:`pyarrow.Table` with the columns of :data:`ROW_SCHEMA`:
+``status`` is ``""`` for a usable row and the name of a curation rule (``malformed_utf8``,
+``malformed_record``, ``missing_field``) for a row that is counted and skipped. A problem
+with a whole file (missing, unreadable, a CSV without the configured column) raises
+:class:`~pipeline.errors.SourceError` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import SourceError
+from schemas.config import FileSource, PromptSource, ToySource
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("source_index", pa.int32()),
+        ("source_row", pa.int64()),
+        ("text", pa.string()),
+        ("status", pa.string()),
+    ]
+)
+_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".lz4"}
+_FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+            ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """One concrete input: a single file (globs expanded) or the toy generator."""
+
+    index: int
+    name: str
+    uri: str
+    format: str
+    field: str
+    config_path: str
+    toy: ToySource | None = None
+
+
+def infer_format(uri: str) -> str | None:
+    suffixes = [s.lower() for s in PurePosixPath(uri).suffixes]
+    while suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
+        suffixes.pop()
+    return _FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def resolve_sources(sources: list[PromptSource]) -> list[ResolvedSource]:
+    """Expand globs, infer formats and check that every file exists, before any work starts."""
+    resolved: list[ResolvedSource] = []
+    for i, source in enumerate(sources):
+        where = f"curate.sources[{i}]"
+        if isinstance(source, ToySource):
+            resolved.append(
+                ResolvedSource(len(resolved), source.name or "toy", f"toy://seed={source.seed}",
+                               "toy", "", where, toy=source)
+            )
+            continue
+        for uri in _expand(source, where):
+            fmt = source.format if source.format != "auto" else infer_format(uri)
+            if fmt is None:
+                raise SourceError(
+                    f"{where}: cannot infer the format of {uri} from its extension; set "
+                    f"format to one of txt, jsonl, json, csv, parquet"
+                )
+            name = source.name or PurePosixPath(uri).name
+            resolved.append(ResolvedSource(len(resolved), name, uri, fmt, source.field, where))
+    return resolved
+
+
+def _expand(source: FileSource, where: str) -> list[str]:
+    try:
+        fs, path = fsspec.core.url_to_fs(source.path)
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"{where}.path: cannot open {source.path!r}: {exc}") from None
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if any(ch in path for ch in "*?["):
+        matches = sorted(fs.glob(path))
+        if not matches:
+            raise SourceError(f"{where}.path: no file matches {source.path}")
+    else:
+        if not fs.exists(path):
+            raise SourceError(f"{where}.path: source file not found: {source.path}")
+        if fs.isdir(path):
+            raise SourceError(f"{where}.path: {source.path} is a directory; use a glob such "
+                              f"as {source.path.rstrip('/')}/*.txt")
+        matches = [path]
+    if protocol in ("file", "local"):
+        return matches
+    return [fs.unstrip_protocol(m) for m in matches]
+
+
+def read_source(src: ResolvedSource) -> pa.Table:
+    """All rows of one source (see module docstring)."""
+    if src.toy is not None:
+        from pipeline.toy.prompts import generate_prompts
+
+        texts = [p.text for p in generate_prompts(src.toy.num_prompts, src.toy.seed)]
+        return _table(src.index, texts, [""] * len(texts))
+    try:
+        with fsspec.open(src.uri, "rb", compression="infer") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise SourceError(f"{src.config_path}: source file not found: {src.uri}") from None
+    except OSError as exc:
+        raise SourceError(f"{src.config_path}: cannot read {src.uri}: {exc}") from None
+    reader = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json,
+              "csv": _read_csv, "parquet": _read_parquet}[src.format]
+    texts, statuses = reader(data, src)
+    return _table(src.index, texts, statuses)
+
+
+def _table(index: int, texts: list[str | None], statuses: list[str]) -> pa.Table:
+    n = len(texts)
+    return pa.table(
+        {
+            "source_index": pa.array([index] * n, pa.int32()),
+            "source_row": pa.array(range(n), pa.int64()),
+            "text": pa.array(texts, pa.string()),
+            "status": pa.array(statuses, pa.string()),
+        },
+        schema=ROW_SCHEMA,
+    )
+
+
+def _lines(data: bytes) -> list[bytes]:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the file is not an extra (blank) row
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _read_txt(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list[str]]:
+    texts: list[str | None] = []
+    statuses: list[str] = []
+    for line in _lines(data):
+        try:
+            texts.append(line.decode("utf-8"))
+            statuses.append("")
+        except UnicodeDecodeError:
+            texts.append(None)
+            statuses.append("malformed_utf8")
+    return texts, statuses
+
+
+def _field_value(record: object, field: str) -> tuple[str | None, str]:
+    if isinstance(record, str):
+        return record, ""
+    if not isinstance(record, dict):
+        return None, "malformed_record"
+    value = record.get(field)
+    if value is None:
+        return None, "missing_field"
+    if not isinstance(value, str):
+        return None, "malformed_record"
+    return value, ""
+
+
+def _read_jsonl(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list[str]]:
+    texts: list[str | None] = []
+    statuses: list[str] = []
+    for line in _lines(data):
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError:
+            texts.append(None)
+            statuses.append("malformed_utf8")
+            continue
+        if not decoded.strip():
+            texts.append("")
+            statuses.append("")  # a blank line is charged to the 'empty' rule
+            continue
+        try:
+            record = json.loads(decoded)
+        except json.JSONDecodeError:
+            texts.append(None)
+            statuses.append("malformed_record")
+            continue
+        text, status = _field_value(record, src.field)
+        texts.append(text)
+        statuses.append(status)
+    return texts, statuses
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _read_json(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list[str]]:
+    try:
+        doc = json.loads(data.decode("utf-8-sig", errors="surrogateescape"))
+    except json.JSONDecodeError as exc:
+        raise SourceError(
+            f"{src.config_path}: {src.uri} is not valid JSON (line {exc.lineno}, column "
+            f"{exc.colno}: {exc.msg}); use .jsonl for a file with one record a line"
+        ) from None
+    if isinstance(doc, dict) and isinstance(doc.get(src.field), list):
+        doc = doc[src.field]
+    if not isinstance(doc, list):
+        raise SourceError(
+            f"{src.config_path}: {src.uri} must hold a JSON list of records or strings (or an "
+            f"object with a list under {src.field!r}), got {type(doc).__name__}"
+        )
+    texts: list[str | None] = []
+    statuses: list[str] = []
+    for record in doc:
+        text, status = _field_value(record, src.field)
+        if text is not None and _has_surrogates(text):
+            text, status = None, "malformed_utf8"
+        texts.append(text)
+        statuses.append(status)
+    return texts, statuses
+
+
+def _read_csv(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list[str]]:
+    text = data.decode("utf-8-sig", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return [], []
+    except csv.Error as exc:
+        raise SourceError(f"{src.config_path}: {src.uri}: unreadable CSV header: {exc}") from None
+    header = [h.strip() for h in header]
+    if src.field not in header:
+        raise SourceError(
+            f"{src.config_path}: {src.uri} has no column {src.field!r} "
+            f"(columns: {', '.join(header)}); set field to the prompt column"
+        )
+    column = header.index(src.field)
+    texts: list[str | None] = []
+    statuses: list[str] = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            texts.append(None)
+            statuses.append("malformed_record")
+            continue
+        if not row:
+            texts.append("")
+            statuses.append("")
+        elif len(row) != len(header):
+            texts.append(None)
+            statuses.append("malformed_record")
+        elif _has_surrogates(row[column]) or any(_has_surrogates(v) for v in row):
+            texts.append(None)
+            statuses.append("malformed_utf8")
+        else:
+            texts.append(row[column])
+            statuses.append("")
+    return texts, statuses
+
+
+def _read_parquet(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list[str]]:
+    try:
+        pfile = pq.ParquetFile(io.BytesIO(data))
+    except pa.ArrowException as exc:
+        raise SourceError(f"{src.config_path}: {src.uri} is not a Parquet file: {exc}") from None
+    names = pfile.schema_arrow.names
+    if src.field not in names:
+        raise SourceError(
+            f"{src.config_path}: {src.uri} has no column {src.field!r} "
+            f"(columns: {', '.join(names)}); set field to the prompt column"
+        )
+    column = pfile.read(columns=[src.field]).column(0)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise SourceError(
+            f"{src.config_path}: {src.uri} column {src.field!r} has type {column.type}, "
+            f"expected strings"
+        )
+    texts = column.to_pylist()
+    statuses = ["missing_field" if t is None else "" for t in texts]
+    return texts, statuses

@@ -1,0 +1,226 @@
+"""The stage contract and the cached stage runner.
+
+A stage is a typed function ``(StageContext) -> StageResult``: it reads its input manifests
+and config section from the context, writes files under ``ctx.out_dir`` (through
+``ctx.store``, one atomic unit at a time) and returns counts, metrics and its typed manifest
+fields. It knows nothing of Prefect. The runner owns caching, lineage and the manifest:
+
+- key = hash(stage name, stage version, config section, content hashes of the inputs);
+- ``<workspace>/<stage>/<key>/manifest.json`` valid, with its files present: a cache hit;
+- otherwise the stage runs, then the runner lists every file (size, sha256) and writes the
+  manifest last, atomically; ``<workspace>/<stage>/latest.json`` records the last run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from pipeline.errors import ArtifactError, StageDependencyError
+from pipeline.hashing import canonical_json, sha256_text, stage_key
+from pipeline.store import ArtifactStore
+from schemas.config import DistillConfig
+from schemas.manifest import MANIFEST_FILENAME, InputRef, Manifest
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Manifest)
+LATEST_FILENAME = "latest.json"
+
+
+@dataclass
+class StageResult:
+    """What a stage returns; the runner adds key, files, lineage and timings."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)  # typed manifest fields
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a stage may use. ``out_dir`` is relative to ``store``."""
+
+    name: str
+    key: str
+    store: ArtifactStore
+    out_dir: str
+    config: DistillConfig
+    section: BaseModel
+    inputs: Mapping[str, Manifest]
+    input_dirs: Mapping[str, str]
+    log: logging.Logger
+
+
+@dataclass(frozen=True)
+class StageSpec(Generic[M]):
+    """Declaration of a stage: its name, upstream stages, config section, manifest type and
+    the function doing the work. Bump ``version`` when the stage's output changes meaning, so
+    old caches are not reused."""
+
+    name: str
+    upstream: tuple[str, ...]
+    manifest_type: type[M]
+    section: Callable[[DistillConfig], BaseModel]
+    run: Callable[[StageContext], StageResult]
+    check: Callable[[DistillConfig], None] = lambda cfg: None
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class StageOutcome(Generic[M]):
+    manifest: M
+    cached: bool
+    stage_dir: str
+    uri: str
+
+
+def content_hash(manifest: Manifest) -> str:
+    """Content identity of a stage output: its files' paths and sha256. A recomputation that
+    reproduces the same bytes keeps downstream caches valid."""
+    return sha256_text(canonical_json([[f.path, f.sha256] for f in manifest.files]))
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("twostep")
+    except PackageNotFoundError:
+        pkg = "0+unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{pkg}+g{commit}" if commit else pkg
+
+
+def compute_key(spec: StageSpec[Any], cfg: DistillConfig, inputs: Mapping[str, Manifest]) -> str:
+    section = spec.section(cfg).model_dump(mode="json")
+    return stage_key(spec.name, spec.version, section, [content_hash(m) for m in inputs.values()])
+
+
+def run_stage(
+    spec: StageSpec[M],
+    cfg: DistillConfig,
+    store: ArtifactStore,
+    inputs: Mapping[str, Manifest] | None = None,
+    *,
+    force: bool = False,
+    allow_compute: bool = True,
+) -> StageOutcome[M]:
+    """Return the stage's cached output or compute it (see module docstring).
+
+    ``allow_compute=False`` turns a cache miss into :class:`StageDependencyError` (used for
+    upstream stages when the user asked to run only some stages).
+    """
+    inputs = dict(inputs or {})
+    missing = [u for u in spec.upstream if u not in inputs]
+    if missing:
+        raise StageDependencyError(f"stage {spec.name} needs the output of {', '.join(missing)}")
+    key = compute_key(spec, cfg, inputs)
+    stage_dir = f"{spec.name}/{key}"
+    if not force:
+        cached = _cached_manifest(store, stage_dir, spec.manifest_type)
+        if cached is not None:
+            log.info("%s: cache hit %s", spec.name, store.uri(stage_dir))
+            _write_latest(store, spec.name, cached, cached=True)
+            return StageOutcome(cached, True, stage_dir, store.uri(stage_dir))
+    if not allow_compute:
+        raise StageDependencyError(
+            f"stage {spec.name} has no finished result for this config (key {key} under "
+            f"{store.uri(spec.name)}); run it first, or include it in --only"
+        )
+    spec.check(cfg)
+    if force and store.exists(stage_dir):
+        store.remove_tree(stage_dir)  # recompute everything; no stale file can look finished
+    store.makedirs(stage_dir)
+    section = spec.section(cfg)
+    input_dirs = {name: _dir_of(m) for name, m in inputs.items()}
+    ctx = StageContext(
+        name=spec.name,
+        key=key,
+        store=store,
+        out_dir=stage_dir,
+        config=cfg,
+        section=section,
+        inputs=inputs,
+        input_dirs=input_dirs,
+        log=logging.getLogger(f"twostep.stages.{spec.name}"),
+    )
+    log.info("%s: computing into %s", spec.name, store.uri(stage_dir))
+    start = time.perf_counter()
+    result = spec.run(ctx)
+    elapsed = time.perf_counter() - start
+    manifest = spec.manifest_type(
+        stage=spec.name,
+        key=key,
+        created_at=datetime.now(timezone.utc),
+        code_version=code_version(),
+        config=section.model_dump(mode="json"),
+        inputs=[
+            InputRef(stage=name, key=m.key, content_sha256=content_hash(m),
+                     uri=store.uri(input_dirs[name]))
+            for name, m in inputs.items()
+        ],
+        files=store.file_entries(stage_dir),
+        counts=result.counts,
+        metrics=result.metrics,
+        timings={**result.timings, "total_s": round(elapsed, 3)},
+        **result.fields,
+    )
+    store.write_manifest(stage_dir, manifest)
+    _write_latest(store, spec.name, manifest, cached=False)
+    return StageOutcome(manifest, False, stage_dir, store.uri(stage_dir))
+
+
+def _dir_of(manifest: Manifest) -> str:
+    return f"{manifest.stage}/{manifest.key}"
+
+
+def _cached_manifest(store: ArtifactStore, stage_dir: str, model: type[M]) -> M | None:
+    if not store.exists(stage_dir, MANIFEST_FILENAME):
+        return None
+    try:
+        return store.read_manifest(stage_dir, model, verify="size")
+    except ArtifactError as exc:
+        log.warning("ignoring the cached result: %s", exc)
+        return None
+
+
+def _write_latest(store: ArtifactStore, stage: str, manifest: Manifest, cached: bool) -> None:
+    record = {
+        "stage": stage,
+        "key": manifest.key,
+        "uri": store.uri(stage, manifest.key),
+        "cached": cached,
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": manifest.created_at.isoformat(timespec="seconds"),
+        "counts": manifest.counts,
+    }
+    store.write_bytes(json.dumps(record, indent=2).encode(), stage, LATEST_FILENAME)
+
+
+def read_latest(store: ArtifactStore, stage: str) -> dict[str, Any] | None:
+    """The record of the stage's last run in this workspace, or None."""
+    if not store.exists(stage, LATEST_FILENAME):
+        return None
+    return json.loads(store.read_bytes(stage, LATEST_FILENAME))

@@ -1,0 +1,141 @@
+"""Artifact store on fsspec: atomic writes, sha256 of every file, manifest read/write.
+
+Paths given to the store are relative to its root and '/'-separated. On a local or POSIX
+filesystem a write goes to a temporary sibling and is renamed into place, so readers never see
+a partial file; on object stores (s3://) each object is written whole by a single PUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import IO, TypeVar
+
+import fsspec
+from pydantic import ValidationError
+
+from pipeline.errors import ArtifactError
+from schemas.manifest import MANIFEST_FILENAME, FileEntry, Manifest
+
+TMP_MARKER = ".tmp-"
+M = TypeVar("M", bound=Manifest)
+
+
+class ArtifactStore:
+    """Files under one root (a local path or an fsspec URL)."""
+
+    def __init__(self, root: str) -> None:
+        self.fs, root_path = fsspec.core.url_to_fs(root)
+        self.root = root_path.rstrip("/") or "/"
+        self.root_uri = root
+
+    def path(self, *parts: str) -> str:
+        """Absolute filesystem path of a relative artifact path."""
+        return posixpath.join(self.root, *parts)
+
+    def uri(self, *parts: str) -> str:
+        full = self.path(*parts)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return full if protocol in ("file", "local") else self.fs.unstrip_protocol(full)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def makedirs(self, *parts: str) -> None:
+        self.fs.makedirs(self.path(*parts), exist_ok=True)
+
+    def remove_tree(self, *parts: str) -> None:
+        if self.exists(*parts):
+            self.fs.rm(self.path(*parts), recursive=True)
+
+    @contextlib.contextmanager
+    def open_atomic(self, *parts: str) -> Iterator[IO[bytes]]:
+        """Open for binary writing; the file appears under its name only if the block ends
+        without an exception."""
+        final = self.path(*parts)
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        tmp = f"{final}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with self.fs.open(tmp, "wb") as handle:
+                yield handle
+            self.fs.mv(tmp, final)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm(tmp)
+            raise
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        with self.open_atomic(*parts) as handle:
+            handle.write(data)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open(self.path(*parts), "rb") as handle:
+            return handle.read()
+
+    def sha256(self, *parts: str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open(self.path(*parts), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def file_entries(self, stage_dir: str) -> list[FileEntry]:
+        """Every finished file under ``stage_dir`` (not the manifest, not temporaries)."""
+        base = self.path(stage_dir)
+        entries = []
+        for full in sorted(self.fs.find(base)):
+            rel = posixpath.relpath(full, base)
+            if rel == MANIFEST_FILENAME or TMP_MARKER in posixpath.basename(rel):
+                continue
+            entries.append(
+                FileEntry(path=rel, size=self.fs.size(full), sha256=self.sha256(stage_dir, rel))
+            )
+        return entries
+
+    def write_manifest(self, stage_dir: str, manifest: Manifest) -> None:
+        """Write ``manifest.json`` last and atomically: its presence marks a finished stage."""
+        self.write_bytes(manifest.model_dump_json(indent=2).encode(), stage_dir, MANIFEST_FILENAME)
+
+    def read_manifest(self, stage_dir: str, model: type[M], verify: str = "size") -> M:
+        """Read and validate a manifest, then check its files.
+
+        ``verify``: ``"none"``, ``"size"`` (each listed file exists with its size; cheap) or
+        ``"sha256"`` (full content check). Raises :class:`ArtifactError` naming the problem.
+        """
+        where = self.uri(stage_dir, MANIFEST_FILENAME)
+        try:
+            raw = self.read_bytes(stage_dir, MANIFEST_FILENAME)
+        except FileNotFoundError:
+            raise ArtifactError(f"{where}: no manifest (the stage has not finished)") from None
+        try:
+            manifest = model.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+            raise ArtifactError(
+                f"{where}: not a valid {model.__name__}: {loc}: {first['msg']}"
+            ) from None
+        if verify != "none":
+            self.verify_files(stage_dir, manifest.files, full=verify == "sha256")
+        return manifest
+
+    def verify_files(self, stage_dir: str, files: list[FileEntry], full: bool) -> None:
+        for entry in files:
+            full_path = self.path(stage_dir, entry.path)
+            if not self.fs.exists(full_path):
+                raise ArtifactError(f"{self.uri(stage_dir, entry.path)}: listed in the "
+                                    f"manifest but missing")
+            size = self.fs.size(full_path)
+            if size != entry.size:
+                raise ArtifactError(f"{self.uri(stage_dir, entry.path)}: size {size} bytes, "
+                                    f"manifest says {entry.size} (truncated or replaced)")
+            if full and self.sha256(stage_dir, entry.path) != entry.sha256:
+                raise ArtifactError(f"{self.uri(stage_dir, entry.path)}: sha256 does not match "
+                                    f"the manifest (corrupt or replaced)")
+
+    def manifest_sha256(self, stage_dir: str) -> str:
+        return self.sha256(stage_dir, MANIFEST_FILENAME)

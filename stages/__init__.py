@@ -1,0 +1,1 @@
+"""One module per stage; each exposes ``STAGE``, a :class:`pipeline.stage.StageSpec`."""
