@@ -51,3 +51,4 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from schemas.base import StrictModel
 
@@ -78,7 +78,21 @@ class ToySource(StrictModel):
     name: str | None = Field(None, description="Source tag (default 'toy').")
 
 
-PromptSource = Annotated[FileSource | ToySource, Field(discriminator="kind")]
+def _source_kind(value: object) -> str:
+    # A source without `kind` is a file: `- path: prompts.txt` is the common case.
+    if isinstance(value, dict):
+        return str(value.get("kind", "file"))
+    return str(getattr(value, "kind", "file"))
+
+
+PromptSource = Annotated[
+    Annotated[FileSource, Tag("file")] | Annotated[ToySource, Tag("toy")],
+    Discriminator(
+        _source_kind,
+        custom_error_type="invalid_source_kind",
+        custom_error_message="source kind must be 'file' (the default) or 'toy'",
+    ),
+]
 
 
 class MinHashConfig(StrictModel):

@@ -13,12 +13,19 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 from pipeline.curation.minhash import near_duplicate_representatives, signatures
 from pipeline.curation.promptset import PROMPT_SCHEMA
-from pipeline.curation.sources import ResolvedSource, read_source, resolve_sources
+from pipeline.curation.sources import (
+    ResolvedSource,
+    check_source_header,
+    read_source,
+    resolve_sources,
+)
 from pipeline.curation.text import clean_text, match_text, prompt_id, split_of, word_count
+from pipeline.errors import SourceError
 from pipeline.ray_runtime import ray_session
 from pipeline.stage import StageContext, StageResult, StageSpec
 from schemas.config import CurateConfig, DistillConfig
@@ -34,9 +41,23 @@ DROPPED_FILENAME = "dropped.parquet"
 _SHOWN_CHARS = 300
 
 
+_FATAL = "__fatal__"
+
+
 def _read_batch(batch: pa.Table, sources: list[ResolvedSource]) -> pa.Table:
-    """Ray Data map: a batch of source indices -> all rows of those sources."""
-    tables = [read_source(sources[i]) for i in batch.column("source_index").to_pylist()]
+    """Ray Data map: a batch of source indices -> all rows of those sources.
+
+    A whole-file problem (:class:`SourceError`) comes back as one row with status
+    ``__fatal__`` and the message as text: Ray Data would otherwise wrap the exception and
+    lose its type, and the user would get a remote traceback instead of one clear line."""
+    tables = []
+    for i in batch.column("source_index").to_pylist():
+        try:
+            tables.append(read_source(sources[i]))
+        except SourceError as exc:
+            tables.append(pa.table({"source_index": pa.array([i], pa.int32()),
+                                    "source_row": pa.array([-1], pa.int64()),
+                                    "text": [str(exc)], "status": [_FATAL]}))
     return pa.concat_tables(tables)
 
 
@@ -48,6 +69,10 @@ def _clean_filter_sign(batch: pa.Table, cfg: CurateConfig) -> pa.Table:
     prompts: list[str | None] = []
     to_sign: list[str] = []
     for i, (text, status) in enumerate(zip(texts, statuses, strict=True)):
+        if status == _FATAL:
+            prompts.append(text)
+            to_sign.append("")
+            continue
         if status:
             prompts.append(None)
             to_sign.append("")
@@ -103,6 +128,9 @@ def _row_stage_on_ray(sources: list[ResolvedSource], cfg: CurateConfig) -> pa.Ta
     if not tables:
         return _clean_filter_sign(pa.concat_tables([read_source(s) for s in sources]), cfg)
     table = pa.concat_tables(tables)
+    fatal = table.filter(pa.compute.equal(table.column("status"), _FATAL))
+    if fatal.num_rows:
+        raise SourceError(fatal.column("prompt")[0].as_py())
     return table.sort_by([("source_index", "ascending"), ("source_row", "ascending")])
 
 
@@ -245,8 +273,10 @@ def _write_dropped(
 
 
 def check(cfg: DistillConfig) -> None:
-    """Fail before any work if a source is missing or its format cannot be inferred."""
-    resolve_sources(cfg.curate.sources)
+    """Fail before any work if a source is missing, its format cannot be inferred, or a
+    CSV/Parquet source lacks the configured column."""
+    for src in resolve_sources(cfg.curate.sources):
+        check_source_header(src)
 
 
 STAGE: StageSpec[PromptSetManifest] = StageSpec(

@@ -100,6 +100,41 @@ def _expand(source: FileSource, where: str) -> list[str]:
     return [fs.unstrip_protocol(m) for m in matches]
 
 
+def check_source_header(src: ResolvedSource) -> None:
+    """Cheap pre-flight check that a CSV or Parquet source has the configured column."""
+    if src.format not in ("csv", "parquet"):
+        return
+    try:
+        with fsspec.open(src.uri, "rb", compression="infer") as f:
+            if src.format == "csv":
+                head = f.read(1 << 16).split(b"\n", 1)[0]
+                _csv_column(head.decode("utf-8-sig", errors="replace"), src)
+            else:
+                _parquet_column(pq.ParquetFile(f).schema_arrow.names, src)
+    except pa.ArrowException as exc:
+        raise SourceError(f"{src.config_path}: {src.uri} is not a Parquet file: {exc}") from None
+    except OSError as exc:
+        raise SourceError(f"{src.config_path}: cannot read {src.uri}: {exc}") from None
+
+
+def _csv_column(header_line: str, src: ResolvedSource) -> int:
+    header = [h.strip() for h in next(csv.reader([header_line.rstrip("\r")]), [])]
+    if src.field not in header:
+        raise SourceError(
+            f"{src.config_path}: {src.uri} has no column {src.field!r} "
+            f"(columns: {', '.join(header)}); set field to the prompt column"
+        )
+    return header.index(src.field)
+
+
+def _parquet_column(names: list[str], src: ResolvedSource) -> None:
+    if src.field not in names:
+        raise SourceError(
+            f"{src.config_path}: {src.uri} has no column {src.field!r} "
+            f"(columns: {', '.join(names)}); set field to the prompt column"
+        )
+
+
 def read_source(src: ResolvedSource) -> pa.Table:
     """All rows of one source (see module docstring)."""
     if src.toy is not None:
@@ -238,12 +273,7 @@ def _read_csv(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list[
     except csv.Error as exc:
         raise SourceError(f"{src.config_path}: {src.uri}: unreadable CSV header: {exc}") from None
     header = [h.strip() for h in header]
-    if src.field not in header:
-        raise SourceError(
-            f"{src.config_path}: {src.uri} has no column {src.field!r} "
-            f"(columns: {', '.join(header)}); set field to the prompt column"
-        )
-    column = header.index(src.field)
+    column = _csv_column(",".join(header), src)
     texts: list[str | None] = []
     statuses: list[str] = []
     while True:
@@ -275,12 +305,7 @@ def _read_parquet(data: bytes, src: ResolvedSource) -> tuple[list[str | None], l
         pfile = pq.ParquetFile(io.BytesIO(data))
     except pa.ArrowException as exc:
         raise SourceError(f"{src.config_path}: {src.uri} is not a Parquet file: {exc}") from None
-    names = pfile.schema_arrow.names
-    if src.field not in names:
-        raise SourceError(
-            f"{src.config_path}: {src.uri} has no column {src.field!r} "
-            f"(columns: {', '.join(names)}); set field to the prompt column"
-        )
+    _parquet_column(pfile.schema_arrow.names, src)
     column = pfile.read(columns=[src.field]).column(0)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise SourceError(
