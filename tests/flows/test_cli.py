@@ -1,0 +1,57 @@
+"""The `distill` command as a user runs it: clear one-line errors, run, cache, status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def distill(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd or REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "curate.near_dedup.treshold=0.9"], "curate.near_dedup.treshold: unknown field"),
+        (["--set", "curate.max_chars=lots"], "curate.max_chars: Input should be a valid integer"),
+        (["--set", "curate.sources=[{path: /no/such/prompts.txt}]"],
+         "curate.sources[0].path: source file not found: /no/such/prompts.txt"),
+        (["--only", "curat"], "unknown stage 'curat'"),
+        (["--config", "/no/such.yaml"], "config file not found: /no/such.yaml"),
+    ],
+)
+def test_user_mistakes_are_one_clear_line(args, message, tmp_path):
+    result = distill("run", "--config", "smoke", "--workspace", str(tmp_path / "ws"), *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.slow
+def test_run_twice_is_cached_and_status_reports_it(tmp_path):
+    ws = str(tmp_path / "ws")
+    first = distill("run", "--config", "smoke", "--workspace", ws)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "computed" in first.stdout
+    second = distill("run", "--config", "smoke", "--workspace", ws, "--only", "curate")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "cached" in second.stdout and "computed" not in second.stdout
+    status = distill("status", "--workspace", ws)
+    assert status.returncode == 0, status.stderr
+    assert "curate" in status.stdout and "cached at" in status.stdout
+    assert "never run" in status.stdout  # later stages
+
+
+def test_status_of_a_missing_workspace(tmp_path):
+    result = distill("status", "--workspace", str(tmp_path / "none"))
+    assert result.returncode == 2 and "does not exist" in result.stderr

@@ -1,0 +1,62 @@
+"""The `distill` flow through a real (temporary) Prefect server on a local Ray."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def fetch():
+        async with get_client() as client:
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+
+    return asyncio.run(fetch())
+
+
+def test_distill_flow_runs_stages_through_prefect(prefect_server, tmp_path):
+    from flows.distill import curate, distill
+    from pipeline.store import ArtifactStore
+    from schemas.manifest import PromptSetManifest
+
+    ws = str(tmp_path / "ws")
+    state = distill(config="smoke", workspace=ws, return_state=True)
+    assert state.is_completed(), state
+    summary = state.result()
+    assert summary["curate"]["cached"] is False
+    manifest = ArtifactStore(ws).read_manifest(f"curate/{summary['curate']['key']}",
+                                               PromptSetManifest, verify="sha256")
+    assert manifest.counts["kept"] == manifest.counts["train"] + manifest.counts["eval"] > 0
+    names = sorted(t.name for t in _task_runs(state.state_details.flow_run_id))
+    assert names == ["curate"]
+
+    rerun = curate(config="smoke", workspace=ws, return_state=True)
+    assert rerun.is_completed() and rerun.result()["curate"]["cached"] is True
+
+
+def test_failed_stage_fails_the_flow(prefect_server, tmp_path):
+    from flows.distill import distill
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    state = distill(config="smoke", workspace=str(tmp_path / "ws"),
+                    overrides=[f"curate.sources=[{{path: '{bad}'}}]"], return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="bad.json is not valid JSON"):
+        state.result()

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.curation.sources import infer_format, read_source, resolve_sources
+from pipeline.errors import SourceError
+from schemas.config import FileSource, ToySource
+
+
+def _rows(path, **kw):
+    (src,) = resolve_sources([FileSource(path=str(path), **kw)])
+    t = read_source(src)
+    return list(zip(t.column("text").to_pylist(), t.column("status").to_pylist(), strict=True))
+
+
+def test_formats_are_inferred_through_compression():
+    assert infer_format("x/prompts.jsonl.gz") == "jsonl"
+    assert infer_format("s3://b/p.parquet") == "parquet"
+    assert infer_format("notes.md") is None
+
+
+def test_txt_keeps_line_numbers_and_counts_bad_utf8(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_bytes(b"\xef\xbb\xbfone\r\n\xff\ntwo")
+    assert _rows(p) == [("one", ""), (None, "malformed_utf8"), ("two", "")]
+
+
+def test_json_document_and_parquet(tmp_path):
+    j = tmp_path / "p.json"
+    j.write_text('{"prompt": ["a", {"prompt": "b"}, 3]}')
+    assert _rows(j) == [("a", ""), ("b", ""), (None, "malformed_record")]
+    q = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"caption": ["x", None]}), q)
+    assert _rows(q, field="caption") == [("x", ""), (None, "missing_field")]
+
+
+def test_file_level_errors_name_the_file(tmp_path):
+    with pytest.raises(SourceError, match=r"sources\[0\].path: no file matches"):
+        resolve_sources([FileSource(path=str(tmp_path / "*.txt"))])
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(SourceError, match=r"cannot infer the format of .*notes.md"):
+        resolve_sources([FileSource(path=str(tmp_path / "notes.md"))])
+    with pytest.raises(SourceError, match=r"is a directory"):
+        resolve_sources([FileSource(path=str(tmp_path))])
+    (tmp_path / "p.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(SourceError, match=r"p.parquet is not a Parquet file"):
+        read_source(resolve_sources([FileSource(path=str(tmp_path / "p.parquet"))])[0])
+
+
+def test_toy_source_is_deterministic():
+    (src,) = resolve_sources([ToySource(num_prompts=50, seed=3)])
+    assert read_source(src).equals(read_source(src))
+    assert read_source(src).num_rows == 50

@@ -1,0 +1,76 @@
+"""The cached stage runner: keys, cache hits, force, lineage, unfinished folders."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import StageDependencyError
+from pipeline.stage import StageContext, StageResult, StageSpec, read_latest, run_stage
+from pipeline.store import ArtifactStore
+from schemas.manifest import Manifest
+
+
+class CountManifest(Manifest):
+    stage: Literal["produce", "consume"]
+    total: int
+
+
+def _spec(name: str, upstream: tuple[str, ...], calls: list[str]) -> StageSpec[CountManifest]:
+    def run(ctx: StageContext) -> StageResult:
+        calls.append(name)
+        text = f"{name}:{ctx.section.min_words}:{sorted(ctx.inputs)}"
+        ctx.store.write_bytes(text.encode(), ctx.out_dir, "out.txt")
+        return StageResult(counts={"n": 1}, fields={"total": len(text)})
+
+    return StageSpec(name=name, upstream=upstream, manifest_type=CountManifest,
+                     section=lambda cfg: cfg.curate, run=run)
+
+
+def test_cache_hit_force_and_lineage(tmp_path):
+    calls: list[str] = []
+    produce, consume = _spec("produce", (), calls), _spec("consume", ("produce",), calls)
+    cfg = load_config("smoke", workspace=str(tmp_path))
+    store = ArtifactStore(str(tmp_path))
+
+    first = run_stage(produce, cfg, store)
+    down = run_stage(consume, cfg, store, {"produce": first.manifest})
+    assert calls == ["produce", "consume"] and not first.cached
+    assert down.manifest.inputs[0].stage == "produce"
+    assert down.manifest.inputs[0].key == first.manifest.key
+
+    again = run_stage(produce, cfg, store)
+    assert again.cached and calls == ["produce", "consume"]
+    assert read_latest(store, "produce")["cached"] is True
+
+    # Forcing reproduces the same bytes: downstream stays cached (content-hash lineage).
+    forced = run_stage(produce, cfg, store, force=True)
+    assert not forced.cached
+    assert run_stage(consume, cfg, store, {"produce": forced.manifest}).cached
+
+    other = load_config("smoke", ["curate.min_words=2"], workspace=str(tmp_path))
+    changed = run_stage(produce, other, store)
+    assert changed.manifest.key != first.manifest.key and not changed.cached
+    with pytest.raises(StageDependencyError, match="consume has no finished result"):
+        run_stage(consume, other, store, {"produce": changed.manifest}, allow_compute=False)
+
+
+def test_unfinished_folder_is_recomputed(tmp_path):
+    calls: list[str] = []
+    produce = _spec("produce", (), calls)
+    cfg = load_config("smoke", workspace=str(tmp_path))
+    store = ArtifactStore(str(tmp_path))
+    outcome = run_stage(produce, cfg, store)
+    (tmp_path / outcome.stage_dir / "manifest.json").unlink()  # as if killed before the end
+    assert not run_stage(produce, cfg, store).cached
+    (tmp_path / outcome.stage_dir / "out.txt").write_text("tampered, other size")
+    assert not run_stage(produce, cfg, store).cached
+    assert calls == ["produce"] * 3
+
+
+def test_missing_upstream_is_an_error(tmp_path):
+    cfg = load_config("smoke", workspace=str(tmp_path))
+    with pytest.raises(StageDependencyError, match="needs the output of produce"):
+        run_stage(_spec("consume", ("produce",), []), cfg, ArtifactStore(str(tmp_path)))

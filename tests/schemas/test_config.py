@@ -1,0 +1,74 @@
+"""Config presets, overrides and the one-line errors for bad configs."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import available_presets, load_config, parse_override, workspace_of
+from pipeline.errors import ConfigError
+from schemas.config import FileSource, ToySource
+
+
+@pytest.mark.parametrize("preset", ["toy", "smoke", "zimage-turbo"])
+def test_presets_load(preset):
+    cfg = load_config(preset)
+    assert cfg.name == preset
+    assert preset in available_presets()
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("smoke", ["curate.near_dedup.threshold=0.7", "curate.min_words=2",
+                                "ray.num_cpus=1", "curate.blocklist=['a+', 'b']"])
+    assert cfg.curate.near_dedup.threshold == 0.7
+    assert cfg.curate.min_words == 2 and cfg.ray.num_cpus == 1
+    assert cfg.curate.blocklist == ["a+", "b"]
+
+
+def test_sources_default_to_files_and_list_items_are_addressable():
+    cfg = load_config("smoke", ["curate.sources=[{path: a.txt}, {kind: toy, num_prompts: 3}]",
+                                "curate.sources.0.field=text"])
+    assert isinstance(cfg.curate.sources[0], FileSource) and cfg.curate.sources[0].field == "text"
+    assert isinstance(cfg.curate.sources[1], ToySource)
+
+
+def test_workspace_defaults_to_runs_preset():
+    assert workspace_of(load_config("toy")) == "runs/toy"
+    assert workspace_of(load_config("toy", workspace="/x/y")) == "/x/y"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["curate.min_wrds=3"], r"smoke.yaml \(with overrides\): curate.min_wrds: unknown field"),
+        (["curate.min_words=abc"], r"curate.min_words: Input should be a valid integer.*'abc'"),
+        (["curate.near_dedup.threshold=2"], r"curate.near_dedup.threshold: .*less than or equal"),
+        (["curate.blocklist=['(']"], r"blocklist\[0\] '\(' is not a valid regex"),
+        (["curate.sources=[{kind: web}]"], r"source kind must be 'file'"),
+        (["curate.min_words=9", "curate.max_words=3"], r"min_words \(9\) > max_words \(3\)"),
+        (["nonsense"], r"override 'nonsense' must look like 'section.field=value'"),
+        (["curate.sources.7.path=x"], r"list index below 1"),
+    ],
+)
+def test_bad_configs_are_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("smoke", overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config 'nope'.*presets: .*smoke"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("curate: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+        load_config(str(bad))
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match=r"config file not found: .*missing.yaml"):
+        load_config(str(missing))
+
+
+def test_parse_override_values():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=true") == (["a"], True)
+    assert parse_override("a='007'") == (["a"], "007")
+    assert parse_override("a=null") == (["a"], None)
