@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/distill run --config toy
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 lint: setup
 	$(BIN)/ruff check .

@@ -122,6 +122,11 @@ def _row_stage_on_ray(sources: list[ResolvedSource], cfg: CurateConfig) -> pa.Ta
     )
     ds = ds.map_batches(_read_batch, fn_kwargs={"sources": sources}, batch_size=1,
                         batch_format="pyarrow")
+    # Without this, Ray fuses reading with cleaning and bundles all sources into one task
+    # (the fused operator bundles inputs up to the larger batch size): no parallelism. Here
+    # each source is read by its own task and the rows are re-cut into batch-sized blocks,
+    # so cleaning and MinHash spread over every CPU even for a single large file.
+    ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
     ds = ds.map_batches(_clean_filter_sign, fn_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                         batch_format="pyarrow")
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]

@@ -1,0 +1,177 @@
+"""Curation throughput and memory at 100k and 1M prompts (exact + near-duplicate removal).
+
+Generates synthetic prompts (8 files per size) with 5% exact duplicates and 5% near
+duplicates (case / punctuation / one-character edits), runs the real ``curate`` stage on a
+local Ray, and reports prompts/s, wall time and peak resident memory of the driver plus every
+Ray process. The 1M run should cost at most ~12x the 100k run (near-linear scaling).
+
+    .venv/bin/python benchmarks/curate.py                 # 100k and 1M
+    .venv/bin/python benchmarks/curate.py --sizes 20000   # quick check
+
+Writes ``benchmarks/results/curate.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from flows.env import apply_defaults
+
+apply_defaults()
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.ray_runtime import ray_session  # noqa: E402
+from pipeline.stage import run_stage  # noqa: E402
+from pipeline.store import ArtifactStore  # noqa: E402
+from stages.curate import STAGE  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "curate.json"
+
+
+def make_vocabulary(rng: random.Random, size: int = 6000) -> list[str]:
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "an", "el", "or", "ph",
+                 "st", "gr", "bl", "qu", "th", "io", "ea"]
+    words: set[str] = set()
+    while len(words) < size:
+        words.add("".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+def write_prompts(n: int, folder: Path, files: int = 8, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    vocab = make_vocabulary(rng)
+    prompts: list[str] = []
+    for _ in range(n):
+        r = rng.random()
+        if prompts and r < 0.05:
+            prompts.append(rng.choice(prompts))  # exact duplicate
+        elif prompts and r < 0.10:
+            base = rng.choice(prompts)
+            edit = rng.randrange(3)
+            if edit == 0:
+                prompts.append(base.capitalize() + ".")
+            elif edit == 1:
+                prompts.append(base.upper())
+            else:
+                i = rng.randrange(len(base))
+                prompts.append(base[:i] + base[i + 1 :])  # one character deleted
+        else:
+            prompts.append(" ".join(rng.choice(vocab) for _ in range(rng.randint(8, 20))))
+    per_file = (n + files - 1) // files
+    for f in range(files):
+        chunk = prompts[f * per_file : (f + 1) * per_file]
+        (folder / f"prompts-{f:02d}.txt").write_text("\n".join(chunk) + "\n", encoding="utf-8")
+
+
+class PeakRss:
+    """Samples the resident memory of this process and all its descendants (Ray's GCS,
+    raylet and workers) every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.peak_total = 0
+        self.peak_driver = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            try:
+                driver = me.memory_info().rss
+                total = driver
+                for child in me.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                continue
+            self.peak_driver = max(self.peak_driver, driver)
+            self.peak_total = max(self.peak_total, total)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench(n: int, root: Path) -> dict[str, object]:
+    data = root / f"data-{n}"
+    data.mkdir()
+    write_prompts(n, data)
+    cfg = load_config(
+        "smoke",
+        [f"curate.sources=[{{path: '{data}/*.txt'}}]", "curate.eval_fraction=0.01",
+         "curate.rows_per_shard=100000", "curate.batch_size=8192", "ray.num_cpus=2"],
+        workspace=str(root / f"ws-{n}"),
+    )
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        outcome = run_stage(STAGE, cfg, ArtifactStore(cfg.workspace))
+        wall = time.perf_counter() - start
+    m = outcome.manifest
+    return {
+        "prompts": n,
+        "wall_s": round(wall, 2),
+        "prompts_per_s": round(n / wall, 1),
+        "peak_rss_total_mb": round(rss.peak_total / 2**20),
+        "peak_rss_driver_mb": round(rss.peak_driver / 2**20),
+        "kept": m.counts["kept"],
+        "exact_duplicate": m.dropped["exact_duplicate"],
+        "near_duplicate": m.dropped["near_duplicate"],
+        "timings": m.timings,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="twostep-bench-") as tmp:
+        cfg = load_config("smoke", ["ray.num_cpus=2"])
+        with ray_session(cfg.ray):  # one Ray instance for all sizes: start-up is not measured
+            for n in args.sizes:
+                r = bench(n, Path(tmp))
+                results.append(r)
+                print(json.dumps(r))
+    report: dict[str, object] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"{round(psutil.virtual_memory().total / 2**30)} GiB",
+        "results": results,
+    }
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        size_ratio = large["prompts"] / small["prompts"]
+        cost_ratio = large["wall_s"] / small["wall_s"]
+        report["scaling"] = {
+            "size_ratio": size_ratio,
+            "time_ratio": round(cost_ratio, 2),
+            "memory_ratio": round(large["peak_rss_total_mb"] / small["peak_rss_total_mb"], 2),
+            "target_time_ratio_max": 12 * size_ratio / 10,
+        }
+        print(f"{large['prompts']:,} vs {small['prompts']:,} prompts: time x{cost_ratio:.2f} "
+              f"(target <= x{12 * size_ratio / 10:.0f}), peak memory "
+              f"{small['peak_rss_total_mb']} -> {large['peak_rss_total_mb']} MB")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
