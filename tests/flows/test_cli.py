@@ -48,10 +48,22 @@ def test_run_twice_is_cached_and_status_reports_it(tmp_path):
     assert "cached" in second.stdout and "computed" not in second.stdout
     status = distill("status", "--workspace", ws)
     assert status.returncode == 0, status.stderr
-    assert "curate" in status.stdout and "cached at" in status.stdout
+    assert "curate" in status.stdout and "cached" in status.stdout
     assert "never run" in status.stdout  # later stages
 
 
 def test_status_of_a_missing_workspace(tmp_path):
     result = distill("status", "--workspace", str(tmp_path / "none"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_build_features_writes_only_when_accurate_enough(tmp_path):
+    small = ["toy", "build-features", "--train-size", "200", "--test-size", "100",
+             "--epochs", "1", "--out", str(tmp_path / "net")]
+    refused = distill(*small, "--min-accuracy", "1.0")
+    assert refused.returncode == 1 and "nothing written" in refused.stderr
+    assert not (tmp_path / "net").exists()
+    accepted = distill(*small, "--min-accuracy", "0.0")
+    assert accepted.returncode == 0, accepted.stderr
+    assert (tmp_path / "net" / "model.safetensors").is_file()
+    assert (tmp_path / "net" / "build.json").is_file()

@@ -136,3 +136,13 @@ def test_file_error_raised_inside_ray_surfaces_as_itself(tmp_path):
                       workspace=str(tmp_path / "ws"))
     with pytest.raises(SourceError, match=r"bad.json is not valid JSON \(line 1"):
         run_stage(STAGE, cfg, ArtifactStore(cfg.workspace))
+
+
+def test_key_depends_only_on_the_curate_section():
+    from pipeline.stage import compute_key
+
+    base = compute_key(STAGE, load_config("smoke"), {})
+    other_sections = load_config("smoke", ["ray.num_cpus=1", "tracking.experiment=x",
+                                           "workspace=/elsewhere"])
+    assert compute_key(STAGE, other_sections, {}) == base
+    assert compute_key(STAGE, load_config("smoke", ["curate.split_seed=3"]), {}) != base
