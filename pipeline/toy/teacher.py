@@ -1,0 +1,167 @@
+"""The toy teacher: a tiny ``diffusers.ZImageTransformer2DModel`` in pixel space (3x32x32,
+values in [-1, 1], patch 4), conditioned on MiniLM token features, trained with flow matching.
+
+Conventions (as everywhere in twostep): ``x_sigma = (1 - sigma) x0 + sigma eps``,
+``v = eps - x0``; the Z-Image transformer takes ``t = 1 - sigma`` and returns ``x0 - eps = -v``.
+Sampling: Euler on the shifted schedule ``sigma(s) = shift s / (1 + (shift - 1) s)``,
+``s = linspace(1, 0, N + 1)`` (shift 3, N = 8 gives 1, .9545, .9, .8333, .75, .6429, .5, .3, 0).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import ZImageTransformer2DModel
+
+from pipeline.toy.prompts import generate_prompts
+from pipeline.toy.render import render, sample_scene
+
+ASSET_DIR = Path(__file__).resolve().parent / "assets" / "teacher"
+PATCH = 4
+SHIFT = 3.0
+TOY_TEACHER_CONFIG: dict[str, object] = dict(
+    all_patch_size=(PATCH,), all_f_patch_size=(1,), in_channels=3, dim=128, n_layers=4,
+    n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=384, axes_dims=[8, 12, 12],
+    axes_lens=[96, 16, 16],
+)
+
+
+def shifted_sigmas(steps: int, shift: float = SHIFT) -> list[float]:
+    """``steps + 1`` sigmas from 1 to 0 on the shifted schedule."""
+    s = np.linspace(1.0, 0.0, steps + 1)
+    return [float(v) for v in shift * s / (1.0 + (shift - 1.0) * s)]
+
+
+def velocity(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor,
+             caps: list[torch.Tensor]) -> torch.Tensor:
+    """``v = eps - x0`` predicted at ``x`` ``(B, 3, 32, 32)``, ``sigma`` ``(B,)``."""
+    out = model(list(x.unsqueeze(2)), 1.0 - sigma, caps, patch_size=PATCH, return_dict=False)[0]
+    return -torch.stack(out).squeeze(2)
+
+
+@torch.inference_mode()
+def sample(model: ZImageTransformer2DModel, caps: list[torch.Tensor], noise: torch.Tensor,
+           steps: int) -> torch.Tensor:
+    """Euler sampling from ``noise`` (``(B, 3, 32, 32)``, sigma = 1) to images in [-1, 1]."""
+    x = noise
+    sigmas = shifted_sigmas(steps)
+    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
+        x = x + (b - a) * velocity(model, x, torch.full((x.shape[0],), a), caps)
+    return x.clamp(-1, 1)
+
+
+@dataclass
+class TeacherTrainConfig:
+    minutes: float = 25.0
+    max_steps: int = 100_000
+    batch: int = 48
+    lr: float = 5e-4
+    warmup: int = 300
+    ema: float = 0.999
+    grad_clip: float = 1.0
+    pool_prompts: int = 20_000
+    pool_images: int = 50_000
+    seed: int = 0
+
+
+def _image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None]):
+    rng = random.Random(cfg.seed)
+    prompts = generate_prompts(cfg.pool_prompts, seed=cfg.seed + 1000)
+    texts = sorted({p.text for p in prompts})
+    from pipeline.toy.text_encoder import MiniLMTextEncoder
+
+    caps = MiniLMTextEncoder().encode(texts)
+    index = {t: i for i, t in enumerate(texts)}
+    images = np.empty((cfg.pool_images, 32, 32, 3), dtype=np.uint8)
+    cap_ids = np.empty(cfg.pool_images, dtype=np.int64)
+    for i in range(cfg.pool_images):
+        p = prompts[rng.randrange(len(prompts))]
+        images[i] = render(sample_scene(p.attributes, rng.getrandbits(63)))
+        cap_ids[i] = index[p.text]
+    log(f"pool: {len(texts)} distinct prompts, {cfg.pool_images} renders")
+    x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return x0, cap_ids, caps
+
+
+def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print):
+    """Train with flow matching until ``minutes`` or ``max_steps``; returns (EMA model, info)."""
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    x0_pool, cap_ids, caps = _image_pool(cfg, log)
+    model = ZImageTransformer2DModel(**TOY_TEACHER_CONFIG)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    deadline = start + cfg.minutes * 60
+    step, losses = 0, []
+    while step < cfg.max_steps and time.perf_counter() < deadline:
+        frac = (time.perf_counter() - start) / (cfg.minutes * 60)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(x0_pool), (cfg.batch,), generator=gen)
+        x0 = x0_pool[idx]
+        eps = torch.randn(x0.shape, generator=gen)
+        u = torch.rand(cfg.batch, generator=gen)
+        sigma = SHIFT * u / (1 + (SHIFT - 1) * u)  # more weight on high noise, as sampled
+        s = sigma.view(-1, 1, 1, 1)
+        x = (1 - s) * x0 + s * eps
+        pred = velocity(model, x, sigma, [caps[int(i)] for i in cap_ids[idx.numpy()]])
+        loss = torch.nn.functional.mse_loss(pred, eps - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        losses.append(loss.item())
+        step += 1
+        if step % 200 == 0:
+            log(f"step {step}: loss {np.mean(losses[-200:]):.4f} lr {lr:.2e} "
+                f"({time.perf_counter() - start:.0f} s)")
+    info = {"steps": step, "final_loss": float(np.mean(losses[-200:])) if losses else None,
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "torch": torch.__version__}
+    return ema.eval(), info
+
+
+def save_teacher(model: ZImageTransformer2DModel, info: dict[str, object], folder: Path) -> None:
+    """Diffusers folder (``transformer/config.json`` + safetensors) plus ``build.json``."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder / "transformer", safe_serialization=True)
+    (folder / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def attribute_accuracy(model: ZImageTransformer2DModel, steps: int, n_prompts: int = 500,
+                       seed: int = 4242) -> dict[str, float]:
+    """Per-attribute accuracy (toy feature network) of ``steps``-step samples on ``n_prompts``
+    fresh toy prompts, each attribute scored over the prompts that name it."""
+    from pipeline.toy.features import load_feature_net
+    from pipeline.toy.text_encoder import MiniLMTextEncoder
+
+    prompts = generate_prompts(n_prompts, seed=seed)
+    caps = MiniLMTextEncoder().encode([p.text for p in prompts])
+    noise = torch.randn((n_prompts, 3, 32, 32), generator=torch.Generator().manual_seed(seed))
+    images = torch.cat([sample(model, caps[i : i + 100], noise[i : i + 100], steps)
+                        for i in range(0, n_prompts, 100)])
+    predicted = load_feature_net().predict(images)
+    result = {}
+    for name in ("size", "color", "shape", "position", "background"):
+        pairs = [(getattr(p.attributes, name), getattr(q, name))
+                 for p, q in zip(prompts, predicted, strict=True)
+                 if getattr(p.attributes, name) is not None]
+        result[name] = round(sum(a == b for a, b in pairs) / max(len(pairs), 1), 4)
+    return result
