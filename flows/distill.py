@@ -1,6 +1,6 @@
-"""Prefect flows: ``distill`` (every stage, in order; deployment ``distill/full``) and one
-flow per stage (``curate``, ...) for reruns. Flows only sequence stage calls; the work and
-its caching live in :mod:`stages` and :mod:`pipeline`."""
+"""Prefect flows: ``distill`` (every stage, in order; it will be served as the deployment
+``distill/full``) and one flow per stage (``curate``, ...) for reruns. Flows only sequence
+stage calls; the work and its caching live in :mod:`stages` and :mod:`pipeline`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ apply_defaults()
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.states import Failed, State  # noqa: E402
 
 from pipeline.config import load_config, workspace_of  # noqa: E402
+from pipeline.errors import TwostepError  # noqa: E402
 from pipeline.ray_runtime import ray_session  # noqa: E402
 from pipeline.stage import StageOutcome  # noqa: E402
 from pipeline.store import ArtifactStore  # noqa: E402
@@ -27,8 +29,13 @@ def stage_task(
     store: ArtifactStore,
     outputs: dict[str, Manifest],
     force: bool,
-) -> StageOutcome:
-    outcome = execute(step, cfg, store, outputs, force)
+) -> StageOutcome | State:
+    try:
+        outcome = execute(step, cfg, store, outputs, force)
+    except TwostepError as exc:
+        # A user-fixable problem: fail with its one-line message, not a traceback.
+        get_run_logger().error("%s failed: %s", step.name, exc)
+        return Failed(message=f"{step.name}: {exc}")
     state = "cached" if outcome.cached else "computed"
     get_run_logger().info("%s %s: %s %s", step.name, state, outcome.uri, outcome.manifest.counts)
     return outcome
@@ -40,18 +47,26 @@ def run_pipeline(
     workspace: str | None,
     only: list[str] | None,
     force: bool,
-) -> dict[str, dict[str, object]]:
+) -> dict[str, dict[str, object]] | State:
     """Load and validate the config, then run the planned stages on one Ray session.
-    Returns a summary per stage (key, cached, uri, counts)."""
-    cfg = load_config(config, overrides, workspace)
-    plan = plan_run(only)
-    store = ArtifactStore(workspace_of(cfg))
-    preflight(cfg, store, plan)
+    Returns a summary per stage (key, cached, uri, counts), or a Failed state carrying the
+    one-line message of a user-fixable error (the flow run is then Failed)."""
+    try:
+        cfg = load_config(config, overrides, workspace)
+        plan = plan_run(only)
+        store = ArtifactStore(workspace_of(cfg))
+        preflight(cfg, store, plan)
+    except TwostepError as exc:
+        get_run_logger().error("%s", exc)
+        return Failed(message=str(exc))
     outputs: dict[str, Manifest] = {}
     summary: dict[str, dict[str, object]] = {}
     with ray_session(cfg.ray):
         for step in plan:
-            outcome = stage_task(step, cfg, store, outputs, force)
+            state = stage_task(step, cfg, store, outputs, force, return_state=True)
+            if not state.is_completed():
+                return Failed(message=state.message or f"stage {step.name} failed")
+            outcome = state.result()
             outputs[step.name] = outcome.manifest
             summary[step.name] = {"key": outcome.manifest.key, "cached": outcome.cached,
                                   "uri": outcome.uri, "counts": outcome.manifest.counts}

@@ -16,10 +16,10 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def stage_key(stage: str, version: int, section: Any, input_hashes: list[str]) -> str:
+def stage_key(stage: str, version: int, section: Any, input_hashes: dict[str, str]) -> str:
     """Cache key of a stage run: 16 hex digits of sha256 over the stage name, its code version,
-    its config section (canonical JSON) and the content hashes of its inputs."""
+    its config section (canonical JSON) and the content hashes of its inputs, by input name."""
     payload = canonical_json(
-        {"stage": stage, "version": version, "config": section, "inputs": sorted(input_hashes)}
+        {"stage": stage, "version": version, "config": section, "inputs": input_hashes}
     )
     return sha256_text(payload)[:16]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 
+from pipeline.errors import ConfigError
 from schemas.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -16,6 +18,22 @@ log = logging.getLogger(__name__)
 def resolve_address(cfg: RayConfig) -> str | None:
     """``RAY_ADDRESS`` wins over the config, so one config runs locally and on a cluster."""
     return os.environ.get("RAY_ADDRESS") or cfg.address
+
+
+def check_ray_address(cfg: RayConfig, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the setting, when a configured ``host:port`` cannot be reached
+    (Ray itself retries for minutes before giving up)."""
+    address = resolve_address(cfg)
+    if not address or address in ("auto", "local"):
+        return
+    where = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "ray.address"
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{where} {address!r}: expected host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"{where} {address!r}: cannot reach {host}:{port} ({exc})") from None
 
 
 @contextlib.contextmanager

@@ -75,6 +75,12 @@ class StageSpec(Generic[M]):
     run: Callable[[StageContext], StageResult]
     check: Callable[[DistillConfig], None] = lambda cfg: None
     version: int = 1
+    fingerprint: Callable[[DistillConfig], dict[str, str]] = lambda cfg: {}
+    """Identity of inputs that are not manifests (e.g. the source files of ``curate``:
+    resolved URI -> fsspec ``ukey``, which changes with size and modification time). Part of
+    the cache key, so editing a source file recomputes the stage."""
+    key_exclude: tuple[str, ...] = ()
+    """Config fields that only affect speed (batch sizes, ...), left out of the cache key."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ def code_version() -> str:
         pkg = "0+unknown"
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
@@ -114,8 +120,10 @@ def code_version() -> str:
 
 
 def compute_key(spec: StageSpec[Any], cfg: DistillConfig, inputs: Mapping[str, Manifest]) -> str:
-    section = spec.section(cfg).model_dump(mode="json")
-    return stage_key(spec.name, spec.version, section, [content_hash(m) for m in inputs.values()])
+    section = spec.section(cfg).model_dump(mode="json", exclude=set(spec.key_exclude))
+    input_hashes = {name: content_hash(m) for name, m in inputs.items()}
+    input_hashes.update({f"external:{uri}": ukey for uri, ukey in spec.fingerprint(cfg).items()})
+    return stage_key(spec.name, spec.version, section, input_hashes)
 
 
 def run_stage(
@@ -152,6 +160,9 @@ def run_stage(
     spec.check(cfg)
     if force and store.exists(stage_dir):
         store.remove_tree(stage_dir)  # recompute everything; no stale file can look finished
+    elif store.exists(stage_dir, MANIFEST_FILENAME):
+        # A rejected cache (a file missing or changed): the folder is unfinished from now on.
+        store.fs.rm(store.path(stage_dir, MANIFEST_FILENAME))
     store.makedirs(stage_dir)
     section = spec.section(cfg)
     input_dirs = {name: _dir_of(m) for name, m in inputs.items()}
@@ -181,6 +192,7 @@ def run_stage(
                      uri=store.uri(input_dirs[name]))
             for name, m in inputs.items()
         ],
+        external_inputs=spec.fingerprint(cfg),
         files=store.file_entries(stage_dir),
         counts=result.counts,
         metrics=result.metrics,
@@ -223,4 +235,9 @@ def read_latest(store: ArtifactStore, stage: str) -> dict[str, Any] | None:
     """The record of the stage's last run in this workspace, or None."""
     if not store.exists(stage, LATEST_FILENAME):
         return None
-    return json.loads(store.read_bytes(stage, LATEST_FILENAME))
+    try:
+        record = json.loads(store.read_bytes(stage, LATEST_FILENAME))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{store.uri(stage, LATEST_FILENAME)}: unreadable ({exc}); "
+                            f"delete it, the next run rewrites it") from None
+    return record if isinstance(record, dict) else None

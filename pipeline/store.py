@@ -18,7 +18,7 @@ from typing import IO, TypeVar
 import fsspec
 from pydantic import ValidationError
 
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, ConfigError
 from schemas.manifest import MANIFEST_FILENAME, FileEntry, Manifest
 
 TMP_MARKER = ".tmp-"
@@ -29,7 +29,10 @@ class ArtifactStore:
     """Files under one root (a local path or an fsspec URL)."""
 
     def __init__(self, root: str) -> None:
-        self.fs, root_path = fsspec.core.url_to_fs(root)
+        try:
+            self.fs, root_path = fsspec.core.url_to_fs(root)
+        except (ValueError, ImportError) as exc:
+            raise ConfigError(f"workspace {root!r}: {exc}") from None
         self.root = root_path.rstrip("/") or "/"
         self.root_uri = root
 

@@ -46,6 +46,11 @@ class Manifest(StrictModel):
     code_version: str = Field(..., description="twostep version plus git commit when known.")
     config: dict[str, Any] = Field(..., description="The stage's config section, as run.")
     inputs: list[InputRef] = Field(default_factory=list)
+    external_inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Inputs that are not stage outputs (e.g. source files): URI -> fsspec ukey "
+        "(changes when the file's size or modification time changes).",
+    )
     files: list[FileEntry] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -21,6 +21,7 @@ from pipeline.curation.promptset import PROMPT_SCHEMA
 from pipeline.curation.sources import (
     ResolvedSource,
     check_source_header,
+    fingerprint_sources,
     read_source,
     resolve_sources,
 )
@@ -92,6 +93,9 @@ def _clean_filter_sign(batch: pa.Table, cfg: CurateConfig) -> pa.Table:
             "prompt": pa.array(prompts, pa.string()),
             "status": pa.array(statuses, pa.string()),
             "sig": sig_col,
+            # Rows without a match text (only punctuation or symbols) have no shingles: they
+            # take part in exact de-duplication only.
+            "signed": pa.array([bool(t) for t in to_sign], pa.bool_()),
         }
     )
 
@@ -174,7 +178,8 @@ def curate(ctx: StageContext) -> StageResult:
             duplicate_of[i] = prompt_id(prompts[j])
 
     if cfg.near_dedup.enabled:
-        alive = np.nonzero(status == "")[0]
+        signed = table.column("signed").to_numpy(zero_copy_only=False)
+        alive = np.nonzero((status == "") & signed)[0]
         sig = _signature_matrix(table.column("sig"), cfg.near_dedup.num_perm)[alive]
         rep = near_duplicate_representatives(sig, cfg.near_dedup.threshold)
         for k in np.nonzero(rep != np.arange(len(alive)))[0]:
@@ -292,4 +297,6 @@ STAGE: StageSpec[PromptSetManifest] = StageSpec(
     run=curate,
     check=check,
     version=1,
+    fingerprint=lambda cfg: fingerprint_sources(resolve_sources(cfg.curate.sources)),
+    key_exclude=("batch_size",),
 )

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
+from pipeline.ray_runtime import check_ray_address
 from pipeline.stage import StageOutcome, StageSpec, compute_key, run_stage
 from pipeline.store import ArtifactStore
 from schemas.config import STAGE_NAMES, DistillConfig
@@ -49,6 +50,7 @@ def plan_run(only: list[str] | None = None) -> list[PlannedStage]:
 def preflight(cfg: DistillConfig, store: ArtifactStore, plan: list[PlannedStage]) -> None:
     """Run each stage's input checks before anything starts, for stages that will compute
     (not cached). A stage whose upstream is not cached yet is checked too."""
+    check_ray_address(cfg.ray)
     known: dict[str, Manifest] = {}
     for step in plan:
         inputs = {u: known[u] for u in step.spec.upstream if u in known}

@@ -30,7 +30,7 @@ ROW_SCHEMA = pa.schema(
         ("status", pa.string()),
     ]
 )
-_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".lz4"}
+_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz"}  # codecs of the standard library
 _FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
             ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -100,6 +100,17 @@ def _expand(source: FileSource, where: str) -> list[str]:
     return [fs.unstrip_protocol(m) for m in matches]
 
 
+def fingerprint_sources(sources: list[ResolvedSource]) -> dict[str, str]:
+    """URI -> fsspec ``ukey`` (a hash of size, modification time or ETag) of every file."""
+    out = {}
+    for src in sources:
+        if src.toy is not None:
+            continue
+        fs, path = fsspec.core.url_to_fs(src.uri)
+        out[src.uri] = fs.ukey(path)
+    return out
+
+
 def check_source_header(src: ResolvedSource) -> None:
     """Cheap pre-flight check that a CSV or Parquet source has the configured column."""
     if src.format not in ("csv", "parquet"):
@@ -152,6 +163,13 @@ def read_source(src: ResolvedSource) -> pa.Table:
     reader = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json,
               "csv": _read_csv, "parquet": _read_parquet}[src.format]
     texts, statuses = reader(data, src)
+    if src.format in ("jsonl", "json") and statuses and all(
+        s in ("missing_field", "") and t in (None, "") for t, s in zip(texts, statuses, strict=True)
+    ) and "missing_field" in statuses:
+        raise SourceError(
+            f"{src.config_path}.field: no record of {src.uri} has the field {src.field!r}; "
+            f"set field to the key that holds the prompt"
+        )
     return _table(src.index, texts, statuses)
 
 

@@ -26,15 +26,31 @@ def distill(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedPro
          "curate.sources[0].path: source file not found: /no/such/prompts.txt"),
         (["--only", "curat"], "unknown stage 'curat'"),
         (["--config", "/no/such.yaml"], "config file not found: /no/such.yaml"),
+        (["--set", "ray.address=127.0.0.1:9"], "ray.address '127.0.0.1:9': cannot reach"),
+        (["--workspace", "nosuchproto://x/y"], "workspace 'nosuchproto://x/y'"),
     ],
 )
 def test_user_mistakes_are_one_clear_line(args, message, tmp_path):
     result = distill("run", "--config", "smoke", "--workspace", str(tmp_path / "ws"), *args)
+    if "--workspace" in args:  # the later option wins
+        result = distill("run", "--config", "smoke", *args)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.slow
+def test_error_inside_a_stage_is_one_line_too(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"prompt": "a red circle"}, {"prompt": ')
+    result = distill("run", "--config", "smoke", "--workspace", str(tmp_path / "ws"),
+                     "--set", f"curate.sources=[{{path: '{bad}'}}]")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "error: curate: curate.sources[0]: " in result.stderr
+    assert "bad.json is not valid JSON (line 1, column 41" in result.stderr
 
 
 @pytest.mark.slow

@@ -146,3 +146,38 @@ def test_key_depends_only_on_the_curate_section():
                                            "workspace=/elsewhere"])
     assert compute_key(STAGE, other_sections, {}) == base
     assert compute_key(STAGE, load_config("smoke", ["curate.split_seed=3"]), {}) != base
+
+
+def test_editing_a_source_file_changes_the_key(tmp_path):
+    src = tmp_path / "p.txt"
+    src.write_text("a red circle\n")
+    cfg = load_config("smoke", [f"curate.sources=[{{path: '{src}'}}]"],
+                      workspace=str(tmp_path / "ws"))
+    store = ArtifactStore(cfg.workspace)
+    first = run_stage(STAGE, cfg, store)
+    assert run_stage(STAGE, cfg, store).cached
+    src.write_text("a red circle\na blue square\n")
+    second = run_stage(STAGE, cfg, store)
+    assert not second.cached and second.manifest.counts["kept"] == 2
+    assert second.manifest.key != first.manifest.key
+    assert list(second.manifest.external_inputs) == [str(src)]
+
+
+def test_punctuation_only_prompts_are_not_near_duplicates(tmp_path):
+    src = tmp_path / "p.txt"
+    src.write_text("!!!\n???\n...\n!!!\n")
+    cfg = load_config("smoke", [f"curate.sources=[{{path: '{src}'}}]"],
+                      workspace=str(tmp_path / "ws"))
+    m = run_stage(STAGE, cfg, ArtifactStore(cfg.workspace)).manifest
+    assert m.counts["kept"] == 3 and m.dropped["exact_duplicate"] == 1
+    assert m.dropped["near_duplicate"] == 0
+
+
+def test_a_json_field_that_no_record_has_is_an_error(tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"caption": "a red circle"}\n{"caption": "a blue square"}\n')
+    cfg = load_config("smoke", [f"curate.sources=[{{path: '{src}'}}]"],
+                      workspace=str(tmp_path / "ws"))
+    with pytest.raises(SourceError, match=r"sources\[0\].field: no record of .*p.jsonl has the "
+                                          r"field 'prompt'"):
+        run_stage(STAGE, cfg, ArtifactStore(cfg.workspace))

@@ -1,0 +1,89 @@
+"""The toy teacher adapter: the shipped pixel-space ``ZImageTransformer2DModel`` + MiniLM.
+
+Prompts outside the toy vocabulary (see :func:`pipeline.toy.prompts.parse_prompt`) are still
+encoded (MiniLM reads any text) and a warning names the unknown words; ``strict=True`` turns
+that into a :class:`~pipeline.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import ZImageTransformer2DModel
+from torch import nn
+
+from pipeline.errors import ArtifactError, ConfigError
+from pipeline.teachers.base import TeacherAdapter
+from pipeline.toy.prompts import parse_prompt
+from pipeline.toy.teacher import ASSET_DIR, PATCH, shifted_sigmas
+from pipeline.toy.teacher import velocity as toy_velocity
+
+log = logging.getLogger(__name__)
+
+
+class ToyTeacher(TeacherAdapter):
+    name = "toy"
+
+    def __init__(self, model: ZImageTransformer2DModel, device: str = "cpu",
+                 strict: bool = False) -> None:
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.strict = strict
+        self._encoder = None
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu",
+             strict: bool = False) -> ToyTeacher:
+        folder = Path(path) if path else ASSET_DIR
+        transformer = folder / "transformer"
+        if not (transformer / "config.json").is_file():
+            raise ArtifactError(
+                f"{folder}: not a toy teacher folder (no transformer/config.json); build one "
+                f"with `distill toy build-teacher`"
+            )
+        try:
+            model = ZImageTransformer2DModel.from_pretrained(transformer, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"{transformer}: cannot load the toy teacher: {exc}") from None
+        if model.config.all_patch_size[0] != PATCH or model.config.in_channels != 3:
+            raise ArtifactError(f"{transformer}: not a toy teacher (expected 3 input channels "
+                                f"and patch {PATCH})")
+        return cls(model, device=device, strict=strict)
+
+    def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
+        unknown = {w for p in prompts for w in parse_prompt(p)[1]}
+        if unknown:
+            message = f"words outside the toy vocabulary: {', '.join(sorted(unknown))}"
+            if self.strict:
+                raise ConfigError(message)
+            log.warning("%s (they are encoded anyway; the teacher never saw them)", message)
+        if self._encoder is None:
+            from pipeline.toy.text_encoder import MiniLMTextEncoder
+
+            self._encoder = MiniLMTextEncoder(device=self.device)
+        return self._encoder.encode(prompts)
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor,
+                 captions: list[torch.Tensor]) -> torch.Tensor:
+        caps = [c.to(self.device) for c in captions]
+        return toy_velocity(self.model, x.to(self.device), sigma.to(self.device), caps)
+
+    def schedule(self, steps: int, latent_shape: tuple[int, int, int] = (3, 32, 32)) -> list[float]:
+        return shifted_sigmas(steps)
+
+    def latent_shape(self, height: int = 32, width: int = 32) -> tuple[int, int, int]:
+        if (height, width) != (32, 32):
+            raise ConfigError(f"the toy teacher makes 32x32 images, not {height}x{width}")
+        return (3, 32, 32)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.clamp(-1, 1) + 1) / 2).float()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float() * 2 - 1
+
+    @property
+    def transformer(self) -> nn.Module:
+        return self.model

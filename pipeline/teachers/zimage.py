@@ -1,0 +1,107 @@
+"""Z-Image Turbo through diffusers: ``ZImagePipeline.from_pretrained`` on a local folder
+(Qwen3 text encoder, FLUX VAE, ``ZImageTransformer2DModel``), bf16 on GPU.
+
+Conventions checked against ``ZImagePipeline.__call__`` by the tests: the transformer gets
+``t = 1 - sigma`` and predicts ``x0 - eps`` (we negate it); the schedule is the pipeline's
+(``linspace(1, 1/N, N)`` then the scheduler's shift, plus the final 0); VAE latents are
+normalized as ``(z - shift_factor) * scaling_factor``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import ArtifactError
+from pipeline.teachers.base import TeacherAdapter
+
+_REQUIRED = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ZImageTeacher(TeacherAdapter):
+    name = "zimage"
+
+    def __init__(self, pipe, device: str = "cpu") -> None:
+        self.pipe = pipe
+        self.device = torch.device(device)
+        self.max_sequence_length = 512
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu",
+             dtype: torch.dtype | None = None) -> ZImageTeacher:
+        """Load a local diffusers folder; ``dtype`` defaults to bf16 on CUDA, fp32 on CPU."""
+        from diffusers import ZImagePipeline
+
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ArtifactError(f"Z-Image teacher folder not found: {folder}")
+        missing = [name for name in _REQUIRED if not (folder / name).exists()]
+        if missing:
+            raise ArtifactError(f"{folder}: not a Z-Image diffusers folder, missing "
+                                f"{', '.join(missing)}")
+        if dtype is None:
+            dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        try:
+            pipe = ZImagePipeline.from_pretrained(folder, torch_dtype=dtype,
+                                                  use_safetensors=True, local_files_only=True)
+        except (OSError, ValueError, RuntimeError, TypeError) as exc:
+            raise ArtifactError(f"{folder}: cannot load the Z-Image pipeline: {exc}") from None
+        return cls(pipe.to(device), device=device)
+
+    def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            embeds, _ = self.pipe.encode_prompt(
+                list(prompts), device=self.device, do_classifier_free_guidance=False,
+                max_sequence_length=self.max_sequence_length)
+        return embeds
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor,
+                 captions: list[torch.Tensor]) -> torch.Tensor:
+        model = self.pipe.transformer
+        inputs = list(x.to(self.device, model.dtype).unsqueeze(2).unbind(0))
+        t = (1.0 - sigma).to(self.device, model.dtype)
+        out = model(inputs, t, [c.to(self.device, model.dtype) for c in captions],
+                    return_dict=False)[0]
+        return -torch.stack([o.float() for o in out]).squeeze(2)
+
+    def schedule(self, steps: int, latent_shape: tuple[int, int, int]) -> list[float]:
+        from diffusers.pipelines.z_image.pipeline_z_image import (
+            calculate_shift,
+            get_default_z_image_sigmas,
+        )
+
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        cfg = scheduler.config
+        seq_len = (latent_shape[1] // 2) * (latent_shape[2] // 2)
+        mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256),
+                             cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                             cfg.get("max_shift", 1.15))
+        scheduler.set_timesteps(sigmas=get_default_z_image_sigmas(steps), mu=mu)
+        return [float(s) for s in scheduler.sigmas]
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        scale = self.pipe.vae_scale_factor * 2
+        if height % scale or width % scale:
+            raise ValueError(f"height and width must be multiples of {scale}")
+        return (self.pipe.transformer.config.in_channels, 2 * (height // scale),
+                2 * (width // scale))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        z = x.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        with torch.inference_mode():
+            image = vae.decode(z, return_dict=False)[0]
+        return ((image.float() + 1) / 2).clamp(0, 1)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        with torch.inference_mode():
+            z = vae.encode(images.to(self.device, vae.dtype) * 2 - 1).latent_dist.mode()
+        return ((z.float() - vae.config.shift_factor) * vae.config.scaling_factor)
+
+    @property
+    def transformer(self) -> nn.Module:
+        return self.pipe.transformer
