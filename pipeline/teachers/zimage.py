@@ -62,7 +62,10 @@ class ZImageTeacher(TeacherAdapter):
                  captions: list[torch.Tensor]) -> torch.Tensor:
         model = self.pipe.transformer
         inputs = list(x.to(self.device, model.dtype).unsqueeze(2).unbind(0))
-        t = (1.0 - sigma).to(self.device, model.dtype)
+        # t = 1 - sigma, computed the way ZImagePipeline does (via the scheduler's float32
+        # timesteps sigma * 1000), so both paths feed the model the same numbers.
+        timestep = (sigma.to(self.device, torch.float32) * 1000).to(torch.float32)
+        t = ((1000 - timestep) / 1000).to(model.dtype)
         out = model(inputs, t, [c.to(self.device, model.dtype) for c in captions],
                     return_dict=False)[0]
         return -torch.stack([o.float() for o in out]).squeeze(2)
