@@ -121,6 +121,73 @@ def status(
     console.print(table)
 
 
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Output folder for PNGs, prompts.jsonl and a "
+                                      "contact sheet.")],
+    prompt: Annotated[list[str] | None, typer.Option(help="A prompt (repeat for more).")]
+    = None,
+    prompts_file: Annotated[Path | None, typer.Option(help="Text file, one prompt a line "
+                                                      "(blank lines are skipped).")] = None,
+    generator: Annotated[str, typer.Option(help="What generates: teacher (the student "
+                                           "lands with training).")] = "teacher",
+    teacher: Annotated[str, typer.Option(help="Teacher kind: toy or zimage.")] = "toy",
+    teacher_path: Annotated[str | None, typer.Option(help="Teacher folder (toy: default the "
+                                                     "shipped one; zimage: required).")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 8,
+    seed: int = 0,
+    num_images: Annotated[int, typer.Option(min=1, help="Images per prompt.")] = 1,
+    height: int = 32,
+    width: int = 32,
+    device: str = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+) -> None:
+    """Generate images; image i uses seed SEED + i, so a run is reproducible."""
+    from rich.progress import Progress
+
+    from pipeline.generate import generate as run_generate
+    from pipeline.generate import write_outputs
+    from pipeline.teachers import load_teacher
+
+    if generator != "teacher":
+        err_console.print(f"[bold red]error:[/] --generator {generator!r}: only 'teacher' "
+                          f"exists so far")
+        raise typer.Exit(code=2)
+    if bool(prompt) == bool(prompts_file):
+        err_console.print("[bold red]error:[/] give either --prompt or --prompts-file")
+        raise typer.Exit(code=2)
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            err_console.print(f"[bold red]error:[/] --prompts-file {prompts_file}: not found")
+            raise typer.Exit(code=2)
+        try:
+            lines = prompts_file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            err_console.print(f"[bold red]error:[/] --prompts-file {prompts_file}: not UTF-8 "
+                              f"({exc})")
+            raise typer.Exit(code=2) from None
+        base = [line.strip() for line in lines if line.strip()]
+        if not base:
+            err_console.print(f"[bold red]error:[/] --prompts-file {prompts_file}: no prompt")
+            raise typer.Exit(code=2)
+    else:
+        base = list(prompt or [])
+    prompts = [p for p in base for _ in range(num_images)]
+    seeds = [seed + i for i in range(len(prompts))]
+    try:
+        model = load_teacher(teacher, teacher_path, device=device)
+        with Progress(console=err_console, transient=True) as bar:
+            task = bar.add_task(f"{steps}-step sampling", total=len(prompts))
+            images = run_generate(model, prompts, seeds, steps, height, width, batch_size,
+                                  progress=lambda n: bar.advance(task, n))
+    except (TwostepError, ValueError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2) from None
+    write_outputs(out, images, prompts, seeds,
+                  {"generator": f"{generator}:{teacher}", "steps": steps})
+    console.print(f"wrote {len(prompts)} images, prompts.jsonl and contact_sheet.png to {out}")
+
+
 toy_app = typer.Typer(help="The embedded toy world: build its shipped models.",
                       no_args_is_help=True)
 app.add_typer(toy_app, name="toy")

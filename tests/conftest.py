@@ -68,3 +68,13 @@ def messy_sources(tmp_path: Path) -> dict[str, Path]:
         encoding="utf-8",
     )
     return {"txt": txt, "csv": csv_path, "jsonl": jsonl}
+
+
+@pytest.fixture(scope="session")
+def zimage_folder(tmp_path_factory) -> Path:
+    """A miniature Z-Image diffusers folder (see tests/zimage_miniature.py)."""
+    from tests.zimage_miniature import build_miniature_zimage
+
+    folder = tmp_path_factory.mktemp("zimage-mini")
+    build_miniature_zimage(folder)
+    return folder

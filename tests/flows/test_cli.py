@@ -83,3 +83,38 @@ def test_build_features_writes_only_when_accurate_enough(tmp_path):
     assert accepted.returncode == 0, accepted.stderr
     assert (tmp_path / "net" / "model.safetensors").is_file()
     assert (tmp_path / "net" / "build.json").is_file()
+
+
+def test_generate_writes_pngs_index_and_contact_sheet(tmp_path, zimage_folder):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on the left\n\na big blue square at the top\n")
+    out = tmp_path / "out"
+    result = distill("generate", "--generator", "teacher", "--teacher", "zimage",
+                     "--teacher-path", str(zimage_folder), "--steps", "2", "--prompts-file",
+                     str(prompts), "--seed", "7", "--num-images", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    records = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    assert [r["seed"] for r in records] == [7, 8, 9, 10]
+    assert records[2]["prompt"] == "a big blue square at the top"
+    assert all((out / r["file"]).is_file() for r in records)
+    assert (out / "contact_sheet.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--teacher", "zimage", "--teacher-path", "/no/such/folder", "--prompt", "x"],
+         "Z-Image teacher folder not found: /no/such/folder"),
+        (["--teacher", "toy", "--teacher-path", "/no/such/folder", "--prompt", "x"],
+         "not a toy teacher folder"),
+        (["--prompts-file", "/no/such.txt"], "--prompts-file /no/such.txt: not found"),
+        ([], "give either --prompt or --prompts-file"),
+    ],
+)
+def test_generate_errors_are_one_line(args, message, tmp_path):
+    result = distill("generate", "--out", str(tmp_path / "out"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
