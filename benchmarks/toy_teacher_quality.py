@@ -1,0 +1,86 @@
+"""Quality of the shipped toy teacher: 8 steps vs naive 2 steps vs ground-truth renders.
+
+For 500 fresh toy prompts (seed 4242; fully and partly specified), with the same noise for
+both step counts: per-attribute accuracy by the toy feature network over the prompts that name
+the attribute, palette purity (fraction of pixels on a pure toy colour) and the valid rate
+(purity >= 0.9). Writes ``benchmarks/results/toy_teacher.json`` and contact sheets of the first
+32 prompts to ``docs/images/``.
+
+    .venv/bin/python benchmarks/toy_teacher_quality.py [--teacher-path DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.generate import contact_sheet, noise_for_seeds, to_uint8
+from pipeline.teachers import load_teacher
+from pipeline.toy.features import HEADS, load_feature_net, to_tensor
+from pipeline.toy.metrics import palette_purity
+from pipeline.toy.prompts import generate_prompts
+from pipeline.toy.render import render_prompt_seed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def score(images: torch.Tensor, prompts, net) -> dict[str, float]:
+    predicted = net.predict(images * 2 - 1)
+    result: dict[str, float] = {}
+    for name in HEADS:
+        pairs = [(getattr(p.attributes, name), getattr(q, name))
+                 for p, q in zip(prompts, predicted, strict=True)
+                 if getattr(p.attributes, name) is not None]
+        result[name] = round(sum(a == b for a, b in pairs) / max(len(pairs), 1), 4)
+    result["mean"] = round(sum(result[n] for n in HEADS) / len(HEADS), 4)
+    purity = palette_purity(images)
+    result["palette_purity"] = round(purity.mean().item(), 4)
+    result["valid_rate"] = round((purity >= 0.9).float().mean().item(), 4)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher-path", default=None)
+    parser.add_argument("--prompts", type=int, default=500)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    teacher = load_teacher("toy", args.teacher_path)
+    net = load_feature_net()
+    prompts = generate_prompts(args.prompts, seed=4242)
+    texts = [p.text for p in prompts]
+    seeds = list(range(len(prompts)))
+    caps = teacher.encode_prompts(texts)
+    noise = noise_for_seeds(seeds, teacher.latent_shape(32, 32))
+    report: dict[str, object] = {"prompts": len(prompts), "prompt_seed": 4242}
+    images = {}
+    for steps in (8, 2):
+        start = time.perf_counter()
+        finals = [teacher.sample(caps[i:i + 100], noise[i:i + 100], steps).final
+                  for i in range(0, len(prompts), 100)]
+        images[steps] = teacher.decode(torch.cat(finals))
+        report[f"teacher_{steps}_step"] = {
+            **score(images[steps], prompts, net),
+            "seconds": round(time.perf_counter() - start, 2)}
+        print(steps, "steps:", report[f"teacher_{steps}_step"], flush=True)
+    truth = torch.stack([to_tensor(render_prompt_seed(p.attributes, s)[0][None])[0]
+                         for p, s in zip(prompts, seeds, strict=True)])
+    report["ground_truth"] = score((truth + 1) / 2, prompts, net)
+    print("ground truth:", report["ground_truth"])
+    out = ROOT / "benchmarks" / "results" / "toy_teacher.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    pictures = ROOT / "docs" / "images"
+    pictures.mkdir(parents=True, exist_ok=True)
+    for steps in (8, 2):
+        contact_sheet(to_uint8(images[steps][:32]), columns=8, scale=3).save(
+            pictures / f"toy-teacher-{steps}step.png")
+    (pictures / "toy-teacher-prompts.txt").write_text("\n".join(texts[:32]) + "\n")
+    print("wrote", out, "and", pictures)
+
+
+if __name__ == "__main__":
+    main()

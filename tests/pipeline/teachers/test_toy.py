@@ -1,0 +1,53 @@
+"""The shipped toy teacher through its adapter."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from pipeline.errors import ArtifactError, ConfigError
+from pipeline.teachers import load_teacher
+from pipeline.teachers.toy import ToyTeacher
+from pipeline.toy.teacher import ASSET_DIR
+
+shipped = pytest.mark.skipif(not (ASSET_DIR / "transformer" / "config.json").exists(),
+                             reason="toy teacher not built")
+
+
+@shipped
+def test_sampling_records_sigma_mid_and_is_deterministic():
+    teacher = load_teacher("toy")
+    caps = teacher.encode_prompts(["a red circle", "a shape on a white background"])
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, *teacher.latent_shape(32, 32), generator=gen)
+    a = teacher.sample(caps, noise, 8, record_sigmas=(0.75,))
+    b = teacher.sample(caps, noise, 8, record_sigmas=(0.75,))
+    assert torch.equal(a.final, b.final) and torch.equal(a.recorded[0.75], b.recorded[0.75])
+    images = teacher.decode(a.final)
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    with pytest.raises(ValueError, match="not on the teacher's schedule"):
+        teacher.sample(caps, noise, 8, record_sigmas=(0.7,))
+
+
+@shipped
+def test_prompts_outside_the_vocabulary(caplog):
+    teacher = load_teacher("toy")
+    with caplog.at_level(logging.WARNING):
+        assert len(teacher.encode_prompts(["a purple dragon"])) == 1
+    assert "outside the toy vocabulary: dragon, purple" in caplog.text
+    strict = ToyTeacher(teacher.model, strict=True)
+    with pytest.raises(ConfigError, match="outside the toy vocabulary"):
+        strict.encode_prompts(["a purple dragon"])
+    with pytest.raises(ConfigError, match="32x32"):
+        teacher.latent_shape(64, 64)
+
+
+def test_missing_or_foreign_teacher_folders(tmp_path, zimage_folder):
+    with pytest.raises(ArtifactError, match="not a toy teacher folder"):
+        load_teacher("toy", str(tmp_path))
+    with pytest.raises(ArtifactError, match="not a toy teacher"):
+        load_teacher("toy", str(zimage_folder))  # a Z-Image transformer: 4 channels, patch 2
+    with pytest.raises(ValueError, match="unknown teacher kind"):
+        load_teacher("sdxl")
