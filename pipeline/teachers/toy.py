@@ -44,7 +44,8 @@ class ToyTeacher(TeacherAdapter):
                 f"with `distill toy build-teacher`"
             )
         try:
-            model = ZImageTransformer2DModel.from_pretrained(transformer, use_safetensors=True)
+            model = ZImageTransformer2DModel.from_pretrained(
+                transformer, use_safetensors=True, torch_dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"{transformer}: cannot load the toy teacher: {exc}") from None
         if model.config.all_patch_size[0] != PATCH or model.config.in_channels != 3:

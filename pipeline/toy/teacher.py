@@ -140,11 +140,13 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print):
 
 
 def save_teacher(model: ZImageTransformer2DModel, info: dict[str, object], folder: Path) -> None:
-    """Diffusers folder (``transformer/config.json`` + safetensors) plus ``build.json``."""
+    """Diffusers folder (``transformer/config.json`` + fp16 safetensors) plus ``build.json``."""
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder / "transformer", safe_serialization=True)
+    # fp16 on disk halves the shipped size (~4 MB); adapters load it back as fp32.
+    copy.deepcopy(model).to(torch.float16).save_pretrained(folder / "transformer",
+                                                           safe_serialization=True)
     (folder / "build.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
