@@ -129,8 +129,9 @@ def generate(
     = None,
     prompts_file: Annotated[Path | None, typer.Option(help="Text file, one prompt a line "
                                                       "(blank lines are skipped).")] = None,
-    generator: Annotated[str, typer.Option(help="What generates: teacher (the student "
-                                           "lands with training).")] = "teacher",
+    generator: Annotated[str, typer.Option(help="What generates: teacher, or ground-truth "
+                                           "(toy renders of what each prompt names; the "
+                                           "student lands with training).")] = "teacher",
     teacher: Annotated[str, typer.Option(help="Teacher kind: toy or zimage.")] = "toy",
     teacher_path: Annotated[str | None, typer.Option(help="Teacher folder (toy: default the "
                                                      "shipped one; zimage: required).")] = None,
@@ -149,9 +150,9 @@ def generate(
     from pipeline.generate import write_outputs
     from pipeline.teachers import load_teacher
 
-    if generator != "teacher":
-        err_console.print(f"[bold red]error:[/] --generator {generator!r}: only 'teacher' "
-                          f"exists so far")
+    if generator not in ("teacher", "ground-truth"):
+        err_console.print(f"[bold red]error:[/] --generator {generator!r}: choose teacher or "
+                          f"ground-truth")
         raise typer.Exit(code=2)
     if bool(prompt) == bool(prompts_file):
         err_console.print("[bold red]error:[/] give either --prompt or --prompts-file")
@@ -174,6 +175,14 @@ def generate(
         base = list(prompt or [])
     prompts = [p for p in base for _ in range(num_images)]
     seeds = [seed + i for i in range(len(prompts))]
+    if generator == "ground-truth":
+        from pipeline.toy.render import render_toy_prompts
+
+        images = render_toy_prompts(prompts, seeds)
+        write_outputs(out, images, prompts, seeds, {"generator": "ground-truth:toy"})
+        console.print(f"wrote {len(prompts)} renders, prompts.jsonl and contact_sheet.png "
+                      f"to {out}")
+        return
     try:
         model = load_teacher(teacher, teacher_path, device=device)
         with Progress(console=err_console, transient=True) as bar:

@@ -89,3 +89,25 @@ def render_prompt_seed(attrs: ToyAttributes, seed: int) -> tuple[np.ndarray, Sce
     """Ground-truth image for a prompt's attributes and a seed."""
     scene = sample_scene(attrs, seed)
     return render(scene), scene
+
+
+def render_toy_prompts(prompts: list[str], seeds: list[int]):
+    """Ground-truth images ``(N, 3, 32, 32)`` in [0, 1] for toy prompts: what each prompt names
+    is fixed, the rest is drawn from its seed (the "real data" of the toy world). Words
+    outside the toy vocabulary are ignored with a warning."""
+    import logging
+
+    import torch
+
+    from pipeline.toy.prompts import parse_prompt
+
+    images = []
+    unknown: set[str] = set()
+    for prompt, seed in zip(prompts, seeds, strict=True):
+        attrs, words = parse_prompt(prompt)
+        unknown.update(words)
+        images.append(torch.from_numpy(render_prompt_seed(attrs, seed)[0]))
+    if unknown:
+        logging.getLogger(__name__).warning("ignored words outside the toy vocabulary: %s",
+                                            ", ".join(sorted(unknown)))
+    return torch.stack(images).permute(0, 3, 1, 2).float() / 255.0

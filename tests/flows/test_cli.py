@@ -118,3 +118,17 @@ def test_generate_errors_are_one_line(args, message, tmp_path):
     result = distill("generate", "--out", str(tmp_path / "out"), *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_ground_truth_renders_what_the_prompt_names(tmp_path):
+    out = tmp_path / "gt"
+    result = distill("generate", "--generator", "ground-truth", "--prompt",
+                     "a large red square in the center on a white background",
+                     "--num-images", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    import numpy as np
+    from PIL import Image
+
+    for name in ("00000.png", "00001.png", "00002.png"):
+        img = np.asarray(Image.open(out / name))
+        assert tuple(img[0, 0]) == (255, 255, 255) and tuple(img[16, 16]) == (255, 0, 0)
