@@ -55,15 +55,17 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Recompute, ignore the cache.")] = False,
 ) -> None:
     """Run the pipeline (or some stages) locally: ephemeral Prefect, local Ray."""
-    from flows.distill import distill
     from pipeline.config import load_config, workspace_of
     from pipeline.store import ArtifactStore
     from stages.registry import plan_run, preflight
 
     try:
+        # Validate everything before Prefect and Ray start: a user mistake is one line.
         cfg = load_config(config, set_, workspace)
         plan = plan_run(only)
         preflight(cfg, ArtifactStore(workspace_of(cfg)), plan)
+        from flows.distill import distill
+
         state = distill(config=config, overrides=set_ or [], workspace=workspace,
                         only=only or None, force=force, return_state=True)
     except TwostepError as exc:
@@ -110,7 +112,10 @@ def status(
     for column in ("stage", "key", "finished", "last run", "counts"):
         table.add_column(column, overflow="fold")
     for stage in STAGE_NAMES:
-        latest = read_latest(store, stage)
+        try:
+            latest = read_latest(store, stage)
+        except TwostepError as exc:
+            fail(exc)
         if latest is None:
             table.add_row(stage, "-", "-", "never run", "")
             continue
