@@ -180,6 +180,23 @@ def generate(
         base = list(prompt or [])
     prompts = [p for p in base for _ in range(num_images)]
     seeds = [seed + i for i in range(len(prompts))]
+    if out.exists() and not out.is_dir():
+        err_console.print(f"[bold red]error:[/] --out {out}: exists and is not a folder")
+        raise typer.Exit(code=2)
+    if generator == "ground-truth" and ((height, width) != (32, 32) or teacher != "toy"):
+        err_console.print("[bold red]error:[/] --generator ground-truth renders the toy world: "
+                          "32x32 images, --teacher toy")
+        raise typer.Exit(code=2)
+    import torch
+
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as exc:
+        err_console.print(f"[bold red]error:[/] --device {device!r}: {exc}")
+        raise typer.Exit(code=2) from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        err_console.print(f"[bold red]error:[/] --device {device}: CUDA is not available here")
+        raise typer.Exit(code=2)
     if generator == "ground-truth":
         from pipeline.toy.render import render_toy_prompts
 
@@ -197,6 +214,10 @@ def generate(
     except (TwostepError, ValueError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
+    except torch.cuda.OutOfMemoryError:
+        err_console.print(f"[bold red]error:[/] out of GPU memory at --batch-size {batch_size}; "
+                          f"try a smaller one")
+        raise typer.Exit(code=1) from None
     write_outputs(out, images, prompts, seeds,
                   {"generator": f"{generator}:{teacher}", "steps": steps})
     console.print(f"wrote {len(prompts)} images, prompts.jsonl and contact_sheet.png to {out}")

@@ -16,8 +16,10 @@ from pipeline.teachers.base import TeacherAdapter
 
 
 def noise_for_seeds(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
-    """``(len(seeds), *shape)`` standard normal noise, image ``i`` from ``seeds[i]`` alone (so
-    an image does not depend on the batch it is sampled in)."""
+    """``(len(seeds), *shape)`` standard normal noise, image ``i`` from ``seeds[i]`` alone, so
+    an image's noise does not depend on the batch it is sampled in. (Padding inside the text
+    encoder and transformer still depends on the batch's longest prompt; outputs may differ
+    by float rounding across batch sizes, about one uint8 level in rare pixels.)"""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s))
                         for s in seeds])
 
@@ -32,14 +34,15 @@ def generate(
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Images ``(N, 3, H, W)`` in [0, 1]; prompts are encoded once."""
+    """Images ``(N, 3, H, W)`` in [0, 1]. Prompts are encoded batch by batch (a large text
+    encoder keeps every layer's hidden states for the whole call)."""
     shape = teacher.latent_shape(height, width)
-    captions = teacher.encode_prompts(prompts)
     out = []
     for start in range(0, len(prompts), batch_size):
         end = start + batch_size
+        captions = teacher.encode_prompts(prompts[start:end])
         noise = noise_for_seeds(seeds[start:end], shape)
-        final = teacher.sample(captions[start:end], noise, steps).final
+        final = teacher.sample(captions, noise, steps).final
         out.append(teacher.decode(final).cpu())
         if progress:
             progress(min(end, len(prompts)) - start)
@@ -68,8 +71,15 @@ def contact_sheet(images: np.ndarray, columns: int = 8, scale: int = 1) -> Image
 def write_outputs(out: Path, images: torch.Tensor, prompts: list[str], seeds: list[int],
                   meta: dict[str, object]) -> None:
     """``{i:05d}.png`` per image, ``prompts.jsonl`` (file, prompt, seed, and ``meta``) and
-    ``contact_sheet.png``. The index is written last."""
+    ``contact_sheet.png``. The index is written last. When ``out`` holds an earlier run (it has
+    a ``prompts.jsonl``), that index is removed first and numbered PNGs beyond this run's count
+    are deleted, so no image outlives the index that names it."""
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "prompts.jsonl").exists():
+        (out / "prompts.jsonl").unlink()
+        for stale in out.glob("[0-9][0-9][0-9][0-9][0-9].png"):
+            if int(stale.stem) >= len(prompts):
+                stale.unlink()
     arrays = to_uint8(images)
     records = []
     for i, (img, prompt, seed) in enumerate(zip(arrays, prompts, seeds, strict=True)):

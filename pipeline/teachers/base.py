@@ -28,6 +28,7 @@ class TeacherAdapter(abc.ABC):
     """A text-to-image flow-matching teacher, seen through the project's conventions."""
 
     name: str
+    device: torch.device
 
     @abc.abstractmethod
     def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
@@ -67,7 +68,7 @@ class TeacherAdapter(abc.ABC):
         sigmas = self.schedule(steps, tuple(noise.shape[1:]))
         recorded: dict[float, torch.Tensor] = {}
         wanted = {s: _on_grid(s, sigmas) for s in record_sigmas}
-        x = noise.float()
+        x = noise.to(self.device, torch.float32)
         for i, (a, b) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
             for s, index in wanted.items():
                 if index == i:

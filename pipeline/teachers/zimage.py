@@ -65,7 +65,7 @@ class ZImageTeacher(TeacherAdapter):
         # t = 1 - sigma, computed the way ZImagePipeline does (via the scheduler's float32
         # timesteps sigma * 1000), so both paths feed the model the same numbers.
         timestep = (sigma.to(self.device, torch.float32) * 1000).to(torch.float32)
-        t = ((1000 - timestep) / 1000).to(model.dtype)
+        t = (1000 - timestep) / 1000  # float32, as the pipeline passes it (also in bf16)
         out = model(inputs, t, [c.to(self.device, model.dtype) for c in captions],
                     return_dict=False)[0]
         return -torch.stack([o.float() for o in out]).squeeze(2)

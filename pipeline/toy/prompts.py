@@ -148,7 +148,10 @@ _FILLER = {"a", "an", "the", "of", "on", "in", "at", "with", "image", "backgroun
 def parse_prompt(text: str) -> tuple[ToyAttributes, list[str]]:
     """Attributes a prompt names, and the words outside the toy vocabulary.
 
-    Colour words before ``background`` name the background; others name the shape's colour.
+    ``<black|white|gray|grey> background`` names the background; any other colour word names
+    the shape's colour (so ``a circle on a red background`` reads as a red circle: red is not a
+    background of the toy world). Position phrases are matched whole; a partial phrase such as
+    ``at the top left`` is read as ``at the top``.
     """
     lowered = " ".join(_WORD.findall(text.lower()))
     position = None

@@ -112,12 +112,17 @@ def test_generate_writes_pngs_index_and_contact_sheet(tmp_path, zimage_folder):
          "not a toy teacher folder"),
         (["--prompts-file", "/no/such.txt"], "--prompts-file /no/such.txt: not found"),
         ([], "give either --prompt or --prompts-file"),
+        (["--prompt", "x", "--device", "gpu"], "--device 'gpu'"),
+        (["--prompt", "x", "--generator", "ground-truth", "--height", "64"],
+         "ground-truth renders the toy world"),
     ],
 )
 def test_generate_errors_are_one_line(args, message, tmp_path):
     result = distill("generate", "--out", str(tmp_path / "out"), *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
 
 
 def test_generate_ground_truth_renders_what_the_prompt_names(tmp_path):

@@ -52,3 +52,20 @@ def test_missing_or_malformed_folders_are_clear_errors(tmp_path, zimage_folder):
     (tmp_path / "half" / "model_index.json").write_text("{}")
     with pytest.raises(ArtifactError, match="missing transformer, vae, text_encoder"):
         load_teacher("zimage", str(tmp_path / "half"))
+
+
+def test_bf16_model_gets_float32_timesteps_like_the_pipeline(zimage_folder):
+    teacher = load_teacher("zimage", str(zimage_folder), dtype=torch.bfloat16)
+    seen = []
+    model = teacher.transformer
+    original = model.forward
+
+    def spy(x, t, *args, **kwargs):
+        seen.append(t)
+        return original(x, t, *args, **kwargs)
+
+    model.forward = spy
+    caps = teacher.encode_prompts(list(PROMPTS))
+    teacher.sample(caps, torch.randn(2, 4, 16, 16), 8)
+    assert all(t.dtype == torch.float32 for t in seen)
+    assert seen[1][0].item() == pytest.approx(1 - 0.9545, abs=1e-4)
