@@ -12,10 +12,8 @@ is trained in that latent space for the same kind of CPU budget, and scored like
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -25,10 +23,14 @@ from diffusers import ZImageTransformer2DModel
 from torch import nn
 
 from pipeline.toy.features import HEADS, load_feature_net, render_set
-from pipeline.toy.metrics import palette_purity
+from pipeline.toy.metrics import named_attribute_accuracy, palette_purity
 from pipeline.toy.prompts import generate_prompts
-from pipeline.toy.render import render, sample_scene
-from pipeline.toy.teacher import SHIFT, shifted_sigmas
+from pipeline.toy.teacher import (
+    TeacherTrainConfig,
+    image_pool,
+    shifted_sigmas,
+    train_flow_matching,
+)
 from pipeline.toy.text_encoder import MiniLMTextEncoder
 
 LATENT = 16
@@ -89,21 +91,10 @@ def main() -> None:
     ae.requires_grad_(False)
     log(f"autoencoder: {ae_info}")
 
-    rng = random.Random(0)
-    prompts = generate_prompts(20_000, seed=1000)
-    texts = sorted({p.text for p in prompts})
-    encoder = MiniLMTextEncoder()
-    caps = encoder.encode(texts)
-    index = {t: i for i, t in enumerate(texts)}
-    images = np.empty((50_000, 32, 32, 3), dtype=np.uint8)
-    cap_ids = np.empty(50_000, dtype=np.int64)
-    for i in range(50_000):
-        p = prompts[rng.randrange(len(prompts))]
-        images[i] = render(sample_scene(p.attributes, rng.getrandbits(63)))
-        cap_ids[i] = index[p.text]
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    # The same pool as the shipped teacher's (seed 0), encoded into the latent space.
+    pixels, cap_ids, caps = image_pool(TeacherTrainConfig(), log)
     with torch.no_grad():
-        latents = torch.cat([ae.encoder(pixels[i:i + 1000]) for i in range(0, 50_000, 1000)])
+        latents = torch.cat([ae.encoder(pixels[i:i + 1000]) for i in range(0, len(pixels), 1000)])
     mean, std = latents.mean(dim=(0, 2, 3), keepdim=True), latents.std(dim=(0, 2, 3),
                                                                          keepdim=True)
     x0_pool = (latents - mean) / std
@@ -117,42 +108,14 @@ def main() -> None:
         out = m(list(x.unsqueeze(2)), 1.0 - sigma, c, patch_size=1, return_dict=False)[0]
         return -torch.stack(out).squeeze(2)
 
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(0)
-    start, step, losses = time.perf_counter(), 0, []
-    budget = args.minutes * 60
-    while time.perf_counter() - start < budget:
-        frac = (time.perf_counter() - start) / budget
-        for group in opt.param_groups:
-            group["lr"] = 5e-4 * min(1.0, (step + 1) / 300) * 0.5 * (1 + math.cos(math.pi * frac))
-        idx = torch.randint(0, len(x0_pool), (48,), generator=gen)
-        x0 = x0_pool[idx]
-        eps = torch.randn(x0.shape, generator=gen)
-        u = torch.rand(48, generator=gen)
-        shifted = torch.rand(48, generator=gen) < 0.5
-        sigma = torch.where(shifted, SHIFT * u / (1 + (SHIFT - 1) * u), u)
-        s = sigma.view(-1, 1, 1, 1)
-        pred = velocity(model, (1 - s) * x0 + s * eps, sigma,
-                        [caps[int(i)] for i in cap_ids[idx.numpy()]])
-        loss = torch.nn.functional.mse_loss(pred, eps - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-        losses.append(loss.item())
-        step += 1
-        if step % 200 == 0:
-            log(f"step {step}: loss {np.mean(losses[-200:]):.4f} "
-                f"({time.perf_counter() - start:.0f} s)")
+    ema, train_info = train_flow_matching(model, x0_pool, cap_ids, caps,
+                                          TeacherTrainConfig(minutes=args.minutes), log,
+                                          velocity_fn=velocity)
+    step = train_info["steps"]
 
     net = load_feature_net()
     eval_prompts = generate_prompts(500, seed=4242)
-    eval_caps = encoder.encode([p.text for p in eval_prompts])
+    eval_caps = MiniLMTextEncoder().encode([p.text for p in eval_prompts])
     noise = torch.stack([torch.randn((LATENT, 8, 8), generator=torch.Generator().manual_seed(i))
                          for i in range(500)])
     report: dict[str, object] = {"steps": step, "minutes": args.minutes, **ae_info}
@@ -168,12 +131,7 @@ def main() -> None:
                 finals.append(ae.decoder(x * std + mean))
         imgs = torch.cat(finals)
         pred = net.predict(imgs)
-        result = {}
-        for name in HEADS:
-            pairs = [(getattr(p.attributes, name), getattr(q, name))
-                     for p, q in zip(eval_prompts, pred, strict=True)
-                     if getattr(p.attributes, name) is not None]
-            result[name] = round(sum(a == b for a, b in pairs) / len(pairs), 4)
+        result: dict[str, float] = named_attribute_accuracy(eval_prompts, pred)
         purity = palette_purity((imgs + 1) / 2)
         result["palette_purity"] = round(purity.mean().item(), 4)
         result["valid_rate"] = round((purity >= 0.9).float().mean().item(), 4)

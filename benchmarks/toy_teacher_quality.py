@@ -21,7 +21,7 @@ import torch
 from pipeline.generate import contact_sheet, noise_for_seeds, to_uint8
 from pipeline.teachers import load_teacher
 from pipeline.toy.features import HEADS, load_feature_net, to_tensor
-from pipeline.toy.metrics import palette_purity
+from pipeline.toy.metrics import named_attribute_accuracy, palette_purity
 from pipeline.toy.prompts import generate_prompts
 from pipeline.toy.render import render_prompt_seed
 
@@ -29,13 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def score(images: torch.Tensor, prompts, net) -> dict[str, float]:
-    predicted = net.predict(images * 2 - 1)
-    result: dict[str, float] = {}
-    for name in HEADS:
-        pairs = [(getattr(p.attributes, name), getattr(q, name))
-                 for p, q in zip(prompts, predicted, strict=True)
-                 if getattr(p.attributes, name) is not None]
-        result[name] = round(sum(a == b for a, b in pairs) / max(len(pairs), 1), 4)
+    result: dict[str, float] = named_attribute_accuracy(prompts, net.predict(images * 2 - 1))
     result["mean"] = round(sum(result[n] for n in HEADS) / len(HEADS), 4)
     purity = palette_purity(images)
     result["palette_purity"] = round(purity.mean().item(), 4)

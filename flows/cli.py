@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -38,9 +38,10 @@ WorkspaceOpt = Annotated[
 ]
 
 
-def fail(exc: TwostepError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+def fail(problem: TwostepError | str, code: int = 2) -> NoReturn:
+    """Print one ``error:`` line and exit (2: a user mistake, 1: the run itself failed)."""
+    err_console.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -71,9 +72,7 @@ def run(
     except TwostepError as exc:
         fail(exc)
     if not state.is_completed():
-        err_console.print(f"[bold red]error:[/] {state.message}", highlight=False,
-                          soft_wrap=True)
-        raise typer.Exit(code=1)
+        fail(state.message or "the run failed", code=1)
     summary = state.result()
     table = Table(title=f"distill run ({config})")
     for column in ("stage", "key", "result", "counts", "folder"):
@@ -105,8 +104,7 @@ def status(
     except TwostepError as exc:
         fail(exc)
     if "://" not in root and not Path(root).exists():
-        err_console.print(f"[bold red]error:[/] workspace {root} does not exist (nothing has run)")
-        raise typer.Exit(code=2)
+        fail(f"workspace {root} does not exist (nothing has run)")
     store = ArtifactStore(root)
     table = Table(title=f"workspace {root}")
     for column in ("stage", "key", "finished", "last run", "counts"):
@@ -156,47 +154,38 @@ def generate(
     from pipeline.teachers import load_teacher
 
     if generator not in ("teacher", "ground-truth"):
-        err_console.print(f"[bold red]error:[/] --generator {generator!r}: choose teacher or "
-                          f"ground-truth")
-        raise typer.Exit(code=2)
+        fail(f"--generator {generator!r}: choose teacher or "
+             f"ground-truth")
     if bool(prompt) == bool(prompts_file):
-        err_console.print("[bold red]error:[/] give either --prompt or --prompts-file")
-        raise typer.Exit(code=2)
+        fail("give either --prompt or --prompts-file")
     if prompts_file is not None:
         if not prompts_file.is_file():
-            err_console.print(f"[bold red]error:[/] --prompts-file {prompts_file}: not found")
-            raise typer.Exit(code=2)
+            fail(f"--prompts-file {prompts_file}: not found")
         try:
             lines = prompts_file.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as exc:
-            err_console.print(f"[bold red]error:[/] --prompts-file {prompts_file}: not UTF-8 "
-                              f"({exc})")
-            raise typer.Exit(code=2) from None
+            fail(f"--prompts-file {prompts_file}: not UTF-8 "
+                 f"({exc})")
         base = [line.strip() for line in lines if line.strip()]
         if not base:
-            err_console.print(f"[bold red]error:[/] --prompts-file {prompts_file}: no prompt")
-            raise typer.Exit(code=2)
+            fail(f"--prompts-file {prompts_file}: no prompt")
     else:
         base = list(prompt or [])
     prompts = [p for p in base for _ in range(num_images)]
     seeds = [seed + i for i in range(len(prompts))]
     if out.exists() and not out.is_dir():
-        err_console.print(f"[bold red]error:[/] --out {out}: exists and is not a folder")
-        raise typer.Exit(code=2)
+        fail(f"--out {out}: exists and is not a folder")
     if generator == "ground-truth" and ((height, width) != (32, 32) or teacher != "toy"):
-        err_console.print("[bold red]error:[/] --generator ground-truth renders the toy world: "
-                          "32x32 images, --teacher toy")
-        raise typer.Exit(code=2)
+        fail("--generator ground-truth renders the toy world: "
+             "32x32 images, --teacher toy")
     import torch
 
     try:
         torch_device = torch.device(device)
     except RuntimeError as exc:
-        err_console.print(f"[bold red]error:[/] --device {device!r}: {exc}")
-        raise typer.Exit(code=2) from None
+        fail(f"--device {device!r}: {exc}")
     if torch_device.type == "cuda" and not torch.cuda.is_available():
-        err_console.print(f"[bold red]error:[/] --device {device}: CUDA is not available here")
-        raise typer.Exit(code=2)
+        fail(f"--device {device}: CUDA is not available here")
     if generator == "ground-truth":
         from pipeline.toy.render import render_toy_prompts
 
@@ -212,12 +201,10 @@ def generate(
             images = run_generate(model, prompts, seeds, steps, height, width, batch_size,
                                   progress=lambda n: bar.advance(task, n))
     except (TwostepError, ValueError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(code=2) from None
+        fail(exc)
     except torch.cuda.OutOfMemoryError:
-        err_console.print(f"[bold red]error:[/] out of GPU memory at --batch-size {batch_size}; "
-                          f"try a smaller one")
-        raise typer.Exit(code=1) from None
+        fail(f"out of GPU memory at --batch-size {batch_size}; "
+             f"try a smaller one", code=1)
     write_outputs(out, images, prompts, seeds,
                   {"generator": f"{generator}:{teacher}", "steps": steps})
     console.print(f"wrote {len(prompts)} images, prompts.jsonl and contact_sheet.png to {out}")
@@ -250,9 +237,8 @@ def build_features(
     accuracy = info["held_out_accuracy"]
     console.print(f"held-out accuracy: {accuracy} ({info['train_seconds']} s)")
     if info["min_accuracy"] < min_accuracy:
-        err_console.print(f"[bold red]error:[/] held-out accuracy {info['min_accuracy']:.4f} "
-                          f"is below --min-accuracy {min_accuracy}; nothing written")
-        raise typer.Exit(code=1)
+        fail(f"held-out accuracy {info['min_accuracy']:.4f} "
+             f"is below --min-accuracy {min_accuracy}; nothing written", code=1)
     folder = out or ASSET_DIR
     save_feature_net(model, {**info, "command": " ".join(sys.argv[1:])}, folder)
     console.print(f"wrote {folder}")

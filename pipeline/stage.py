@@ -147,7 +147,7 @@ def run_stage(
     key = compute_key(spec, cfg, inputs)
     stage_dir = f"{spec.name}/{key}"
     if not force:
-        cached = _cached_manifest(store, stage_dir, spec.manifest_type)
+        cached = cached_manifest(store, stage_dir, spec.manifest_type)
         if cached is not None:
             log.info("%s: cache hit %s", spec.name, store.uri(stage_dir))
             _write_latest(store, spec.name, cached, cached=True)
@@ -208,7 +208,8 @@ def _dir_of(manifest: Manifest) -> str:
     return f"{manifest.stage}/{manifest.key}"
 
 
-def _cached_manifest(store: ArtifactStore, stage_dir: str, model: type[M]) -> M | None:
+def cached_manifest(store: ArtifactStore, stage_dir: str, model: type[M]) -> M | None:
+    """The finished result in ``stage_dir``, or None (absent, invalid or with missing files)."""
     if not store.exists(stage_dir, MANIFEST_FILENAME):
         return None
     try:

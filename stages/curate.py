@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.curation.minhash import near_duplicate_representatives, signatures
 from pipeline.curation.promptset import PROMPT_SCHEMA
 from pipeline.curation.sources import (
+    ROW_SCHEMA,
     ResolvedSource,
     check_source_header,
     fingerprint_sources,
@@ -134,8 +135,8 @@ def _row_stage_on_ray(sources: list[ResolvedSource], cfg: CurateConfig) -> pa.Ta
     ds = ds.map_batches(_clean_filter_sign, fn_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                         batch_format="pyarrow")
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    if not tables:
-        return _clean_filter_sign(pa.concat_tables([read_source(s) for s in sources]), cfg)
+    if not tables:  # every source is empty
+        return _clean_filter_sign(ROW_SCHEMA.empty_table(), cfg)
     table = pa.concat_tables(tables)
     fatal = table.filter(pa.compute.equal(table.column("status"), _FATAL))
     if fatal.num_rows:

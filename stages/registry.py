@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
 from pipeline.ray_runtime import check_ray_address
-from pipeline.stage import StageOutcome, StageSpec, compute_key, run_stage
+from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key, run_stage
 from pipeline.store import ArtifactStore
 from schemas.config import STAGE_NAMES, DistillConfig
-from schemas.manifest import MANIFEST_FILENAME, Manifest
+from schemas.manifest import Manifest
 from stages import curate
 
 STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (curate.STAGE,)}
@@ -57,11 +57,7 @@ def preflight(cfg: DistillConfig, store: ArtifactStore, plan: list[PlannedStage]
         manifest = None
         if len(inputs) == len(step.spec.upstream):
             key = compute_key(step.spec, cfg, inputs)
-            if store.exists(step.name, key, MANIFEST_FILENAME):
-                try:
-                    manifest = store.read_manifest(f"{step.name}/{key}", step.spec.manifest_type)
-                except Exception:  # noqa: BLE001 - an unreadable cache is recomputed
-                    manifest = None
+            manifest = cached_manifest(store, f"{step.name}/{key}", step.spec.manifest_type)
         if manifest is not None:
             known[step.name] = manifest
         elif step.compute:

@@ -119,7 +119,8 @@ def check_source_header(src: ResolvedSource) -> None:
         with fsspec.open(src.uri, "rb", compression="infer") as f:
             if src.format == "csv":
                 head = f.read(1 << 16).split(b"\n", 1)[0]
-                _csv_column(head.decode("utf-8-sig", errors="replace"), src)
+                line = head.decode("utf-8-sig", errors="replace").rstrip("\r")
+                _csv_column([h.strip() for h in next(csv.reader([line]), [])], src)
             else:
                 _parquet_column(pq.ParquetFile(f).schema_arrow.names, src)
     except pa.ArrowException as exc:
@@ -128,8 +129,8 @@ def check_source_header(src: ResolvedSource) -> None:
         raise SourceError(f"{src.config_path}: cannot read {src.uri}: {exc}") from None
 
 
-def _csv_column(header_line: str, src: ResolvedSource) -> int:
-    header = [h.strip() for h in next(csv.reader([header_line.rstrip("\r")]), [])]
+def _csv_column(header: list[str], src: ResolvedSource) -> int:
+    """Index of the prompt column in a parsed CSV header (names already stripped)."""
     if src.field not in header:
         raise SourceError(
             f"{src.config_path}: {src.uri} has no column {src.field!r} "
@@ -291,7 +292,7 @@ def _read_csv(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list[
     except csv.Error as exc:
         raise SourceError(f"{src.config_path}: {src.uri}: unreadable CSV header: {exc}") from None
     header = [h.strip() for h in header]
-    column = _csv_column(",".join(header), src)
+    column = _csv_column(header, src)
     texts: list[str | None] = []
     statuses: list[str] = []
     while True:

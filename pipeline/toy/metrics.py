@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from pipeline.toy.prompts import BACKGROUNDS, COLORS
+from pipeline.toy.prompts import BACKGROUNDS, COLORS, ToyAttributes, ToyPrompt
+
+ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
 _PALETTE = torch.tensor(list(COLORS.values()) + list(BACKGROUNDS.values()),
                         dtype=torch.float32) / 255.0
@@ -20,3 +24,17 @@ def palette_purity(images: torch.Tensor, tolerance: float = 0.15) -> torch.Tenso
     pixels = images.permute(0, 2, 3, 1).unsqueeze(-2)  # (N, H, W, 1, 3)
     distance = (pixels - _PALETTE.to(images.device)).abs().amax(dim=-1)  # (N, H, W, 9)
     return (distance.amin(dim=-1) <= tolerance).float().mean(dim=(1, 2))
+
+
+def named_attribute_accuracy(
+    prompts: Sequence[ToyPrompt], predicted: Sequence[ToyAttributes]
+) -> dict[str, float]:
+    """Per attribute, the fraction of images whose predicted value equals what the prompt
+    names, over the prompts that name that attribute (4 decimals)."""
+    result = {}
+    for name in ATTRIBUTES:
+        pairs = [(getattr(p.attributes, name), getattr(q, name))
+                 for p, q in zip(prompts, predicted, strict=True)
+                 if getattr(p.attributes, name) is not None]
+        result[name] = round(sum(a == b for a, b in pairs) / max(len(pairs), 1), 4)
+    return result

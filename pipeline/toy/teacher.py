@@ -72,7 +72,9 @@ class TeacherTrainConfig:
     seed: int = 0
 
 
-def _image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None]):
+def image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None]):
+    """Training pool: ``(pool_images, 3, 32, 32)`` renders in [-1, 1], the caption index of
+    each, and the MiniLM features of every distinct prompt (deterministic in ``cfg.seed``)."""
     rng = random.Random(cfg.seed)
     prompts = generate_prompts(cfg.pool_prompts, seed=cfg.seed + 1000)
     texts = sorted({p.text for p in prompts})
@@ -92,11 +94,33 @@ def _image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None]):
 
 
 def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print):
-    """Train with flow matching until ``minutes`` or ``max_steps``; returns (EMA model, info)."""
+    """Train with flow matching until ``minutes`` (pool building included) or ``max_steps``;
+    returns (EMA model, info)."""
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    x0_pool, cap_ids, caps = _image_pool(cfg, log)
+    x0_pool, cap_ids, caps = image_pool(cfg, log)
     model = ZImageTransformer2DModel(**TOY_TEACHER_CONFIG)
+    return train_flow_matching(model, x0_pool, cap_ids, caps, cfg, log, start=start)
+
+
+VelocityFn = Callable[[ZImageTransformer2DModel, torch.Tensor, torch.Tensor,
+                       list[torch.Tensor]], torch.Tensor]
+
+
+def train_flow_matching(
+    model: ZImageTransformer2DModel,
+    x0_pool: torch.Tensor,
+    cap_ids: np.ndarray,
+    caps: list[torch.Tensor],
+    cfg: TeacherTrainConfig,
+    log: Callable[[str], None] = print,
+    velocity_fn: VelocityFn = velocity,
+    start: float | None = None,
+):
+    """The flow-matching loop: batches from ``x0_pool`` ``(N, C, H, W)`` with captions
+    ``caps[cap_ids[i]]``, AdamW with warm-up and cosine decay over the time budget (counted
+    from ``start``), grad clipping and an EMA copy. Returns (EMA model, info)."""
+    start = time.perf_counter() if start is None else start
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -117,7 +141,7 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print):
         sigma = torch.where(shifted, SHIFT * u / (1 + (SHIFT - 1) * u), u)
         s = sigma.view(-1, 1, 1, 1)
         x = (1 - s) * x0 + s * eps
-        pred = velocity(model, x, sigma, [caps[int(i)] for i in cap_ids[idx.numpy()]])
+        pred = velocity_fn(model, x, sigma, [caps[int(i)] for i in cap_ids[idx.numpy()]])
         loss = torch.nn.functional.mse_loss(pred, eps - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,6 +179,7 @@ def attribute_accuracy(model: ZImageTransformer2DModel, steps: int, n_prompts: i
     """Per-attribute accuracy (toy feature network) of ``steps``-step samples on ``n_prompts``
     fresh toy prompts, each attribute scored over the prompts that name it."""
     from pipeline.toy.features import load_feature_net
+    from pipeline.toy.metrics import named_attribute_accuracy
     from pipeline.toy.text_encoder import MiniLMTextEncoder
 
     prompts = generate_prompts(n_prompts, seed=seed)
@@ -162,11 +187,4 @@ def attribute_accuracy(model: ZImageTransformer2DModel, steps: int, n_prompts: i
     noise = torch.randn((n_prompts, 3, 32, 32), generator=torch.Generator().manual_seed(seed))
     images = torch.cat([sample(model, caps[i : i + 100], noise[i : i + 100], steps)
                         for i in range(0, n_prompts, 100)])
-    predicted = load_feature_net().predict(images)
-    result = {}
-    for name in ("size", "color", "shape", "position", "background"):
-        pairs = [(getattr(p.attributes, name), getattr(q, name))
-                 for p, q in zip(prompts, predicted, strict=True)
-                 if getattr(p.attributes, name) is not None]
-        result[name] = round(sum(a == b for a, b in pairs) / max(len(pairs), 1), 4)
-    return result
+    return named_attribute_accuracy(prompts, load_feature_net().predict(images))
