@@ -251,6 +251,10 @@ def build_teacher(
     minutes: Annotated[float, typer.Option(min=0.05, help="Training time budget.")] = 40.0,
     max_steps: Annotated[int, typer.Option(min=1)] = 100_000,
     seed: int = 0,
+    patch: Annotated[int, typer.Option(help="Patch size in pixels (divides 32).")] = 4,
+    dim: Annotated[int, typer.Option(help="Transformer width.")] = 128,
+    n_layers: Annotated[int, typer.Option(help="Main transformer layers.")] = 4,
+    batch: Annotated[int, typer.Option(min=1)] = 48,
 ) -> None:
     """Train the toy teacher with flow matching on toy renders (about 42 minutes on 2 CPUs),
     then record its 8-step and naive 2-step attribute accuracy next to the weights."""
@@ -265,7 +269,8 @@ def build_teacher(
     )
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = TeacherTrainConfig(minutes=minutes, max_steps=max_steps, seed=seed)
+    cfg = TeacherTrainConfig(minutes=minutes, max_steps=max_steps, seed=seed, patch=patch,
+                             dim=dim, n_layers=n_layers, batch=batch)
     model, info = train_teacher(cfg, log=console.print)
     for steps in (8, 2):
         info[f"accuracy_{steps}_step"] = attribute_accuracy(model, steps)

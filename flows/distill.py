@@ -98,5 +98,16 @@ def curate(
     return run_pipeline(config, overrides, workspace, ["curate"], force)
 
 
-STAGE_FLOWS = {"curate": curate}
+@flow(name="sample_teacher", log_prints=True)
+def sample_teacher(
+    config: str = "toy",
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+    force: bool = False,
+) -> dict[str, dict[str, object]]:
+    """Rerun teacher sampling alone (curation must be cached)."""
+    return run_pipeline(config, overrides, workspace, ["sample_teacher"], force)
+
+
+STAGE_FLOWS = {"curate": curate, "sample_teacher": sample_teacher}
 """Per-stage flows by stage name (deployments ``<stage>/<stage>``)."""

@@ -156,6 +156,59 @@ class CurateConfig(StrictModel):
         return self
 
 
+class TeacherConfig(StrictModel):
+    """Which teacher to load (see :func:`pipeline.teachers.load_teacher`)."""
+
+    kind: Literal["toy", "zimage"] = Field("toy", description="Teacher adapter.")
+    path: str | None = Field(
+        None, description="Local folder of the teacher. toy: None is the shipped toy teacher; "
+        "zimage: a Z-Image Turbo diffusers folder (required).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto is bfloat16 on CUDA, float32 on CPU."
+    )
+    height: int = Field(32, ge=8, description="Image height in pixels (toy: 32).")
+    width: int = Field(32, ge=8, description="Image width in pixels (toy: 32).")
+    steps: int = Field(8, ge=1, le=1000, description="Teacher sampling steps (Euler).")
+
+    @model_validator(mode="after")
+    def _zimage_needs_path(self) -> TeacherConfig:
+        if self.kind == "zimage" and not self.path:
+            raise ValueError("teacher.path is required for kind 'zimage' (a local Z-Image "
+                             "Turbo diffusers folder)")
+        return self
+
+
+class SampleTeacherConfig(StrictModel):
+    """Teacher trajectories into WebDataset shards: per prompt ``samples_per_prompt`` noise
+    seeds, each sampled with ``teacher.steps`` Euler steps; the latent at ``sigma_mid`` (the
+    student's step boundary) and the final latent are kept."""
+
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    sigma_mid: float = Field(
+        0.75, gt=0.0, lt=1.0, description="The student's step boundary; must be a sigma of the "
+        "teacher's schedule for `teacher.steps` (toy, 8 steps: 0.9545, 0.9, 0.8333, 0.75, "
+        "0.6429, 0.5, 0.3).",
+    )
+    samples_per_prompt: int = Field(1, ge=1, description="Noise seeds per train prompt.")
+    eval_samples_per_prompt: int = Field(1, ge=1, description="Noise seeds per eval prompt.")
+    max_train_prompts: int | None = Field(
+        None, ge=1, description="Use only the first N train prompts (curated order).")
+    max_eval_prompts: int | None = Field(
+        None, ge=1, description="Use only the first N eval prompts (curated order).")
+    seed: int = Field(0, description="Global seed; sample k of a prompt uses the noise seed "
+                      "hash(seed, prompt_id, k).")
+    samples_per_shard: int = Field(256, ge=1, description="Samples per tar shard (the last "
+                                   "shard of a split may hold fewer).")
+    storage_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the stored latents and caption features.")
+    batch_size: int = Field(64, ge=1, description="Samples per teacher batch (speed only).")
+    num_actors: int = Field(
+        1, ge=1, description="Sampling actors when the cluster has no GPU (speed only). With "
+        "GPUs there is one actor per GPU.")
+    cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per actor.")
+
+
 class DistillConfig(StrictModel):
     """The whole run. Later stages add their sections here as they land."""
 
@@ -166,3 +219,4 @@ class DistillConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     curate: CurateConfig
+    sample_teacher: SampleTeacherConfig = Field(default_factory=SampleTeacherConfig)

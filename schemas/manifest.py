@@ -110,3 +110,54 @@ CURATION_RULES: tuple[str, ...] = (
     "source_cap",
 )
 """Curation rules in the order they are applied; each dropped row names exactly one."""
+
+
+class SampleShard(StrictModel):
+    """One WebDataset tar shard of teacher samples."""
+
+    path: str = Field(..., description="Relative to the stage folder.")
+    num_samples: int = Field(..., ge=1)
+    size: int = Field(..., ge=0, description="Bytes.")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+
+
+class SampleSplit(StrictModel):
+    num_prompts: int = Field(..., ge=0)
+    num_samples: int = Field(..., ge=0)
+    shards: list[SampleShard] = Field(default_factory=list)
+
+
+class TeacherInfo(StrictModel):
+    """What produced the samples: enough to check a student is compatible with them."""
+
+    kind: str
+    teacher_id: str = Field(..., description="kind:folder@hash of its config and weight files.")
+    steps: int
+    sigmas: list[float] = Field(..., description="The teacher's schedule, steps + 1 values.")
+    sigma_mid: float
+    latent_shape: list[int] = Field(..., description="(C, H, W) of the sampling space.")
+    caption_dim: int
+    height: int
+    width: int
+
+
+SAMPLE_FIELDS: tuple[str, ...] = ("json", "caption.npy", "noise.npy", "x_mid.npy", "x0.npy",
+                                  "png")
+"""Members of every sample in a teacher shard (``<key>.<field>``)."""
+
+
+class TeacherSamplesManifest(Manifest):
+    """Output of ``sample_teacher``: WebDataset tar shards ``<split>-NNNNNN.tar`` per split.
+
+    Each sample (``__key__`` = ``<prompt_id>-<k>``, k = 0-based sample index of the prompt)
+    holds, as :data:`SAMPLE_FIELDS`: ``json`` (prompt, prompt_id, k, seed, sigmas,
+    sigma_mid, teacher_id, split), ``caption.npy`` ``(L, D)`` caption features, ``noise.npy``
+    ``(C, H, W)`` the starting noise (sigma 1), ``x_mid.npy`` the teacher's latent at
+    ``sigma_mid``, ``x0.npy`` its final latent, and ``png`` the decoded image. Arrays are
+    ``.npy`` (read with ``allow_pickle=False``) in ``storage_dtype``.
+    """
+
+    stage: Literal["sample_teacher"] = "sample_teacher"
+    splits: dict[str, SampleSplit]
+    teacher: TeacherInfo
+    storage_dtype: str

@@ -17,7 +17,7 @@ from torch import nn
 from pipeline.errors import ArtifactError, ConfigError
 from pipeline.teachers.base import TeacherAdapter
 from pipeline.toy.prompts import parse_prompt
-from pipeline.toy.teacher import ASSET_DIR, PATCH, shifted_sigmas
+from pipeline.toy.teacher import ASSET_DIR, shifted_sigmas
 from pipeline.toy.teacher import velocity as toy_velocity
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ class ToyTeacher(TeacherAdapter):
                 transformer, use_safetensors=True, torch_dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"{transformer}: cannot load the toy teacher: {exc}") from None
-        if model.config.all_patch_size[0] != PATCH or model.config.in_channels != 3:
+        if 32 % model.config.all_patch_size[0] or model.config.in_channels != 3:
             raise ArtifactError(f"{transformer}: not a toy teacher (expected 3 input channels "
-                                f"and patch {PATCH})")
+                                f"and a patch size dividing 32)")
         return cls(model, device=device, strict=strict)
 
     def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:

@@ -21,6 +21,24 @@ from pipeline.teachers.base import TeacherAdapter
 _REQUIRED = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
+def zimage_sigmas(scheduler, steps: int, latent_shape: tuple[int, int, int]) -> list[float]:
+    """``ZImagePipeline``'s ``steps + 1`` sigmas for latents ``(C, H, W)`` (resolution-dependent
+    shift ``mu``), computed on a copy of ``scheduler``."""
+    from diffusers.pipelines.z_image.pipeline_z_image import (
+        calculate_shift,
+        get_default_z_image_sigmas,
+    )
+
+    scheduler = copy.deepcopy(scheduler)
+    cfg = scheduler.config
+    seq_len = (latent_shape[1] // 2) * (latent_shape[2] // 2)
+    mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256),
+                         cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                         cfg.get("max_shift", 1.15))
+    scheduler.set_timesteps(sigmas=get_default_z_image_sigmas(steps), mu=mu)
+    return [float(s) for s in scheduler.sigmas]
+
+
 class ZImageTeacher(TeacherAdapter):
     name = "zimage"
 
@@ -71,19 +89,7 @@ class ZImageTeacher(TeacherAdapter):
         return -torch.stack([o.float() for o in out]).squeeze(2)
 
     def schedule(self, steps: int, latent_shape: tuple[int, int, int]) -> list[float]:
-        from diffusers.pipelines.z_image.pipeline_z_image import (
-            calculate_shift,
-            get_default_z_image_sigmas,
-        )
-
-        scheduler = copy.deepcopy(self.pipe.scheduler)
-        cfg = scheduler.config
-        seq_len = (latent_shape[1] // 2) * (latent_shape[2] // 2)
-        mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256),
-                             cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
-                             cfg.get("max_shift", 1.15))
-        scheduler.set_timesteps(sigmas=get_default_z_image_sigmas(steps), mu=mu)
-        return [float(s) for s in scheduler.sigmas]
+        return zimage_sigmas(self.pipe.scheduler, steps, latent_shape)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         scale = self.pipe.vae_scale_factor * 2

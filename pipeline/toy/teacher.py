@@ -40,10 +40,24 @@ def shifted_sigmas(steps: int, shift: float = SHIFT) -> list[float]:
     return [float(v) for v in shift * s / (1.0 + (shift - 1.0) * s)]
 
 
+def teacher_config(patch: int = PATCH, dim: int = 128, n_layers: int = 4,
+                   n_heads: int = 4) -> dict[str, object]:
+    """A toy transformer config; the RoPE axes split the head dim 1/4 caption index, 3/8 rows,
+    3/8 columns (as in ``TOY_TEACHER_CONFIG`` for the defaults)."""
+    head = dim // n_heads
+    if head * n_heads != dim or head % 8:
+        raise ValueError(f"dim {dim} / {n_heads} heads must give a head dim divisible by 8")
+    rows = (head * 3 // 8) // 2 * 2
+    return {**TOY_TEACHER_CONFIG, "all_patch_size": (patch,), "dim": dim, "n_layers": n_layers,
+            "n_heads": n_heads, "n_kv_heads": n_heads,
+            "axes_dims": [head - 2 * rows, rows, rows]}
+
+
 def velocity(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor,
              caps: list[torch.Tensor]) -> torch.Tensor:
     """``v = eps - x0`` predicted at ``x`` ``(B, 3, 32, 32)``, ``sigma`` ``(B,)``."""
-    out = model(list(x.unsqueeze(2)), 1.0 - sigma, caps, patch_size=PATCH, return_dict=False)[0]
+    patch = model.config.all_patch_size[0]
+    out = model(list(x.unsqueeze(2)), 1.0 - sigma, caps, patch_size=patch, return_dict=False)[0]
     return -torch.stack(out).squeeze(2)
 
 
@@ -70,6 +84,9 @@ class TeacherTrainConfig:
     pool_prompts: int = 20_000
     pool_images: int = 50_000
     seed: int = 0
+    patch: int = PATCH
+    dim: int = 128
+    n_layers: int = 4
 
 
 def image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None]):
@@ -99,7 +116,7 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print):
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     x0_pool, cap_ids, caps = image_pool(cfg, log)
-    model = ZImageTransformer2DModel(**TOY_TEACHER_CONFIG)
+    model = ZImageTransformer2DModel(**teacher_config(cfg.patch, cfg.dim, cfg.n_layers))
     return train_flow_matching(model, x0_pool, cap_ids, caps, cfg, log, start=start)
 
 

@@ -1,0 +1,113 @@
+"""What a teacher is, read from its folder's configs without loading any weights: its
+schedule, sampling-space shape, caption width and identity. Stages use this to validate a
+run (e.g. that ``sigma_mid`` lies on the schedule) before any worker starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import ArtifactError, ConfigError
+from schemas.config import TeacherConfig
+
+_HASH_CONTENT_BELOW = 64 << 20  # weight files larger than this are identified by size + mtime
+
+
+@dataclass(frozen=True)
+class TeacherDescription:
+    kind: str
+    folder: Path
+    teacher_id: str
+    sigmas: list[float]
+    latent_shape: tuple[int, int, int]
+    caption_dim: int
+    fingerprint: dict[str, str]
+    """Config and weight file -> content sha256 (small files) or size:mtime (large ones)."""
+
+
+def teacher_folder(cfg: TeacherConfig) -> Path:
+    if cfg.kind == "toy" and not cfg.path:
+        from pipeline.toy.teacher import ASSET_DIR
+
+        return ASSET_DIR
+    return Path(cfg.path or "")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing (not a {path.parent.name} folder of a "
+                            f"diffusers model)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _fingerprint(folder: Path, parts: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in parts:
+        base = folder / part
+        for f in sorted(base.rglob("*") if base.is_dir() else [base]):
+            if not f.is_file() or f.suffix not in (".json", ".safetensors", ".txt", ".model"):
+                continue
+            stat = f.stat()
+            if stat.st_size < _HASH_CONTENT_BELOW:
+                value = hashlib.sha256(f.read_bytes()).hexdigest()
+            else:
+                value = f"{stat.st_size}:{int(stat.st_mtime)}"
+            out[str(f.relative_to(folder))] = value
+    return out
+
+
+def describe_teacher(cfg: TeacherConfig) -> TeacherDescription:
+    """Read the teacher folder's configs; raise :class:`ArtifactError` / :class:`ConfigError`
+    naming what is missing or incompatible."""
+    folder = teacher_folder(cfg)
+    if not folder.is_dir():
+        raise ArtifactError(f"teacher.path {str(folder)!r}: folder not found")
+    transformer = _read_json(folder / "transformer" / "config.json")
+    patch = int(transformer.get("all_patch_size", [2])[0])
+    channels = int(transformer["in_channels"])
+    if cfg.kind == "toy":
+        from pipeline.toy.teacher import shifted_sigmas
+
+        if (cfg.height, cfg.width) != (32, 32):
+            raise ConfigError(f"teacher.height/width {cfg.height}x{cfg.width}: the toy teacher "
+                              f"makes 32x32 images")
+        sigmas = shifted_sigmas(cfg.steps)
+        latent = (channels, 32, 32)
+        parts: tuple[str, ...] = ("transformer",)
+    else:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from pipeline.teachers.zimage import zimage_sigmas
+
+        vae = _read_json(folder / "vae" / "config.json")
+        scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1) * patch
+        if cfg.height % scale or cfg.width % scale:
+            raise ConfigError(f"teacher.height/width {cfg.height}x{cfg.width}: must be "
+                              f"multiples of {scale} for this Z-Image folder")
+        latent = (channels, cfg.height * patch // scale, cfg.width * patch // scale)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+            _read_json(folder / "scheduler" / "scheduler_config.json"))
+        sigmas = zimage_sigmas(scheduler, cfg.steps, latent)
+        parts = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer",
+                 "scheduler")
+    fingerprint = _fingerprint(folder, parts)
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    return TeacherDescription(
+        kind=cfg.kind, folder=folder, teacher_id=f"{cfg.kind}:{folder.name}@{digest}",
+        sigmas=sigmas, latent_shape=latent, caption_dim=int(transformer["cap_feat_dim"]),
+        fingerprint=fingerprint)
+
+
+def sigma_index(sigma: float, sigmas: list[float], tol: float = 1e-3) -> int:
+    """Index of ``sigma`` on the schedule; :class:`ConfigError` listing the grid otherwise."""
+    for i, s in enumerate(sigmas):
+        if abs(s - sigma) <= tol:
+            return i
+    grid = ", ".join(f"{s:.4f}" for s in sigmas[1:-1])
+    raise ConfigError(f"sigma_mid {sigma} is not on the teacher's {len(sigmas) - 1}-step "
+                      f"schedule (choose one of {grid})")
