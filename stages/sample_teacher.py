@@ -10,6 +10,7 @@ next start); the rerun skips the complete ones, so every key is written exactly 
 
 from __future__ import annotations
 
+import os
 import tarfile
 import time
 from collections.abc import Iterator
@@ -86,7 +87,7 @@ class ShardSampler:
                 writer.write(sample)
             writer.close()
         return {"path": unit.path, "split": unit.split, "num_samples": len(samples),
-                "seconds": time.perf_counter() - start}
+                "seconds": time.perf_counter() - start, "actor": os.getpid()}
 
     def _samples(self, unit: ShardUnit) -> Iterator[dict[str, object]]:
         from pipeline.generate import noise_for_seeds, to_uint8
@@ -174,6 +175,10 @@ def _run_pool(ctx: StageContext, cfg: SampleTeacherConfig, desc: TeacherDescript
     return results
 
 
+def n_actors_used(results: list[dict[str, Any]]) -> int:
+    return len({r["actor"] for r in results})
+
+
 def sample_teacher(ctx: StageContext) -> StageResult:
     cfg = ctx.section
     assert isinstance(cfg, SampleTeacherConfig)
@@ -224,7 +229,11 @@ def sample_teacher(ctx: StageContext) -> StageResult:
               "shards": len(units), "shards_written": len(written), "shards_reused": reused,
               "samples_written": new_samples}
     sizes = [s.size / s.num_samples for sp in splits.values() for s in sp.shards]
+    # Per-actor busy time (shard sampling and writing, teacher loading included), without
+    # Ray start-up: the rate a long run settles at.
+    busy = sum(r["seconds"] for r in written) / max(1, n_actors_used(written))
     metrics = {"samples_per_s": round(new_samples / max(timings["sample_s"], 1e-9), 3),
+               "steady_samples_per_s": round(new_samples / max(busy, 1e-9), 3),
                "bytes_per_sample": round(float(np.mean(sizes)), 1) if sizes else 0.0}
     ctx.log.info("sample_teacher: %s", counts)
     return StageResult(counts=counts, metrics=metrics, timings=timings,

@@ -88,3 +88,44 @@ class ToyTeacher(TeacherAdapter):
     @property
     def transformer(self) -> nn.Module:
         return self.model
+
+
+class _FixedPatch(nn.Module):
+    """The toy transformer with its own patch size bound: ``ZImagePipeline`` calls the
+    transformer with the default ``patch_size=2``."""
+
+    def __init__(self, model: ZImageTransformer2DModel) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    @property
+    def in_channels(self) -> int:
+        return self.model.config.in_channels
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, patch_size=self.model.config.all_patch_size[0], **kwargs)
+
+
+def toy_zimage_pipeline(teacher: ToyTeacher):
+    """A ``diffusers.ZImagePipeline`` over the toy teacher's transformer (no VAE, no text
+    encoder: call it with ``prompt_embeds`` from :meth:`ToyTeacher.encode_prompts`,
+    ``height = width = 256`` (the pipeline's latent is ``H / 8``: 32 pixels),
+    ``guidance_scale=0`` and ``output_type="latent"``; the result is the image in [-1, 1]).
+    The stock sampling loop, used as the naive baseline in ``benchmarks/sample_teacher.py``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+
+    from pipeline.toy.teacher import SHIFT
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=SHIFT,
+                                                use_dynamic_shifting=False)
+    return ZImagePipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None,
+                          transformer=_FixedPatch(teacher.model))

@@ -51,3 +51,21 @@ def test_missing_or_foreign_teacher_folders(tmp_path, zimage_folder):
         load_teacher("toy", str(zimage_folder))  # a Z-Image transformer: 4 channels, patch 2
     with pytest.raises(ValueError, match="unknown teacher kind"):
         load_teacher("sdxl")
+
+
+def test_stock_zimage_pipeline_on_the_toy_transformer_matches_the_adapter():
+    """The naive baseline of benchmarks/sample_teacher.py samples the same images."""
+    from pipeline.generate import noise_for_seeds
+    from pipeline.teachers import load_teacher
+    from pipeline.teachers.toy import toy_zimage_pipeline
+
+    teacher = load_teacher("toy")
+    pipe = toy_zimage_pipeline(teacher)
+    pipe.set_progress_bar_config(disable=True)
+    captions = teacher.encode_prompts(["a red circle on the left", "a shape"])
+    noise = noise_for_seeds([1, 2], (3, 32, 32))
+    ours = teacher.sample(captions, noise, 8).final
+    stock = torch.cat([pipe(prompt_embeds=[c], height=256, width=256, num_inference_steps=8,
+                            guidance_scale=0.0, latents=n[None], output_type="latent").images
+                       for c, n in zip(captions, noise, strict=True)])
+    torch.testing.assert_close(ours, stock, atol=1e-4, rtol=0)
