@@ -48,7 +48,8 @@ class TrackingConfig(StrictModel):
 
     mlflow_uri: str | None = Field(
         None,
-        description="MLflow tracking URI. None: a file store at <workspace>/mlruns.",
+        description="MLflow tracking URI. None: a SQLite store <workspace>/mlflow.db with "
+        "artifacts in <workspace>/mlartifacts.",
     )
     experiment: str = Field("twostep", min_length=1, description="MLflow experiment name.")
 
@@ -209,6 +210,106 @@ class SampleTeacherConfig(StrictModel):
     cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per actor.")
 
 
+class OptimizerConfig(StrictModel):
+    """AdamW with linear warm-up, then constant."""
+
+    lr: float = Field(1e-4, gt=0.0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 to lr.")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="Global grad-norm clip (None: off).")
+
+
+class TrainCommonConfig(StrictModel):
+    """What both training phases share: length, batch, workers, precision, logging."""
+
+    steps: int = Field(200, ge=1, description="Optimizer steps (phase 2: generator steps).")
+    batch_size: int = Field(32, ge=1, description="Global batch; split evenly over workers.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks).")
+    cpus_per_worker: int = Field(2, ge=1, description="CPUs (and torch threads) per worker.")
+    use_gpu: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: one GPU per worker when the cluster has GPUs.")
+    bf16: bool = Field(True, description="bf16 autocast on GPU (CPU runs stay float32).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute transformer blocks in backward (GPU memory for time).")
+    seed: int = Field(0, description="Seeds initial noise draws, shuffling and any sampling.")
+    shuffle_buffer: int = Field(256, ge=0, description="Reader shuffle buffer (samples).")
+    loss: Literal["mse", "pseudo_huber"] = Field(
+        "mse", description="Regression distance for teacher targets.")
+    huber_c: float = Field(0.03, gt=0.0, description="pseudo-Huber c: sqrt(d^2 + c^2) - c, "
+                           "d^2 the mean squared error per sample.")
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0, description="EMA of the generator weights.")
+    log_every: int = Field(10, ge=1, description="Steps between MLflow metric flushes.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    sample_every: int = Field(100, ge=1, description="Steps between sample grids in MLflow.")
+    sample_prompts: int = Field(8, ge=1, description="Eval prompts in each sample grid.")
+    stop_after: int | None = Field(
+        None, ge=1, description="End this invocation after N steps with a checkpoint (time-"
+        "limited jobs); the stage then fails with 'stopped', and a rerun resumes.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainCommonConfig:
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of "
+                             f"num_workers ({self.num_workers})")
+        return self
+
+
+class TrainInitConfig(TrainCommonConfig):
+    """Phase 1, per-step init: G1 learns ``eps -> x_mid_teacher``, G2 ``x_mid_teacher ->
+    x0_teacher``, each alone (teacher input, no chaining)."""
+
+    parameterization: Literal["decoupled", "shared"] = Field(
+        "decoupled", description="decoupled: G1 and G2 are two copies of the teacher; shared: "
+        "one copy serves both steps (ablation).")
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-4))
+
+
+class DiscriminatorConfig(StrictModel):
+    """A frozen copy of the teacher transformer as feature backbone; small trainable heads on
+    the image tokens of a few blocks, conditioned on the pooled caption (projection)."""
+
+    layers: list[int] = Field(
+        [1, 3], min_length=1, description="Main transformer blocks whose outputs feed heads "
+        "(0-based; negative counts from the end).")
+    hidden: int = Field(128, ge=8, description="Head width.")
+    sigma_min: float = Field(0.05, ge=0.0, lt=1.0, description="Inputs are re-noised to a "
+                             "sigma drawn uniformly from [sigma_min, sigma_max].")
+    sigma_max: float = Field(0.7, gt=0.0, le=1.0)
+    optimizer: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(lr=2e-4, betas=(0.0, 0.99)))
+    r1_weight: float = Field(0.0, ge=0.0, description="R1 penalty on real inputs (0: off).")
+    r1_every: int = Field(4, ge=1, description="Lazy R1: every N discriminator steps.")
+
+    @model_validator(mode="after")
+    def _sigma_range(self) -> DiscriminatorConfig:
+        if self.sigma_min > self.sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min}) > sigma_max ({self.sigma_max})")
+        return self
+
+
+class TrainE2EConfig(TrainCommonConfig):
+    """Phase 2: ``eps -G1-> x_mid -G2-> x0`` chained, adversarial loss on ``x0`` plus the
+    step-1 (iterative) regularization and an optional final regression to the teacher."""
+
+    gan_real: Literal["teacher", "data"] = Field(
+        "teacher", description="Real samples for the discriminator: teacher images (the "
+        "paper) or the data set (toy: ground-truth renders of the same prompts; ablation).")
+    end_to_end: bool = Field(True, description="Gradients flow from x0 into G1 through x_mid; "
+                             "false detaches x_mid (ablation).")
+    step1_weight: float = Field(1.0, ge=0.0, description="Weight of d(x_mid, x_mid_teacher); "
+                                "0 disables the iterative regularization.")
+    adv_weight: float = Field(0.1, ge=0.0, description="Weight of the generator's adversarial "
+                              "loss.")
+    final_weight: float = Field(1.0, ge=0.0, description="Weight of d(x0, x0_teacher) from the "
+                                "same noise (0: off).")
+    adv_loss: Literal["non_saturating", "hinge"] = Field("non_saturating")
+    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=5e-5))
+    init_from: Literal["ema", "student"] = Field(
+        "ema", description="Which phase-1 weights start phase 2.")
+
+
 class DistillConfig(StrictModel):
     """The whole run. Later stages add their sections here as they land."""
 
@@ -220,3 +321,5 @@ class DistillConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     curate: CurateConfig
     sample_teacher: SampleTeacherConfig = Field(default_factory=SampleTeacherConfig)
+    train_init: TrainInitConfig = Field(default_factory=TrainInitConfig)
+    train_e2e: TrainE2EConfig = Field(default_factory=TrainE2EConfig)

@@ -161,3 +161,27 @@ class TeacherSamplesManifest(Manifest):
     splits: dict[str, SampleSplit]
     teacher: TeacherInfo
     storage_dtype: str
+
+
+class StudentCheckpointManifest(Manifest):
+    """Output of ``train_init`` (phase 1) and ``train_e2e`` (phase 2).
+
+    Files: ``student.safetensors`` (generator weights: ``g1.*`` and ``g2.*``, or ``g.*`` when
+    shared), ``ema.safetensors`` (same keys, the EMA), phase 2 also
+    ``discriminator.safetensors`` (trainable heads only; the backbone is the frozen teacher),
+    ``transformer_config.json`` (the generators' diffusers config) and ``train_state.json``.
+    Resumable checkpoints under ``checkpoints/step-NNNNNNN/`` hold the same plus optimizer
+    states (safetensors + JSON), RNG states and the data position.
+    """
+
+    stage: Literal["train_init", "train_e2e"]
+    phase: int = Field(..., ge=1, le=2)
+    parameterization: Literal["decoupled", "shared"]
+    sigma_mid: float
+    teacher_id: str
+    steps: int = Field(..., ge=0)
+    choices: dict[str, Any] = Field(
+        default_factory=dict, description="Every method choice the run made (losses, weights, "
+        "discriminator layers, ...), including those where the paper is silent.")
+    mlflow_run_id: str | None = None
+    mlflow_uri: str | None = None

@@ -1,0 +1,90 @@
+"""Discriminator: a frozen copy of the teacher transformer as feature extractor (as in latent
+adversarial diffusion distillation), small trainable heads on the image tokens of a few of its
+blocks, conditioned on the prompt by a projection term.
+
+``D(x0, caption) = sum_l mean_tokens [ w_l . h + <P_l h, C_l c> ]`` where ``h = MLP_l(f_l)``
+are the head features of block ``l``'s image tokens ``f_l`` ``(B, N, dim)``, computed on
+``x_sigma = (1 - sigma) x0 + sigma eps`` at a random ``sigma``, and ``c`` ``(B, D_cap)`` is the
+mean of the caption features. Returns logits ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from pipeline.student.flow import noised, transformer_velocity
+
+
+class _Stop(Exception):
+    """Raised by the last hook: later blocks are not needed."""
+
+
+class Head(nn.Module):
+    def __init__(self, dim: int, caption_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.SiLU(),
+                                      nn.Linear(hidden, hidden), nn.SiLU())
+        self.out = nn.Linear(hidden, 1)
+        self.caption = nn.Linear(caption_dim, hidden)
+
+    def forward(self, tokens: torch.Tensor, caption: torch.Tensor) -> torch.Tensor:
+        h = self.features(tokens)  # (B, N, hidden)
+        logits = self.out(h).squeeze(-1) + (h * self.caption(caption)[:, None]).sum(-1)
+        return logits.mean(dim=1)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, teacher_transformer: nn.Module, layers: list[int], hidden: int) -> None:
+        super().__init__()
+        backbone = copy.deepcopy(teacher_transformer).float().eval().requires_grad_(False)
+        n = len(backbone.layers)
+        resolved = sorted({i % n for i in layers if -n <= i < n})
+        if len(resolved) != len(set(layers)):
+            raise ValueError(f"discriminator layers {layers} outside 0..{n - 1} (or -{n}..-1)")
+        self.layers = resolved
+        # Kept out of parameters(): frozen, not trained, not saved with the heads.
+        self.__dict__["backbone"] = backbone
+        dim = backbone.config.dim
+        self.heads = nn.ModuleList(Head(dim, backbone.config.cap_feat_dim, hidden)
+                                   for _ in resolved)
+
+    def to(self, *args, **kwargs):  # the backbone is not a submodule: move it too
+        self.__dict__["backbone"] = self.backbone.to(*args, **kwargs)
+        return super().to(*args, **kwargs)
+
+    def features(self, x: torch.Tensor, sigma: torch.Tensor,
+                 captions: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Image-token hidden states ``(B, N, dim)`` of the selected blocks at ``x``
+        (differentiable with respect to ``x``)."""
+        patch = self.backbone.config.all_patch_size[0]
+        n_tokens = (x.shape[-2] // patch) * (x.shape[-1] // patch)
+        captured: dict[int, torch.Tensor] = {}
+        last = self.layers[-1]
+
+        def hook(index: int):
+            def grab(_module, _inputs, output):
+                # Basic (non-omni) mode: the unified sequence is [image tokens, caption tokens].
+                captured[index] = output[:, :n_tokens]
+                if index == last:
+                    raise _Stop
+            return grab
+
+        handles = [self.backbone.layers[i].register_forward_hook(hook(i)) for i in self.layers]
+        try:
+            transformer_velocity(self.backbone, x, sigma, captions)
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [captured[i] for i in self.layers]
+
+    def forward(self, x0: torch.Tensor, captions: list[torch.Tensor], sigma: torch.Tensor,
+                noise: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` for clean samples ``x0`` re-noised to ``sigma`` with ``noise``."""
+        feats = self.features(noised(x0, noise, sigma), sigma, captions)
+        caption = torch.stack([c.float().mean(0) for c in captions]).to(x0.device)
+        return sum(head(f.float(), caption) for head, f in zip(self.heads, feats, strict=True))

@@ -1,0 +1,157 @@
+"""Driver side of training: check everything before any worker starts, run the workers on Ray
+Train (``TorchTrainer``: DDP over gloo on CPU, NCCL on GPUs), turn their outcome into a clear
+result or error."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ArtifactError, ConfigError, TwostepError
+from pipeline.store import ArtifactStore
+from pipeline.student.train import STATUS_FILE, TrainJob, job_dict, train_worker
+from pipeline.teachers.describe import describe_teacher
+from schemas.config import DistillConfig, TeacherConfig
+from schemas.manifest import TeacherSamplesManifest
+
+
+class TrainingError(TwostepError):
+    """Training stopped: a non-finite loss, a stop request, or a worker failure."""
+
+
+def local_dir(store: ArtifactStore, stage_dir: str) -> Path:
+    """Training writes checkpoints with local file IO: the workspace must be a local path or
+    a mounted shared filesystem (NFS) on a cluster."""
+    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+    if protocol not in ("file", "local"):
+        raise ConfigError(f"workspace {store.root_uri!r}: training needs a local or mounted "
+                          f"(NFS) workspace, not {protocol}://")
+    return Path(store.path(stage_dir))
+
+
+def check_samples(store: ArtifactStore, samples: TeacherSamplesManifest,
+                  teacher: TeacherConfig) -> None:
+    """The shard set is non-empty, every shard is where the manifest says with its size, and
+    it was made by the configured teacher."""
+    stage_dir = f"{samples.stage}/{samples.key}"
+    train = samples.splits.get("train")
+    if train is None or not train.shards or train.num_samples == 0:
+        raise ArtifactError(f"{store.uri(stage_dir)}: the teacher sample set has no train "
+                            f"samples")
+    for split in samples.splits.values():
+        for shard in split.shards:
+            where = store.uri(stage_dir, shard.path)
+            if not store.exists(stage_dir, shard.path):
+                raise ArtifactError(f"{where}: shard missing")
+            if store.fs.size(store.path(stage_dir, shard.path)) != shard.size:
+                raise ArtifactError(f"{where}: size differs from the manifest (truncated?)")
+    desc = describe_teacher(teacher)
+    if desc.teacher_id != samples.teacher.teacher_id:
+        raise ConfigError(f"the teacher samples were made by {samples.teacher.teacher_id}, the "
+                          f"configured teacher is {desc.teacher_id}")
+
+
+def check_student_weights(path: Path, teacher: TeacherConfig, parameterization: str) -> None:
+    """The phase-1 weights fit the teacher's architecture (names and shapes, read from the
+    safetensors header; nothing is loaded)."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+    from safetensors import SafetensorError, safe_open
+
+    desc = describe_teacher(teacher)
+    config = json.loads((desc.folder / "transformer" / "config.json").read_text())
+    with torch.device("meta"):
+        model = ZImageTransformer2DModel.from_config(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    prefixes = ["g"] if parameterization == "shared" else ["g1", "g2"]
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
+    for prefix in prefixes:
+        for name, shape in expected.items():
+            got = shapes.get(f"{prefix}.{name}")
+            if got != shape:
+                found = "missing" if got is None else f"shape {got}"
+                raise ArtifactError(f"{path}: {prefix}.{name} is {found}, the teacher's "
+                                    f"architecture needs {shape} (another architecture?)")
+
+
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+
+
+def mlflow_uri(cfg: DistillConfig, store: ArtifactStore) -> str:
+    """The configured tracking URI, else a SQLite store inside the workspace (MLflow 3 no
+    longer accepts a plain file store)."""
+    if cfg.tracking.mlflow_uri:
+        return cfg.tracking.mlflow_uri
+    root = local_dir(store, "")
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / MLFLOW_DB}"
+
+
+def mlflow_artifact_root(cfg: DistillConfig, store: ArtifactStore) -> str | None:
+    """Where a new experiment keeps its artifacts: inside the workspace for the default local
+    store (MLflow would otherwise use ./mlruns of the current directory)."""
+    if cfg.tracking.mlflow_uri:
+        return None
+    return (local_dir(store, "") / MLFLOW_ARTIFACTS).as_uri()
+
+
+def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
+                 use_gpu: str) -> dict[str, Any]:
+    """Run ``train_worker`` on ``num_workers`` Ray Train workers; return ``train_state.json``.
+    A worker's :class:`TwostepError` becomes a :class:`TrainingError` with its message."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    out = Path(job.out_dir)
+    (out / STATUS_FILE).unlink(missing_ok=True)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if use_gpu == "always" and gpus < num_workers:
+        raise ConfigError(f"use_gpu=always with {num_workers} workers, but the Ray cluster has "
+                          f"{gpus} GPU(s)")
+    gpu = use_gpu == "always" or (use_gpu == "auto" and gpus >= num_workers)
+    resources = {"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    with tempfile.TemporaryDirectory(prefix="twostep-raytrain-") as storage:
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config=job_dict(job),
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(name=job.run_name, storage_path=storage),
+        )
+        try:
+            trainer.fit()
+        except Exception as exc:  # Ray wraps worker errors; the status file has the message
+            status = _status(out)
+            if status.get("status") == "error":
+                raise TrainingError(status["message"]) from None
+            raise TrainingError(f"training workers failed: {_worker_error(exc)}") from exc
+    status = _status(out)
+    if status.get("status") != "done":
+        raise TrainingError(f"training ended without finishing (status {status or 'missing'})")
+    (out / STATUS_FILE).unlink()
+    return json.loads((out / "train_state.json").read_text())
+
+
+def _status(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / STATUS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _worker_error(exc: BaseException) -> str:
+    """The worker's own exception line (Ray's message starts with its wrapper's text)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    pattern = re.compile(r"^[\w.]*(Error|Exception)\b.*?: ")
+    found = [line for line in lines if pattern.match(line) and "WorkerGroupError" not in line]
+    return found[-1] if found else (lines[0] if lines else type(exc).__name__)

@@ -1,0 +1,41 @@
+"""Losses. Regression distances are per-sample means then batch means; adversarial losses take
+logits ``(B,)``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def regression(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse",
+               huber_c: float = 0.03) -> torch.Tensor:
+    """``mse``: mean squared error; ``pseudo_huber``: ``sqrt(mse_i + c^2) - c`` per sample."""
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    if kind == "mse":
+        return per_sample.mean()
+    if kind == "pseudo_huber":
+        return ((per_sample + huber_c**2).sqrt() - huber_c).mean()
+    raise ValueError(f"unknown regression loss {kind!r}")
+
+
+def generator_adversarial(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "non_saturating":
+        return F.softplus(-fake_logits).mean()
+    if kind == "hinge":
+        return -fake_logits.mean()
+    raise ValueError(f"unknown adversarial loss {kind!r}")
+
+
+def discriminator_adversarial(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                              kind: str) -> torch.Tensor:
+    if kind == "non_saturating":
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    raise ValueError(f"unknown adversarial loss {kind!r}")
+
+
+def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
+    """``E ||grad_x D(x)||^2`` on real inputs (``real_inputs`` must require grad)."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()

@@ -1,0 +1,85 @@
+"""What ``train_init`` and ``train_e2e`` share: building the job, running it, the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.stage import StageContext, StageResult
+from pipeline.student.launch import (
+    check_samples,
+    local_dir,
+    mlflow_artifact_root,
+    mlflow_uri,
+    run_training,
+)
+from pipeline.student.train import TrainJob
+from schemas.config import TrainCommonConfig
+from schemas.manifest import TeacherSamplesManifest
+
+# Fields that change speed or logging, never the result: left out of the cache key.
+SPEED_ONLY = ("num_workers", "cpus_per_worker", "gradient_checkpointing", "log_every",
+              "checkpoint_every", "sample_every", "sample_prompts", "stop_after")
+
+PHASE2_CHOICES = {
+    "discriminator_backbone": "frozen copy of the teacher transformer (float32)",
+    "discriminator_features": "image tokens of the configured main blocks; later blocks "
+                              "skipped",
+    "discriminator_heads": "per block: LayerNorm-MLP on tokens, linear logit plus projection "
+                           "with a linear map of the mean caption feature; mean over tokens, "
+                           "sum over blocks",
+    "discriminator_noise": "x0 re-noised to sigma ~ U[sigma_min, sigma_max], fresh noise; the "
+                           "same draw for real and fake in a discriminator step",
+    "optimizers": "AdamW for the generators and for the heads, linear warm-up then constant",
+    "ema": "EMA of the generator weights every step; saved as ema.safetensors",
+    "generator_loss": "adv_weight * adversarial + step1_weight * d(x_mid, x_mid_teacher) + "
+                      "final_weight * d(x0, x0_teacher)",
+}
+
+
+def build_job(ctx: StageContext, phase: int, parameterization: str,
+              init_weights: Path | None) -> TrainJob:
+    cfg = ctx.config
+    samples = ctx.inputs["sample_teacher"]
+    assert isinstance(samples, TeacherSamplesManifest)
+    check_samples(ctx.store, samples, cfg.sample_teacher.teacher)
+    section = ctx.section
+    assert isinstance(section, TrainCommonConfig)
+    return TrainJob(
+        phase=phase,
+        config=section.model_dump(mode="json"),
+        teacher=cfg.sample_teacher.teacher.model_dump(mode="json"),
+        store_root=ctx.store.root_uri,
+        samples_dir=f"{samples.stage}/{samples.key}",
+        train_shards=[s.model_dump() for s in samples.splits["train"].shards],
+        eval_shards=[s.model_dump() for s in samples.splits["eval"].shards]
+        if "eval" in samples.splits else [],
+        sigma_mid=samples.teacher.sigma_mid,
+        parameterization=parameterization,
+        out_dir=str(local_dir(ctx.store, ctx.out_dir)),
+        init_weights=str(init_weights) if init_weights else None,
+        mlflow_uri=mlflow_uri(cfg, ctx.store),
+        mlflow_artifacts=mlflow_artifact_root(cfg, ctx.store),
+        mlflow_experiment=cfg.tracking.experiment,
+        run_name=f"{ctx.name}-{ctx.key}",
+        tags={"twostep.stage": ctx.name, "twostep.key": ctx.key, "twostep.run": cfg.name},
+        stop_after=section.stop_after,
+    )
+
+
+def train(ctx: StageContext, job: TrainJob, choices: dict[str, object]) -> StageResult:
+    section = ctx.section
+    assert isinstance(section, TrainCommonConfig)
+    samples = ctx.inputs["sample_teacher"]
+    assert isinstance(samples, TeacherSamplesManifest)
+    ctx.log.info("%s: %d steps of batch %d on %d worker(s); MLflow %s", ctx.name,
+                 section.steps, section.batch_size, section.num_workers, job.mlflow_uri)
+    state = run_training(job, section.num_workers, section.cpus_per_worker, section.use_gpu)
+    metrics = {k: float(v) for k, v in state.get("last", {}).items()}
+    return StageResult(
+        counts={"steps": state["steps"], "samples_seen": state["steps"] * section.batch_size},
+        metrics=metrics,
+        fields={"phase": job.phase, "parameterization": job.parameterization,
+                "sigma_mid": job.sigma_mid, "teacher_id": samples.teacher.teacher_id,
+                "steps": state["steps"], "choices": choices,
+                "mlflow_run_id": state.get("mlflow_run_id"), "mlflow_uri": job.mlflow_uri},
+    )

@@ -1,0 +1,50 @@
+"""Stage ``train_e2e`` (phase 2): the chained two-step student trained adversarially against
+teacher images (or data), with the step-1 regularization, from the phase-1 weights. See
+:mod:`pipeline.student.train`."""
+
+from __future__ import annotations
+
+from pipeline.stage import StageContext, StageResult, StageSpec
+from pipeline.student.launch import check_student_weights, local_dir
+from schemas.config import DistillConfig, TrainE2EConfig
+from schemas.manifest import StudentCheckpointManifest
+from stages.train_common import PHASE2_CHOICES, SPEED_ONLY, build_job, train
+
+
+def train_e2e(ctx: StageContext) -> StageResult:
+    cfg = ctx.section
+    assert isinstance(cfg, TrainE2EConfig)
+    phase1 = ctx.inputs["train_init"]
+    assert isinstance(phase1, StudentCheckpointManifest)
+    weights = local_dir(ctx.store, ctx.input_dirs["train_init"]) / (
+        "ema.safetensors" if cfg.init_from == "ema" else "student.safetensors")
+    check_student_weights(weights, ctx.config.sample_teacher.teacher, phase1.parameterization)
+    job = build_job(ctx, phase=2, parameterization=phase1.parameterization,
+                    init_weights=weights)
+    choices = {**PHASE2_CHOICES, "gan_real": cfg.gan_real, "end_to_end": cfg.end_to_end,
+               "step1_weight": cfg.step1_weight, "adv_loss": cfg.adv_loss,
+               "regression_loss": cfg.loss, "init_from": f"phase 1 {cfg.init_from}",
+               "discriminator_layers": cfg.discriminator.layers,
+               "r1": f"weight {cfg.discriminator.r1_weight}, every "
+                     f"{cfg.discriminator.r1_every} steps"}
+    return train(ctx, job, choices)
+
+
+def check(cfg: DistillConfig) -> None:
+    if cfg.train_e2e.gan_real == "data" and cfg.sample_teacher.teacher.kind != "toy":
+        from pipeline.errors import ConfigError
+
+        raise ConfigError("train_e2e.gan_real=data is implemented for the toy world (ground-"
+                          "truth renders); for other teachers use gan_real=teacher")
+
+
+STAGE: StageSpec[StudentCheckpointManifest] = StageSpec(
+    name="train_e2e",
+    upstream=("sample_teacher", "train_init"),
+    manifest_type=StudentCheckpointManifest,
+    section=lambda cfg: cfg.train_e2e,
+    run=train_e2e,
+    check=check,
+    version=1,
+    key_exclude=SPEED_ONLY,
+)
