@@ -11,6 +11,7 @@ folder named ``step-*`` is always complete.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,15 @@ def step_dir(root: Path, step: int) -> Path:
     return root / CHECKPOINTS / f"step-{step:07d}"
 
 
+def _complete(root: Path) -> list[Path]:
+    folder = root / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if re.fullmatch(r"step-\d+", p.name))
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    found = sorted((root / CHECKPOINTS).glob("step-[0-9]*")) if (root / CHECKPOINTS).is_dir() \
-        else []
+    found = _complete(root)
     return found[-1] if found else None
 
 
@@ -116,7 +123,7 @@ def save_checkpoint(root: Path, step: int, modules: dict[str, torch.nn.Module],
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for old in sorted((root / CHECKPOINTS).glob("step-[0-9]*"))[:-keep]:
+    for old in _complete(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

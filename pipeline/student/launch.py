@@ -105,7 +105,8 @@ def mlflow_artifact_root(cfg: DistillConfig, store: ArtifactStore) -> str | None
 
 def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
                  use_gpu: str) -> dict[str, Any]:
-    """Run ``train_worker`` on ``num_workers`` Ray Train workers; return ``train_state.json``.
+    """Run ``train_worker`` on ``num_workers`` Ray Train workers; return ``train_state.json``
+    plus the MLflow run id.
     A worker's :class:`TwostepError` becomes a :class:`TrainingError` with its message."""
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -139,7 +140,8 @@ def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
     if status.get("status") != "done":
         raise TrainingError(f"training ended without finishing (status {status or 'missing'})")
     (out / STATUS_FILE).unlink()
-    return json.loads((out / "train_state.json").read_text())
+    state = json.loads((out / "train_state.json").read_text())
+    return {**state, "mlflow_run_id": status.get("mlflow_run_id")}
 
 
 def _status(out: Path) -> dict[str, Any]:

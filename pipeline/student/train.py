@@ -390,21 +390,24 @@ class Worker:
                               scale=max(1, 128 // teacher.shape[1]))
         return sheet if isinstance(sheet, Image.Image) else Image.fromarray(sheet)
 
-    def save_final(self, step: int, run_id: str | None, last: dict[str, float]) -> None:
+    def save_final(self, step: int, last: dict[str, float]) -> None:
         from safetensors.torch import save_file
 
-        meta = {"phase": str(self.job.phase), "parameterization": self.job.parameterization,
-                "sigma_mid": str(self.job.sigma_mid)}
-        save_file(student_tensors(self.student), str(self.out / "student.safetensors"), meta)
-        save_file(student_tensors(self.ema), str(self.out / "ema.safetensors"), meta)
+        # No safetensors metadata: its header order is not stable, and the next stage's cache
+        # key hashes these bytes. Phase, parameterization and sigma_mid are in the manifest.
+        save_file(student_tensors(self.student), str(self.out / "student.safetensors"))
+        save_file(student_tensors(self.ema), str(self.out / "ema.safetensors"))
         if self.job.phase == 2:
             save_file(ckpt.module_tensors(self.disc), str(self.out / "discriminator.safetensors"))
         (self.out / "transformer_config.json").write_text(self.student.g1.to_json_string())
+        # Deterministic content only (the MLflow run id goes to the status file): the next
+        # stage's cache key hashes these files.
         (self.out / "train_state.json").write_text(json.dumps(
-            {"steps": step, "mlflow_run_id": run_id, "last": last}, indent=2))
+            {"steps": step, "last": last}, indent=2))
 
     # -- loop ------------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self) -> str | None:
+        """Train to ``steps`` (resuming from the newest checkpoint); returns the MLflow run id."""
         cfg, job = self.cfg, self.job
         lead = self.rank == 0
         start_step, run_id = 0, None
@@ -457,8 +460,9 @@ class Worker:
             raise StoppedEarly(f"stopped after step {step} of {cfg['steps']} (stop_after); "
                                f"rerun to resume from the checkpoint")
         if lead:
-            self.save_final(step, tracker.run_id, last)
+            self.save_final(step, last)
             shutil.rmtree(self.out / ckpt.CHECKPOINTS, ignore_errors=True)
+        return tracker.run_id
 
     def _checkpoint(self, step: int, run_id: str | None) -> None:
         if self.world > 1:
@@ -493,14 +497,14 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     torch.manual_seed(job.config["seed"])
     status_path = Path(job.out_dir) / STATUS_FILE
     try:
-        Worker(job, rank, world).run()
+        run_id = Worker(job, rank, world).run()
     except TwostepError as exc:
         if rank == 0:
             status_path.write_text(json.dumps({"status": "error", "message": str(exc),
                                                "kind": type(exc).__name__}))
         raise
     if rank == 0:
-        status_path.write_text(json.dumps({"status": "done"}))
+        status_path.write_text(json.dumps({"status": "done", "mlflow_run_id": run_id}))
 
 
 def job_dict(job: TrainJob) -> dict[str, Any]:

@@ -1,0 +1,52 @@
+"""The discriminator: frozen backbone features, trainable prompt-conditioned heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.student.discriminator import Discriminator
+
+
+def test_logits_heads_only_and_gradients_reach_the_input(tiny_transformer, captions):
+    disc = Discriminator(tiny_transformer, layers=[0, -1], hidden=16)
+    assert disc.layers == [0, 1]
+    names = [n for n, _ in disc.named_parameters()]
+    assert names and all(n.startswith("heads.") for n in names)
+    assert set(disc.state_dict()) == set(dict(disc.named_parameters()))
+    x0 = torch.randn(3, 3, 32, 32, requires_grad=True)
+    logits = disc(x0, captions, torch.full((3,), 0.3), torch.randn(3, 3, 32, 32))
+    assert logits.shape == (3,)
+    logits.sum().backward()
+    assert x0.grad is not None and x0.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.backbone.parameters())
+
+
+def test_early_exit_features_equal_a_full_forward(tiny_transformer, captions):
+    disc = Discriminator(tiny_transformer, layers=[0], hidden=16)
+    x, sigma = torch.randn(3, 3, 32, 32), torch.full((3,), 0.5)
+    seen = {}
+    def grab(_module, _inputs, output):
+        seen["out"] = output[:, :64]
+
+    handle = disc.backbone.layers[0].register_forward_hook(grab)
+    from pipeline.student.flow import transformer_velocity
+
+    transformer_velocity(disc.backbone, x, sigma, captions)
+    handle.remove()
+    (feats,) = disc.features(x, sigma, captions)
+    torch.testing.assert_close(feats, seen["out"])
+
+
+def test_prompt_changes_the_logit(tiny_transformer, captions):
+    torch.manual_seed(0)
+    disc = Discriminator(tiny_transformer, layers=[1], hidden=16)
+    x0, eps, sigma = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32), torch.tensor([0.2])
+    a = disc(x0, captions[:1], sigma, eps)
+    b = disc(x0, captions[1:2], sigma, eps)
+    assert not torch.allclose(a, b)
+
+
+def test_bad_layer_index_is_clear(tiny_transformer):
+    with pytest.raises(ValueError, match="outside 0..1"):
+        Discriminator(tiny_transformer, layers=[5], hidden=8)
