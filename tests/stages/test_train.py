@@ -77,7 +77,7 @@ def test_phase2_resume_continues_with_the_uninterrupted_losses(samples_workspace
             assert len(_losses(stage_dir)) == 3
         outcome = run_stage(train_e2e.STAGE, cfg, store, inputs)
         results[name] = (outcome, store)
-    (a, _), (b, store_b) = results["straight"], results["resumed"]
+    (a, _), (b, _) = results["straight"], results["resumed"]
     assert a.manifest.key == b.manifest.key  # stop_after is not part of the key
     la, lb = _losses(Path(a.uri)), _losses(Path(b.uri))
     assert [r["step"] for r in lb] == list(range(1, 7))
