@@ -238,7 +238,8 @@ class TrainCommonConfig(StrictModel):
         "mse", description="Regression distance for teacher targets.")
     huber_c: float = Field(0.03, gt=0.0, description="pseudo-Huber c: sqrt(d^2 + c^2) - c, "
                            "d^2 the mean squared error per sample.")
-    ema_decay: float = Field(0.99, ge=0.0, lt=1.0, description="EMA of the generator weights.")
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0, description="EMA of the generator weights "
+                             "(warm-up: min(decay, (1 + step) / (10 + step))).")
     log_every: int = Field(10, ge=1, description="Steps between MLflow metric flushes.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     sample_every: int = Field(100, ge=1, description="Steps between sample grids in MLflow.")
@@ -310,6 +311,34 @@ class TrainE2EConfig(TrainCommonConfig):
         "ema", description="Which phase-1 weights start phase 2.")
 
 
+class RealMetricsConfig(StrictModel):
+    """Real-domain metrics for the Z-Image scale, each loading weights from a local path."""
+
+    fid_weights: str | None = Field(
+        None, description="Inception weights for FID/KID (torch-fidelity format); None: off.")
+    clip_weights: str | None = Field(
+        None, description="open_clip checkpoint for CLIP score; None: off.")
+
+
+class EvaluateConfig(StrictModel):
+    """Generate for the eval prompts with fixed seeds (the teacher samples' noise): teacher at
+    its full steps, teacher naively at 2 steps, the phase-1 and phase-2 students at 2 steps and
+    any extra students; the same noise for all."""
+
+    max_samples: int | None = Field(
+        None, ge=2, description="Use at most this many eval samples (None: all).")
+    weights: Literal["ema", "student"] = Field("ema", description="Student weights to use.")
+    extra_students: dict[str, str] = Field(
+        default_factory=dict, description="More students to compare: name -> folder of a "
+        "finished train_init/train_e2e stage.")
+    grid_prompts: int = Field(8, ge=1, description="Rows of the image grid.")
+    batch_size: int = Field(128, ge=1, description="Generation batch (speed only).")
+    latency_repeats: int = Field(3, ge=1, description="Timed repeats of one batch per "
+                                 "generator for the latency table (speed only).")
+    latency_batch: int = Field(1, ge=1, description="Batch size of the latency measurement.")
+    real_metrics: RealMetricsConfig = Field(default_factory=RealMetricsConfig)
+
+
 class DistillConfig(StrictModel):
     """The whole run. Later stages add their sections here as they land."""
 
@@ -323,3 +352,4 @@ class DistillConfig(StrictModel):
     sample_teacher: SampleTeacherConfig = Field(default_factory=SampleTeacherConfig)
     train_init: TrainInitConfig = Field(default_factory=TrainInitConfig)
     train_e2e: TrainE2EConfig = Field(default_factory=TrainE2EConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

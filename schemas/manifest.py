@@ -185,3 +185,29 @@ class StudentCheckpointManifest(Manifest):
         "discriminator layers, ...), including those where the paper is silent.")
     mlflow_run_id: str | None = None
     mlflow_uri: str | None = None
+
+
+class GeneratorScores(StrictModel):
+    """Metrics of one generator on the eval samples (same noise for every generator)."""
+
+    name: str
+    steps: int
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="fd_teacher (toy Frechet distance to the teacher's "
+        "full-step samples), fd_data (to ground-truth renders), per-attribute accuracy, "
+        "mean_accuracy, palette_purity, valid_rate, psnr/ssim vs the teacher image from the "
+        "same noise, diversity (mean pairwise feature distance across seeds of a prompt).")
+    latency: dict[str, float] = Field(
+        default_factory=dict, description="Seconds per image: text_encoding, denoising, "
+        "decoding, total; images_per_s.")
+
+
+class EvalReportManifest(Manifest):
+    """Output of ``evaluate``: ``report.md``, ``grid.png`` (one row per prompt, one column per
+    generator, same seed), ``losses.png`` (training curves), ``metrics.json``."""
+
+    stage: Literal["evaluate"] = "evaluate"
+    num_samples: int
+    num_prompts: int
+    generators: list[GeneratorScores]
+    device: str

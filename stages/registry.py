@@ -11,10 +11,11 @@ from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key
 from pipeline.store import ArtifactStore
 from schemas.config import STAGE_NAMES, DistillConfig
 from schemas.manifest import Manifest
-from stages import curate, sample_teacher, train_e2e, train_init
+from stages import curate, evaluate, sample_teacher, train_e2e, train_init
 
 STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (curate.STAGE, sample_teacher.STAGE,
-                                                  train_init.STAGE, train_e2e.STAGE)}
+                                                  train_init.STAGE, train_e2e.STAGE,
+                                                  evaluate.STAGE)}
 """Implemented stages by name, in execution order (a subset of ``STAGE_NAMES``)."""
 
 

@@ -281,7 +281,7 @@ class Worker:
         loss.backward()
         norm = _clip(self.student.parameters(), self.cfg["optimizer"])
         self.opt_g.step()
-        self._ema()
+        self._ema(step)
         return {"loss": loss.item(), "loss_step1": loss_1.item(), "loss_step2": loss_2.item(),
                 "grad_norm_g": norm}
 
@@ -329,7 +329,7 @@ class Worker:
         loss_g.backward()
         norm_g = _clip(self.student.parameters(), cfg["optimizer"])
         self.opt_g.step()
-        self._ema()
+        self._ema(step)
         # Discriminator step: real vs the generator's (detached) output.
         d = cfg["discriminator"]
         self.disc.requires_grad_(True)
@@ -362,8 +362,9 @@ class Worker:
                                 f"learning rate or enable gradient clipping)")
 
     @torch.no_grad()
-    def _ema(self) -> None:
-        decay = self.cfg["ema_decay"]
+    def _ema(self, step: int) -> None:
+        # Warm-up (as in the toy teacher's EMA): short runs are not dominated by the init.
+        decay = min(self.cfg["ema_decay"], (1 + step) / (10 + step))
         for pe, pm in zip(self.ema.parameters(), self.student.parameters(), strict=True):
             pe.lerp_(pm.detach(), 1 - decay)
 

@@ -1,0 +1,74 @@
+"""Generic image-set metrics (torch, float64 where precision matters).
+
+Images are ``(N, 3, H, W)`` in [0, 1]; features ``(N, D)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)`` between Gaussians fit to
+    features ``a`` ``(N, D)`` and ``b`` ``(M, D)`` (the FID formula; symmetric square roots
+    by eigendecomposition, negative eigenvalues from rounding clipped to 0)."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+
+    def sqrtm(m: torch.Tensor) -> torch.Tensor:
+        vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+        return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
+
+    root_a = sqrtm(cov_a)
+    cross = sqrtm(root_a @ cov_b @ root_a)
+    value = (mu_a - mu_b).pow(2).sum() + torch.trace(cov_a + cov_b - 2 * cross)
+    return float(value.clamp(min=0))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB ``(N,)`` (peak 1.0; identical images give +inf)."""
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM ``(N,)`` (Wang et al. 2004: Gaussian window 11 / 1.5, C1 = 0.01^2,
+    C2 = 0.03^2, per channel then averaged; 'valid' borders)."""
+    window = min(window, a.shape[-1], a.shape[-2])
+    coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    g = torch.exp(-coords.pow(2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(a.shape[1], 1, window, window).contiguous()
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, kernel, groups=x.shape[1])
+
+    a, b = a.double(), b.double()
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a.pow(2)
+    var_b = blur(b * b) - mu_b.pow(2)
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a.pow(2) + mu_b.pow(2) + c1) * (var_a + var_b + c2))
+    return value.flatten(1).mean(1)
+
+
+def mean_pairwise_distance(features: torch.Tensor, groups: list[int]) -> float:
+    """Diversity: the mean L2 distance between the features of samples that share a group
+    (e.g. the seeds of one prompt), averaged over groups with at least two samples; 0 means
+    every seed gave the same image (mode collapse)."""
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    values = []
+    for idx in by_group.values():
+        if len(idx) < 2:
+            continue
+        f = features[idx].double()
+        d = torch.cdist(f, f)
+        n = len(idx)
+        values.append(float(d.sum() / (n * (n - 1))))
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,20 @@
+"""Loading a trained student from a ``train_init`` / ``train_e2e`` stage folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.student.model import TwoStepStudent
+from pipeline.student.train import load_student_weights
+from pipeline.teachers.base import TeacherAdapter
+from schemas.manifest import StudentCheckpointManifest
+
+
+def load_student(folder: Path, manifest: StudentCheckpointManifest, teacher: TeacherAdapter,
+                 weights: str = "ema") -> TwoStepStudent:
+    """The student of a finished training stage (``weights``: ``ema`` or ``student``), built on
+    the teacher's architecture, in eval mode on the teacher's device."""
+    student = TwoStepStudent.from_teacher(teacher.transformer, manifest.parameterization,
+                                          manifest.sigma_mid)
+    load_student_weights(student, Path(folder) / f"{weights}.safetensors")
+    return student.to(teacher.device).eval().requires_grad_(False)
