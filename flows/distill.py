@@ -8,6 +8,8 @@ from flows.env import apply_defaults
 
 apply_defaults()
 
+import logging  # noqa: E402
+
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
@@ -51,6 +53,8 @@ def run_pipeline(
     """Load and validate the config, then run the planned stages on one Ray session.
     Returns a summary per stage (key, cached, uri, counts), or a Failed state carrying the
     one-line message of a user-fixable error (the flow run is then Failed)."""
+    for name in ("pipeline", "stages", "twostep"):  # stage progress lines (INFO) are shown
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         cfg = load_config(config, overrides, workspace)
         plan = plan_run(only)

@@ -166,7 +166,8 @@ class TeacherConfig(StrictModel):
         "zimage: a Z-Image Turbo diffusers folder (required).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; auto is bfloat16 on CUDA, float32 on CPU."
+        "auto", description="Compute dtype; auto is bfloat16 on CUDA, float32 on CPU. On CPU "
+        "bfloat16/float16 run fp32 weights under autocast (faster matmuls on AVX512-BF16)."
     )
     height: int = Field(32, ge=8, description="Image height in pixels (toy: 32).")
     width: int = Field(32, ge=8, description="Image width in pixels (toy: 32).")

@@ -66,8 +66,13 @@ class ShardSampler:
             device = "cuda" if torch.cuda.is_available() else "cpu"
             dtype = None if self.teacher_cfg.dtype == "auto" else getattr(
                 torch, self.teacher_cfg.dtype)
+            # On CPU a low-precision dtype means fp32 weights under autocast (bf16 matmuls are
+            # ~1.9x faster on AVX512-BF16 CPUs; bf16 weights are not).
+            self.autocast = device == "cpu" and dtype in (torch.bfloat16, torch.float16)
+            self.autocast_dtype = dtype
             self._teacher = load_teacher(self.teacher_cfg.kind, self.teacher_cfg.path,
-                                         device=device, dtype=dtype)
+                                         device=device,
+                                         dtype=None if self.autocast else dtype)
         return self._teacher
 
     def write(self, unit: ShardUnit) -> dict[str, Any]:
@@ -90,6 +95,8 @@ class ShardSampler:
                 "seconds": time.perf_counter() - start, "actor": os.getpid()}
 
     def _samples(self, unit: ShardUnit) -> Iterator[dict[str, object]]:
+        import torch
+
         from pipeline.generate import noise_for_seeds, to_uint8
 
         teacher = self._load()
@@ -99,8 +106,9 @@ class ShardSampler:
             batch = unit.samples[at:at + self.batch_size]
             captions = teacher.encode_prompts([s.prompt for s in batch])
             noise = noise_for_seeds([s.seed for s in batch], shape)
-            result = teacher.sample(captions, noise, self.teacher_cfg.steps,
-                                    record_sigmas=(self.sigma_mid,))
+            with torch.autocast("cpu", dtype=self.autocast_dtype, enabled=self.autocast):
+                result = teacher.sample(captions, noise, self.teacher_cfg.steps,
+                                        record_sigmas=(self.sigma_mid,))
             images = to_uint8(teacher.decode(result.final).cpu())
             x_mid = result.recorded[self.sigma_mid]
             for i, planned in enumerate(batch):

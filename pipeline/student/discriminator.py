@@ -37,9 +37,12 @@ class Head(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, teacher_transformer: nn.Module, layers: list[int], hidden: int) -> None:
+    def __init__(self, teacher_transformer: nn.Module, layers: list[int], hidden: int,
+                 backbone_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        backbone = copy.deepcopy(teacher_transformer).float().eval().requires_grad_(False)
+        # The frozen backbone may run in bf16 on GPUs (it is never updated); heads stay fp32.
+        backbone = copy.deepcopy(teacher_transformer).to(backbone_dtype).eval()
+        backbone.requires_grad_(False)
         n = len(backbone.layers)
         resolved = sorted({i % n for i in layers if -n <= i < n})
         if len(resolved) != len(set(layers)):

@@ -28,10 +28,11 @@ class TwoStepStudent(nn.Module):
         self.sigma_mid = sigma_mid
 
     @classmethod
-    def from_teacher(cls, transformer: nn.Module, parameterization: str,
-                     sigma_mid: float) -> TwoStepStudent:
-        """Both steps start from the teacher's weights (float32 copies)."""
-        g1 = copy.deepcopy(transformer).float().train().requires_grad_(True)
+    def from_teacher(cls, transformer: nn.Module, parameterization: str, sigma_mid: float,
+                     dtype: torch.dtype = torch.float32) -> TwoStepStudent:
+        """Both steps start from the teacher's weights (copies in ``dtype``: float32 master
+        weights for training; bf16 only for memory probes or inference)."""
+        g1 = copy.deepcopy(transformer).to(dtype).train().requires_grad_(True)
         g2 = copy.deepcopy(g1) if parameterization == "decoupled" else None
         return cls(g1, g2, sigma_mid)
 

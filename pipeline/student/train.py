@@ -227,7 +227,9 @@ class Worker:
         self.optimizers: dict[str, torch.optim.Optimizer] = {"student": self.opt_g}
         if job.phase == 2:
             d = self.cfg["discriminator"]
-            self.disc = Discriminator(transformer, d["layers"], d["hidden"]).to(self.device)
+            backbone = torch.bfloat16 if self.autocast["enabled"] else torch.float32
+            self.disc = Discriminator(transformer, d["layers"], d["hidden"],
+                                      backbone_dtype=backbone).to(self.device)
             self.opt_d = _optimizer(self.disc.parameters(), d["optimizer"])
             self.modules["discriminator"] = self.disc
             self.optimizers["discriminator"] = self.opt_d
