@@ -84,6 +84,41 @@ def run(
     console.print(table)
 
 
+@app.command()
+def ablate(
+    config: ConfigOpt = "toy",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option("--variant", help="Only these variants (repeat; default: all)."),
+    ] = None,
+) -> None:
+    """Train and evaluate the full method and its ablation variants (parameterization=shared,
+    gan_real=data, end_to_end=false, step1_weight=0) from the same teacher shards; write the
+    claims table to <workspace>/ablation/ablation.md."""
+    from pipeline.ablation import VARIANTS
+    from pipeline.config import load_config, workspace_of
+    from pipeline.store import ArtifactStore
+    from stages.registry import plan_run, preflight
+
+    unknown = [v for v in variant or [] if v not in VARIANTS]
+    if unknown:
+        fail(f"unknown variant {unknown[0]!r} (variants: {', '.join(VARIANTS)})")
+    try:
+        for name in variant or list(VARIANTS):
+            cfg = load_config(config, [*(set_ or []), *VARIANTS[name]], workspace)
+            preflight(cfg, ArtifactStore(workspace_of(cfg)), plan_run(None))
+        from flows.distill import ablate as ablate_flow
+
+        state = ablate_flow(config=config, overrides=set_ or [], workspace=workspace,
+                            variants=variant or None, return_state=True)
+    except TwostepError as exc:
+        fail(exc)
+    if not state.is_completed():
+        fail(state.message or "the ablation failed", code=1)
+
+
 def _short_time(iso: str) -> str:
     return iso.replace("T", " ").removesuffix("+00:00") + " UTC"
 

@@ -40,6 +40,9 @@ def stage_task(
         return Failed(message=f"{step.name}: {exc}")
     state = "cached" if outcome.cached else "computed"
     get_run_logger().info("%s %s: %s %s", step.name, state, outcome.uri, outcome.manifest.counts)
+    from flows.artifacts import publish
+
+    publish(outcome, store)
     return outcome
 
 
@@ -113,5 +116,53 @@ def sample_teacher(
     return run_pipeline(config, overrides, workspace, ["sample_teacher"], force)
 
 
-STAGE_FLOWS = {"curate": curate, "sample_teacher": sample_teacher}
+@flow(name="train_init", log_prints=True)
+def train_init(config: str = "toy", overrides: list[str] | None = None,
+               workspace: str | None = None, force: bool = False):
+    """Rerun phase-1 training alone (teacher samples must be cached)."""
+    return run_pipeline(config, overrides, workspace, ["train_init"], force)
+
+
+@flow(name="train_e2e", log_prints=True)
+def train_e2e(config: str = "toy", overrides: list[str] | None = None,
+              workspace: str | None = None, force: bool = False):
+    """Rerun phase-2 training alone (phase 1 must be cached)."""
+    return run_pipeline(config, overrides, workspace, ["train_e2e"], force)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(config: str = "toy", overrides: list[str] | None = None,
+             workspace: str | None = None, force: bool = False):
+    """Rerun the evaluation alone (both training phases must be cached)."""
+    return run_pipeline(config, overrides, workspace, ["evaluate"], force)
+
+
+@flow(name="distill-ablate", log_prints=True)
+def ablate(
+    config: str = "toy",
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+    variants: list[str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Train and evaluate the full method and each ablation variant (from the same teacher
+    shards: upstream stages are cached), then write ``<workspace>/ablation/ablation.md``."""
+    from pipeline.ablation import VARIANTS, student_metrics, write_ablation
+
+    results: dict[str, dict[str, float]] = {}
+    sources: dict[str, str] = {}
+    for name in variants or list(VARIANTS):
+        summary = run_pipeline(config, [*(overrides or []), *VARIANTS[name]], workspace,
+                               None, False)
+        if isinstance(summary, State):
+            return summary
+        evaluation = summary["evaluate"]
+        store = ArtifactStore(workspace_of(load_config(config, overrides, workspace)))
+        results[name] = student_metrics(store, f"evaluate/{evaluation['key']}")
+        sources[name] = str(evaluation["uri"])
+    print(write_ablation(store, results, sources))
+    return results
+
+
+STAGE_FLOWS = {"curate": curate, "sample_teacher": sample_teacher, "train_init": train_init,
+               "train_e2e": train_e2e, "evaluate": evaluate}
 """Per-stage flows by stage name (deployments ``<stage>/<stage>``)."""

@@ -1,0 +1,35 @@
+"""Prefect artifacts for stage results: a Markdown summary and a table of counts and metrics
+for every computed stage, the evaluation report itself, and the MLflow run where there is
+one. Runs inside a task; knows nothing of the stages' internals beyond their manifests."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from pipeline.stage import StageOutcome
+from pipeline.store import ArtifactStore
+
+
+def _key(stage: str, suffix: str) -> str:
+    return f"{stage.replace('_', '-')}-{suffix}"
+
+
+def publish(outcome: StageOutcome, store: ArtifactStore) -> None:
+    m = outcome.manifest
+    rows = [{"kind": "count", "name": k, "value": v} for k, v in m.counts.items()]
+    rows += [{"kind": "metric", "name": k, "value": round(v, 6)} for k, v in m.metrics.items()]
+    rows += [{"kind": "timing_s", "name": k, "value": v} for k, v in m.timings.items()]
+    create_table_artifact(rows, key=_key(m.stage, "numbers"),
+                          description=f"{m.stage} {m.key}: counts, metrics, timings")
+    lines = [f"### {m.stage} `{m.key}` ({'cached' if outcome.cached else 'computed'})", "",
+             f"- folder: `{outcome.uri}`", f"- code: `{m.code_version}`",
+             f"- files: {len(m.files)} ({sum(f.size for f in m.files) / 1e6:.1f} MB)"]
+    run_id, uri = getattr(m, "mlflow_run_id", None), getattr(m, "mlflow_uri", None)
+    if run_id:
+        lines.append(f"- MLflow run `{run_id}` in `{uri}` (`distill dashboard` to browse)")
+    create_markdown_artifact("\n".join(lines) + "\n", key=_key(m.stage, "summary"),
+                             description=f"{m.stage} summary")
+    if m.stage == "evaluate" and store.exists(outcome.stage_dir, "report.md"):
+        report = store.read_bytes(outcome.stage_dir, "report.md").decode()
+        create_markdown_artifact(report, key="evaluate-report",
+                                 description="evaluation report (images in the stage folder)")
