@@ -119,6 +119,41 @@ def ablate(
         fail(state.message or "the ablation failed", code=1)
 
 
+@app.command()
+def dashboard(
+    config: ConfigOpt = "toy",
+    workspace: WorkspaceOpt = None,
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Bind address (127.0.0.1: this machine only).")]
+    = "127.0.0.1",
+) -> None:
+    """Serve the MLflow UI for the workspace's tracking store (training curves, sample grids)."""
+    import subprocess
+
+    from pipeline.config import load_config, workspace_of
+    from pipeline.store import ArtifactStore
+    from pipeline.student.launch import MLFLOW_ARTIFACTS, MLFLOW_DB, mlflow_uri
+
+    try:
+        cfg = load_config(config, None, workspace)
+        store = ArtifactStore(workspace_of(cfg))
+        if cfg.tracking.mlflow_uri:
+            fail(f"tracking.mlflow_uri is {cfg.tracking.mlflow_uri}: open that server's UI")
+        if not store.exists(MLFLOW_DB):
+            fail(f"no MLflow store at {store.uri(MLFLOW_DB)}; run the training stages first")
+        uri = mlflow_uri(cfg, store)
+    except TwostepError as exc:
+        fail(exc)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--default-artifact-root", store.path(MLFLOW_ARTIFACTS),
+               "--host", host, "--port", str(port)]
+    console.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
+    try:
+        raise typer.Exit(subprocess.call(command))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
 def _short_time(iso: str) -> str:
     return iso.replace("T", " ").removesuffix("+00:00") + " UTC"
 

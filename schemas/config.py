@@ -305,6 +305,9 @@ class TrainE2EConfig(TrainCommonConfig):
                               "loss.")
     final_weight: float = Field(1.0, ge=0.0, description="Weight of d(x0, x0_teacher) from the "
                                 "same noise (0: off).")
+    adv_warmup_steps: int = Field(
+        0, ge=0, description="Ramp the generator's adversarial weight linearly from 0 over "
+        "these steps, so the discriminator learns before its gradients steer the student.")
     adv_loss: Literal["non_saturating", "hinge"] = Field("non_saturating")
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=5e-5))

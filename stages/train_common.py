@@ -31,8 +31,9 @@ PHASE2_CHOICES = {
                            "same draw for real and fake in a discriminator step",
     "optimizers": "AdamW for the generators and for the heads, linear warm-up then constant",
     "ema": "EMA of the generator weights every step; saved as ema.safetensors",
-    "generator_loss": "adv_weight * adversarial + step1_weight * d(x_mid, x_mid_teacher) + "
-                      "final_weight * d(x0, x0_teacher)",
+    "generator_loss": "adv_weight * ramp * adversarial + step1_weight * d(x_mid, "
+                      "x_mid_teacher) + final_weight * d(x0, x0_teacher); ramp = min(1, step / "
+                      "adv_warmup_steps)",
 }
 
 

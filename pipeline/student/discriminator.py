@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.student.flow import noised, transformer_velocity
+from pipeline.student.model import _as_dtype
 
 
 class _Stop(Exception):
@@ -41,7 +42,7 @@ class Discriminator(nn.Module):
                  backbone_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         # The frozen backbone may run in bf16 on GPUs (it is never updated); heads stay fp32.
-        backbone = copy.deepcopy(teacher_transformer).to(backbone_dtype).eval()
+        backbone = _as_dtype(copy.deepcopy(teacher_transformer), backbone_dtype).eval()
         backbone.requires_grad_(False)
         n = len(backbone.layers)
         resolved = sorted({i % n for i in layers if -n <= i < n})

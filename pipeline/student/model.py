@@ -17,6 +17,11 @@ from torch import nn
 from pipeline.student.flow import transformer_velocity
 
 
+def _as_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast only when needed (diffusers warns on every ``.to(dtype)``)."""
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
+
+
 class TwoStepStudent(nn.Module):
     def __init__(self, g1: ZImageTransformer2DModel, g2: ZImageTransformer2DModel | None,
                  sigma_mid: float) -> None:
@@ -32,7 +37,7 @@ class TwoStepStudent(nn.Module):
                      dtype: torch.dtype = torch.float32) -> TwoStepStudent:
         """Both steps start from the teacher's weights (copies in ``dtype``: float32 master
         weights for training; bf16 only for memory probes or inference)."""
-        g1 = copy.deepcopy(transformer).to(dtype).train().requires_grad_(True)
+        g1 = _as_dtype(copy.deepcopy(transformer), dtype).train().requires_grad_(True)
         g2 = copy.deepcopy(g1) if parameterization == "decoupled" else None
         return cls(g1, g2, sigma_mid)
 

@@ -324,7 +324,8 @@ class Worker:
         adv = generator_adversarial(fake_logits.float(), cfg["adv_loss"])
         step1 = self._reg(x_mid, x_mid_t)
         final = self._reg(x0, x0_t)
-        loss_g = cfg["adv_weight"] * adv + cfg["step1_weight"] * step1 + \
+        ramp = min(1.0, step / cfg["adv_warmup_steps"]) if cfg["adv_warmup_steps"] else 1.0
+        loss_g = ramp * cfg["adv_weight"] * adv + cfg["step1_weight"] * step1 + \
             cfg["final_weight"] * final
         self._check(loss_g, step)
         self.opt_g.zero_grad(set_to_none=True)

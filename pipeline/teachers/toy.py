@@ -43,6 +43,9 @@ class ToyTeacher(TeacherAdapter):
                 f"{folder}: not a toy teacher folder (no transformer/config.json); build one "
                 f"with `distill toy build-teacher`"
             )
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # one bar per Ray actor is noise
         try:
             model = ZImageTransformer2DModel.from_pretrained(
                 transformer, use_safetensors=True, torch_dtype=torch.float32)
