@@ -120,6 +120,40 @@ def ablate(
 
 
 @app.command()
+def serve(
+    config: ConfigOpt = "toy",
+    limit: Annotated[int | None, typer.Option(help="Flow runs at a time (default: no cap).")]
+    = None,
+) -> None:
+    """Register and serve the deployments distill/full, <stage>/<stage> and
+    distill-ablate/ablate on the Prefect server at PREFECT_API_URL (start one with
+    `prefect server start --host 127.0.0.1`); trigger with `prefect deployment run distill/full`."""
+    import os
+
+    from pipeline.config import load_config
+
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        try:
+            from prefect.settings import PREFECT_API_URL
+
+            api = PREFECT_API_URL.value()
+        except Exception:  # noqa: BLE001 - unset or unreadable profile: same answer
+            api = None
+    if not api:
+        fail("no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api after "
+             "`prefect server start --host 127.0.0.1 --port 4200`)")
+    try:
+        load_config(config)  # the default preset must at least be valid
+    except TwostepError as exc:
+        fail(exc)
+    from flows.serve import serve_all
+
+    console.print(f"serving twostep deployments on {api} (Ctrl-C to stop)")
+    serve_all(config, limit)
+
+
+@app.command()
 def dashboard(
     config: ConfigOpt = "toy",
     workspace: WorkspaceOpt = None,
