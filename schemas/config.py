@@ -40,7 +40,10 @@ class RayConfig(StrictModel):
     temp_dir: str | None = Field(
         None, description="Ray's session folder for a local instance (None: Ray's default)."
     )
-    include_dashboard: bool = Field(False, description="Start the Ray dashboard locally.")
+    include_dashboard: bool = Field(
+        True, description="Start the Ray dashboard (on 127.0.0.1) with a local instance. It "
+        "also serves Ray's state API, which Ray Train's placement-group cleaner polls (without "
+        "it, training logs a warning every few seconds).")
 
 
 class TrackingConfig(StrictModel):

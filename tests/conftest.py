@@ -23,7 +23,8 @@ def ray_local():
     """One local Ray instance for the in-process tests (stages reuse an initialized Ray)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(_SESSION_TMP / "ray"),
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             _temp_dir=str(_SESSION_TMP / "ray"),
              logging_level="WARNING")
     yield
     ray.shutdown()
