@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.curation.promptset import read_prompts
-from pipeline.errors import ArtifactError, TwostepError
+from pipeline.errors import ArtifactError, ConfigError, TwostepError
 from pipeline.samples.format import ShardUnit, encode_sample, plan_shards
 from pipeline.stage import StageContext, StageResult, StageSpec
 from pipeline.store import TMP_MARKER, ArtifactStore
@@ -153,8 +153,16 @@ def _run_pool(ctx: StageContext, cfg: SampleTeacherConfig, desc: TeacherDescript
     import ray
     from ray.util import ActorPool
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    n_actors = gpus if gpus else min(cfg.num_actors, len(todo))
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    if not gpus and cfg.cpus_per_actor > cpus:
+        raise ConfigError(f"sample_teacher.cpus_per_actor={cfg.cpus_per_actor} but the Ray "
+                          f"cluster has {cpus} CPU(s)")
+    # Never more actors than the cluster can place at once: a pending actor would hold its
+    # share of the work forever.
+    n_actors = gpus if gpus else max(1, min(cfg.num_actors, len(todo),
+                                            cpus // cfg.cpus_per_actor))
     actor_cls = ray.remote(num_cpus=cfg.cpus_per_actor, num_gpus=1 if gpus else 0)(ShardSampler)
     record = {"teacher_id": desc.teacher_id, "sigmas": desc.sigmas, "sigma_mid": cfg.sigma_mid}
     actors = [actor_cls.remote(cfg.teacher, record, cfg.sigma_mid, cfg.storage_dtype,

@@ -36,7 +36,8 @@ def test_distill_flow_runs_stages_through_prefect(prefect_server, tmp_path):
     from schemas.manifest import PromptSetManifest
 
     ws = str(tmp_path / "ws")
-    state = distill(config="smoke", workspace=ws, return_state=True)
+    # Curation only: the whole smoke pipeline runs through deployments in test_serve.py.
+    state = distill(config="smoke", workspace=ws, only=["curate"], return_state=True)
     assert state.is_completed(), state
     summary = state.result()
     assert summary["curate"]["cached"] is False
