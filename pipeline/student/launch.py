@@ -114,7 +114,13 @@ def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
 
     out = Path(job.out_dir)
     (out / STATUS_FILE).unlink(missing_ok=True)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cluster = ray.cluster_resources()
+    gpus = int(cluster.get("GPU", 0))
+    if num_workers * cpus_per_worker > cluster.get("CPU", 0):
+        # Ray Train would wait forever for a placement group that cannot be placed.
+        raise ConfigError(f"{num_workers} worker(s) x {cpus_per_worker} CPU(s) need "
+                          f"{num_workers * cpus_per_worker} CPUs; the Ray cluster has "
+                          f"{int(cluster.get('CPU', 0))} (lower num_workers or cpus_per_worker)")
     if use_gpu == "always" and gpus < num_workers:
         raise ConfigError(f"use_gpu=always with {num_workers} workers, but the Ray cluster has "
                           f"{gpus} GPU(s)")
