@@ -8,6 +8,7 @@ import io
 import json
 import time
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,12 @@ Sampler = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
 
 
 def _samplers(ctx: StageContext, teacher: TeacherAdapter, steps: int,
-              cfg: EvaluateConfig) -> dict[str, tuple[int, Sampler]]:
-    """Generator name -> (steps, sampler(captions, noise) -> latents)."""
-    out: dict[str, tuple[int, Sampler]] = {
-        f"teacher_{steps}": (steps, lambda c, n: teacher.sample(c, n, steps).final),
-        "teacher_2": (2, lambda c, n: teacher.sample(c, n, 2).final),
+              cfg: EvaluateConfig) -> dict[str, tuple[int, Callable[[], Sampler]]]:
+    """Generator name -> (steps, a loader returning its sampler(captions, noise) -> latents).
+    Students load when asked, so only one is in memory at a time."""
+    out: dict[str, tuple[int, Callable[[], Sampler]]] = {
+        f"teacher_{steps}": (steps, lambda: lambda c, n: teacher.sample(c, n, steps).final),
+        "teacher_2": (2, lambda: lambda c, n: teacher.sample(c, n, 2).final),
     }
     students = {"student_phase1": ctx.input_dirs["train_init"],
                 "student": ctx.input_dirs["train_e2e"]}
@@ -49,8 +51,12 @@ def _samplers(ctx: StageContext, teacher: TeacherAdapter, steps: int,
             raise ArtifactError(f"evaluate.extra_students.{name}: {folder} is not a finished "
                                 f"training stage (no manifest.json)")
         manifest = StudentCheckpointManifest.model_validate_json(manifest_path.read_text())
-        student = load_student(folder, manifest, teacher, cfg.weights)
-        out[name] = (2, lambda c, n, s=student: s.sample(n.to(teacher.device), c))
+
+        def loader(folder=folder, manifest=manifest) -> Sampler:
+            student = load_student(folder, manifest, teacher, cfg.weights)
+            return lambda c, n: student.sample(n.to(teacher.device), c)
+
+        out[name] = (2, loader)
     return out
 
 
@@ -220,20 +226,27 @@ def evaluate(ctx: StageContext) -> StageResult:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = load_teacher(t.kind, t.path, device=device)
     reader = TeacherSampleReader.from_manifest(ctx.store, samples, "eval")
-    records = list(reader)[: cfg.max_samples]
+    records = list(islice(reader, cfg.max_samples))
     batch = collate_samples(records)
     prompts, noise = batch["prompt"], batch["noise"]
     groups = [hash(m["prompt_id"]) for m in batch["meta"]]
     timings: dict[str, float] = {}
     samplers = _samplers(ctx, teacher, samples.teacher.steps, cfg)
     images: dict[str, torch.Tensor] = {}
-    for name, (_, sampler) in samplers.items():
+    latencies: dict[str, dict[str, float]] = {}
+    k = min(cfg.latency_batch, len(prompts))
+    for name, (_, load) in samplers.items():
         start = time.perf_counter()
-        if name == f"teacher_{samples.teacher.steps}":
-            images[name] = teacher.decode(batch["x0"].to(teacher.device)).float().cpu()
+        sampler = load()
+        if name == f"teacher_{samples.teacher.steps}":  # the shards hold its final latents
+            images[name] = _generate(lambda c, n: n, teacher, batch["caption"], batch["x0"],
+                                     cfg.batch_size)
         else:
             images[name] = _generate(sampler, teacher, batch["caption"], noise, cfg.batch_size)
         timings[f"generate_{name}_s"] = round(time.perf_counter() - start, 3)
+        latencies[name] = _latency(sampler, teacher, prompts[:k], noise[:k],
+                                   cfg.latency_repeats)
+        del sampler  # a student's weights go before the next one loads
         ctx.log.info("evaluate: generated %d images with %s", len(prompts), name)
 
     reference = images[f"teacher_{samples.teacher.steps}"]
@@ -246,7 +259,7 @@ def evaluate(ctx: StageContext) -> StageResult:
         truth = _ground_truth(prompts, [m["seed"] for m in batch["meta"]])
         truth_feats = scorer.features(truth)
     scores = []
-    for name, (steps, sampler) in samplers.items():
+    for name, (steps, _) in samplers.items():
         m: dict[str, float] = {}
         img = images[name]
         if toy:
@@ -258,9 +271,8 @@ def evaluate(ctx: StageContext) -> StageResult:
         if name != f"teacher_{samples.teacher.steps}":
             m["psnr"] = round(float(psnr(img, reference).clamp(max=100).mean()), 4)
             m["ssim"] = round(float(ssim(img, reference).mean()), 4)
-        k = min(cfg.latency_batch, len(prompts))
-        latency = _latency(sampler, teacher, prompts[:k], noise[:k], cfg.latency_repeats)
-        scores.append(GeneratorScores(name=name, steps=steps, metrics=m, latency=latency))
+        scores.append(GeneratorScores(name=name, steps=steps, metrics=m,
+                                      latency=latencies[name]))
 
     rows, seen = [], set()
     for i, meta in enumerate(batch["meta"]):

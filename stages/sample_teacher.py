@@ -78,10 +78,15 @@ class ShardSampler:
     def write(self, unit: ShardUnit) -> dict[str, Any]:
         """Sample ``unit`` and write its tar; returns the shard record or ``{"error": msg}``."""
         start = time.perf_counter()
+        import torch
+
         try:
             samples = list(self._samples(unit))
         except (TwostepError, ValueError) as exc:
             return {"error": f"shard {unit.path}: {exc}"}
+        except torch.cuda.OutOfMemoryError:
+            return {"error": f"shard {unit.path}: out of GPU memory at sample_teacher."
+                             f"batch_size={self.batch_size}; lower it"}
         import webdataset as wds
 
         # mtime fixed and no user names: the same samples give the same tar bytes.
@@ -148,6 +153,19 @@ def _prompts(ctx: StageContext, cfg: SampleTeacherConfig) -> dict[str, tuple[lis
     return out
 
 
+def _guard(results: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A dead actor (killed by the OS for memory, say) becomes one clear line; the complete
+    shards stay, so a rerun resumes."""
+    import ray
+
+    try:
+        yield from results
+    except ray.exceptions.RayActorError as exc:
+        raise ArtifactError(f"sample_teacher: a sampling actor died ({str(exc).splitlines()[0]}"
+                            f"); complete shards are kept, rerun to resume (a smaller "
+                            f"sample_teacher.batch_size needs less memory)") from None
+
+
 def _run_pool(ctx: StageContext, cfg: SampleTeacherConfig, desc: TeacherDescription,
               todo: list[ShardUnit]) -> list[dict[str, Any]]:
     import ray
@@ -156,13 +174,13 @@ def _run_pool(ctx: StageContext, cfg: SampleTeacherConfig, desc: TeacherDescript
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = int(resources.get("CPU", 1))
-    if not gpus and cfg.cpus_per_actor > cpus:
+    if cfg.cpus_per_actor > cpus:
         raise ConfigError(f"sample_teacher.cpus_per_actor={cfg.cpus_per_actor} but the Ray "
                           f"cluster has {cpus} CPU(s)")
     # Never more actors than the cluster can place at once: a pending actor would hold its
     # share of the work forever.
-    n_actors = gpus if gpus else max(1, min(cfg.num_actors, len(todo),
-                                            cpus // cfg.cpus_per_actor))
+    placeable = cpus // cfg.cpus_per_actor
+    n_actors = max(1, min(gpus if gpus else cfg.num_actors, len(todo), placeable))
     actor_cls = ray.remote(num_cpus=cfg.cpus_per_actor, num_gpus=1 if gpus else 0)(ShardSampler)
     record = {"teacher_id": desc.teacher_id, "sigmas": desc.sigmas, "sigma_mid": cfg.sigma_mid}
     actors = [actor_cls.remote(cfg.teacher, record, cfg.sigma_mid, cfg.storage_dtype,
@@ -173,7 +191,8 @@ def _run_pool(ctx: StageContext, cfg: SampleTeacherConfig, desc: TeacherDescript
                  n_actors, "GPU" if gpus else "CPU")
     results, done, start, last = [], 0, time.perf_counter(), 0.0
     try:
-        for result in ActorPool(actors).map_unordered(lambda a, u: a.write.remote(u), todo):
+        results_iter = ActorPool(actors).map_unordered(lambda a, u: a.write.remote(u), todo)
+        for result in _guard(results_iter):
             if "error" in result:
                 raise ArtifactError(result["error"])
             results.append(result)

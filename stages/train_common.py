@@ -17,7 +17,8 @@ from schemas.config import TrainCommonConfig
 from schemas.manifest import TeacherSamplesManifest
 
 # Fields that change speed or logging, never the result: left out of the cache key.
-SPEED_ONLY = ("num_workers", "cpus_per_worker", "gradient_checkpointing", "log_every",
+# (num_workers stays in: the shard split, hence the data order, depends on it.)
+SPEED_ONLY = ("cpus_per_worker", "gradient_checkpointing", "log_every",
               "checkpoint_every", "sample_every", "sample_prompts", "stop_after")
 
 PHASE2_CHOICES = {

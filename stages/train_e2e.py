@@ -31,9 +31,19 @@ def train_e2e(ctx: StageContext) -> StageResult:
 
 
 def check(cfg: DistillConfig) -> None:
-    if cfg.train_e2e.gan_real == "data" and cfg.sample_teacher.teacher.kind != "toy":
-        from pipeline.errors import ConfigError
+    import json
 
+    from pipeline.errors import ConfigError
+    from pipeline.student.discriminator import resolve_layers
+    from pipeline.teachers.describe import describe_teacher
+
+    folder = describe_teacher(cfg.sample_teacher.teacher).folder
+    n_layers = json.loads((folder / "transformer" / "config.json").read_text())["n_layers"]
+    try:
+        resolve_layers(cfg.train_e2e.discriminator.layers, n_layers)
+    except ValueError as exc:
+        raise ConfigError(f"train_e2e.discriminator.layers: {exc}") from None
+    if cfg.train_e2e.gan_real == "data" and cfg.sample_teacher.teacher.kind != "toy":
         raise ConfigError("train_e2e.gan_real=data is implemented for the toy world (ground-"
                           "truth renders); for other teachers use gan_real=teacher")
 

@@ -23,6 +23,15 @@ class _Stop(Exception):
     """Raised by the last hook: later blocks are not needed."""
 
 
+def resolve_layers(layers: list[int], n: int) -> list[int]:
+    """Block indices (negative from the end) -> sorted distinct indices in 0..n-1."""
+    bad = [i for i in layers if not -n <= i < n]
+    if bad:
+        raise ValueError(f"discriminator layers {bad} outside 0..{n - 1} (or -{n}..-1): the "
+                         f"teacher has {n} main blocks")
+    return sorted({i % n for i in layers})
+
+
 class Head(nn.Module):
     def __init__(self, dim: int, caption_dim: int, hidden: int) -> None:
         super().__init__()
@@ -44,16 +53,12 @@ class Discriminator(nn.Module):
         # The frozen backbone may run in bf16 on GPUs (it is never updated); heads stay fp32.
         backbone = _as_dtype(copy.deepcopy(teacher_transformer), backbone_dtype).eval()
         backbone.requires_grad_(False)
-        n = len(backbone.layers)
-        resolved = sorted({i % n for i in layers if -n <= i < n})
-        if len(resolved) != len(set(layers)):
-            raise ValueError(f"discriminator layers {layers} outside 0..{n - 1} (or -{n}..-1)")
-        self.layers = resolved
+        self.layers = resolve_layers(layers, len(backbone.layers))
         # Kept out of parameters(): frozen, not trained, not saved with the heads.
         self.__dict__["backbone"] = backbone
         dim = backbone.config.dim
         self.heads = nn.ModuleList(Head(dim, backbone.config.cap_feat_dim, hidden)
-                                   for _ in resolved)
+                                   for _ in self.layers)
 
     def to(self, *args, **kwargs):  # the backbone is not a submodule: move it too
         self.__dict__["backbone"] = self.backbone.to(*args, **kwargs)

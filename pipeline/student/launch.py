@@ -125,6 +125,7 @@ def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
         raise ConfigError(f"use_gpu=always with {num_workers} workers, but the Ray cluster has "
                           f"{gpus} GPU(s)")
     gpu = use_gpu == "always" or (use_gpu == "auto" and gpus >= num_workers)
+    job.use_gpu = gpu
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}
     with tempfile.TemporaryDirectory(prefix="twostep-raytrain-") as storage:
         trainer = TorchTrainer(
@@ -160,6 +161,6 @@ def _status(out: Path) -> dict[str, Any]:
 def _worker_error(exc: BaseException) -> str:
     """The worker's own exception line (Ray's message starts with its wrapper's text)."""
     lines = [line.strip() for line in str(exc).splitlines()]
-    pattern = re.compile(r"^[\w.]*(Error|Exception)\b.*?: ")
+    pattern = re.compile(r"^[\w.]*(Error|Exception|NonFiniteLoss|StoppedEarly)\b.*?: ")
     found = [line for line in lines if pattern.match(line) and "WorkerGroupError" not in line]
     return found[-1] if found else (lines[0] if lines else type(exc).__name__)

@@ -13,8 +13,9 @@ from schemas.manifest import StudentCheckpointManifest
 def load_student(folder: Path, manifest: StudentCheckpointManifest, teacher: TeacherAdapter,
                  weights: str = "ema") -> TwoStepStudent:
     """The student of a finished training stage (``weights``: ``ema`` or ``student``), built on
-    the teacher's architecture, in eval mode on the teacher's device."""
+    the teacher's architecture in the teacher's dtype, in eval mode on the teacher's device."""
+    dtype = next(teacher.transformer.parameters()).dtype  # bf16 on GPU, like the teacher
     student = TwoStepStudent.from_teacher(teacher.transformer, manifest.parameterization,
-                                          manifest.sigma_mid)
+                                          manifest.sigma_mid, dtype=dtype)
     load_student_weights(student, Path(folder) / f"{weights}.safetensors")
     return student.to(teacher.device).eval().requires_grad_(False)

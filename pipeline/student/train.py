@@ -14,8 +14,9 @@ Data parallel: each rank reads its share of the shards (:class:`TeacherSampleRea
 student is wrapped in ``DistributedDataParallel``; the discriminator heads (tiny, and R1 needs
 double backward, which DDP does not support) average their gradients with one all-reduce.
 Random draws (discriminator sigmas and noise, data seeds) are made for the global batch on
-every rank from the same generator and sliced per rank, so N workers see exactly the numbers
-one worker sees for the same global batch.
+every rank from the same generator and sliced per rank. The data split depends on the number
+of workers (shards by rank), so ``num_workers`` is part of the cache key and a checkpoint
+resumes only with the world size that wrote it.
 
 Determinism and resume: data position is ``step * local_batch`` samples of a deterministic
 stream, and the checkpoint holds weights, EMA, optimizer states and the generator state, so a
@@ -83,6 +84,7 @@ class TrainJob:
     run_name: str = "train"
     tags: dict[str, str] = field(default_factory=dict)
     stop_after: int | None = None  # end this invocation (with a checkpoint) after N steps
+    use_gpu: bool = False  # resolved by the driver (it placed the workers accordingly)
 
 
 def load_student_weights(student: TwoStepStudent, path: Path) -> None:
@@ -202,7 +204,7 @@ class Worker:
         self.job, self.rank, self.world = job, rank, world
         self.cfg = job.config
         self.out = Path(job.out_dir)
-        use_gpu = torch.cuda.is_available() and self.cfg["use_gpu"] != "never"
+        use_gpu = job.use_gpu and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu \
             else torch.device("cpu")
         self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
@@ -236,8 +238,11 @@ class Worker:
         self.gen = torch.Generator().manual_seed(self.cfg["seed"])
         self.model = self.student
         if world > 1:
-            unused = job.phase == 2 and not self.cfg["end_to_end"] and \
-                self.cfg["step1_weight"] == 0
+            c = self.cfg
+            # Parameters that get no gradient make DDP fail at the next step unless declared.
+            unused = job.phase == 2 and (
+                (not c["end_to_end"] and c["step1_weight"] == 0)
+                or (c["adv_weight"] == 0 and c["final_weight"] == 0))
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.student, find_unused_parameters=unused)
         self.local_batch = self.cfg["batch_size"] // world
@@ -359,7 +364,12 @@ class Worker:
                 "grad_norm_g": norm_g, "grad_norm_d": norm_d}
 
     def _check(self, loss: torch.Tensor, step: int) -> None:
-        if not torch.isfinite(loss).all():
+        """Every rank raises together (before backward, so none waits in DDP's all-reduce)."""
+        finite = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+        if self.world > 1:
+            finite = finite.to(self.device)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
             raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {step}; training "
                                 f"stopped, the last good checkpoint is kept (lower the "
                                 f"learning rate or enable gradient clipping)")
@@ -419,6 +429,9 @@ class Worker:
         if latest is not None:
             state = ckpt.load_checkpoint(latest, self.modules, self.optimizers,
                                          {"train": self.gen})
+            if state.get("world_size", self.world) != self.world:
+                raise TwostepError(f"{latest}: written by {state['world_size']} worker(s), "
+                                   f"this run has {self.world}; the data position would differ")
             start_step, run_id = state["step"], state.get("mlflow_run_id")
         if lead:
             _truncate_losses(self.out / LOSSES_FILE, start_step)
@@ -473,7 +486,8 @@ class Worker:
             dist.barrier()
         if self.rank == 0:
             ckpt.save_checkpoint(self.out, step, self.modules, self.optimizers,
-                                 {"train": self.gen}, {"mlflow_run_id": run_id})
+                                 {"train": self.gen},
+                                 {"mlflow_run_id": run_id, "world_size": self.world})
         if self.world > 1:
             dist.barrier()
 

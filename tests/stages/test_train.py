@@ -15,7 +15,7 @@ from pipeline.errors import ArtifactError, TwostepError
 from pipeline.stage import run_stage
 from pipeline.store import ArtifactStore
 from pipeline.student.launch import check_samples, check_student_weights
-from stages import curate, sample_teacher, train_e2e, train_init
+from stages import curate, evaluate, sample_teacher, train_e2e, train_init
 from stages.registry import STAGES
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
@@ -77,6 +77,16 @@ def test_phase2_resume_continues_with_the_uninterrupted_losses(samples_workspace
             assert len(_losses(stage_dir)) == 3
         outcome = run_stage(train_e2e.STAGE, cfg, store, inputs)
         results[name] = (outcome, store)
+    # The evaluation of the resumed run: every generator scored on the same eval samples.
+    report = run_stage(evaluate.STAGE, cfg, store,
+                       {**inputs, "train_e2e": outcome.manifest}).manifest
+    assert [g.name for g in report.generators] == ["teacher_8", "teacher_2", "student_phase1",
+                                                   "student"]
+    teacher8, naive = report.generators[0].metrics, report.generators[1].metrics
+    assert teacher8["fd_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert naive["fd_teacher"] > 0 and 0 < naive["ssim"] < 1
+    assert {f.path for f in report.files} >= {"report.md", "grid.png", "losses.png",
+                                              "metrics.json"}
     (a, _), (b, _) = results["straight"], results["resumed"]
     assert a.manifest.key == b.manifest.key  # stop_after is not part of the key
     la, lb = _losses(Path(a.uri)), _losses(Path(b.uri))
