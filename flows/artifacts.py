@@ -4,7 +4,14 @@ one. Runs inside a task; knows nothing of the stages' internals beyond their man
 
 from __future__ import annotations
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from collections.abc import Callable
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from pipeline.stage import StageOutcome
 from pipeline.store import ArtifactStore
@@ -12,6 +19,21 @@ from pipeline.store import ArtifactStore
 
 def _key(stage: str, suffix: str) -> str:
     return f"{stage.replace('_', '-')}-{suffix}"
+
+
+def progress_reporter(stage: str) -> Callable[[float], None]:
+    """A Prefect progress artifact for the stage, updated at most every whole percent."""
+    artifact_id = create_progress_artifact(0.0, key=_key(stage, "progress"),
+                                           description=f"{stage}: progress")
+    last = [0]
+
+    def report(fraction: float) -> None:
+        percent = int(max(0.0, min(1.0, fraction)) * 100)
+        if percent > last[0]:
+            last[0] = percent
+            update_progress_artifact(artifact_id, float(percent))
+
+    return report
 
 
 def publish(outcome: StageOutcome, store: ArtifactStore) -> None:

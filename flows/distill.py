@@ -32,16 +32,19 @@ def stage_task(
     outputs: dict[str, Manifest],
     force: bool,
 ) -> StageOutcome | State:
+    from flows.artifacts import progress_reporter, publish
+
+    reporter = progress_reporter(step.name) if step.compute else None
     try:
-        outcome = execute(step, cfg, store, outputs, force)
+        outcome = execute(step, cfg, store, outputs, force, progress=reporter)
     except TwostepError as exc:
         # A user-fixable problem: fail with its one-line message, not a traceback.
         get_run_logger().error("%s failed: %s", step.name, exc)
         return Failed(message=f"{step.name}: {exc}")
     state = "cached" if outcome.cached else "computed"
     get_run_logger().info("%s %s: %s %s", step.name, state, outcome.uri, outcome.manifest.counts)
-    from flows.artifacts import publish
-
+    if reporter is not None:
+        reporter(1.0)  # also for a cache hit: the stage is done
     publish(outcome, store)
     return outcome
 

@@ -60,6 +60,9 @@ class StageContext:
     inputs: Mapping[str, Manifest]
     input_dirs: Mapping[str, str]
     log: logging.Logger
+    progress: Callable[[float], None] = lambda fraction: None
+    """Report progress in [0, 1] of a long stage (the flow shows it as a Prefect progress
+    artifact; outside a flow it does nothing)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ def run_stage(
     *,
     force: bool = False,
     allow_compute: bool = True,
+    progress: Callable[[float], None] | None = None,
 ) -> StageOutcome[M]:
     """Return the stage's cached output or compute it (see module docstring).
 
@@ -176,6 +180,7 @@ def run_stage(
         inputs=inputs,
         input_dirs=input_dirs,
         log=logging.getLogger(f"twostep.stages.{spec.name}"),
+        progress=progress or (lambda fraction: None),
     )
     log.info("%s: computing into %s", spec.name, store.uri(stage_dir))
     start = time.perf_counter()

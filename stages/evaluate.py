@@ -247,6 +247,7 @@ def evaluate(ctx: StageContext) -> StageResult:
         latencies[name] = _latency(sampler, teacher, prompts[:k], noise[:k],
                                    cfg.latency_repeats)
         del sampler  # a student's weights go before the next one loads
+        ctx.progress(len(images) / len(samplers))
         ctx.log.info("evaluate: generated %d images with %s", len(prompts), name)
 
     reference = images[f"teacher_{samples.teacher.steps}"]

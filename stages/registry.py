@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
@@ -72,8 +72,9 @@ def execute(
     store: ArtifactStore,
     outputs: Mapping[str, Manifest],
     force: bool,
+    progress: Callable[[float], None] | None = None,
 ) -> StageOutcome:
     """Run one planned stage with its upstream outputs."""
     inputs = {u: outputs[u] for u in step.spec.upstream}
     return run_stage(step.spec, cfg, store, inputs, force=force and step.compute,
-                     allow_compute=step.compute)
+                     allow_compute=step.compute, progress=progress)

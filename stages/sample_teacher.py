@@ -197,6 +197,7 @@ def _run_pool(ctx: StageContext, cfg: SampleTeacherConfig, desc: TeacherDescript
                 raise ArtifactError(result["error"])
             results.append(result)
             done += result["num_samples"]
+            ctx.progress(done / total)
             now = time.perf_counter()
             if now - last >= _PROGRESS_EVERY_S or len(results) == len(todo):
                 last = now
