@@ -100,16 +100,6 @@ def _latency(sampler: Sampler, teacher: TeacherAdapter, prompts: list[str],
     return {k: round(v, 6) for k, v in result.items()}
 
 
-def _ground_truth(prompts: list[str], seeds: list[int]) -> torch.Tensor:
-    from pipeline.toy.features import to_tensor
-    from pipeline.toy.prompts import parse_prompt
-    from pipeline.toy.render import render_prompt_seed
-
-    images = np.stack([render_prompt_seed(parse_prompt(p)[0], s % 2**63)[0]
-                       for p, s in zip(prompts, seeds, strict=True)])
-    return (to_tensor(images) + 1) / 2
-
-
 def _grid(columns: dict[str, torch.Tensor], rows: list[int]) -> bytes:
     from pipeline.generate import contact_sheet, to_uint8
 
@@ -257,7 +247,9 @@ def evaluate(ctx: StageContext) -> StageResult:
 
         scorer = ToyScorer()
         ref_feats = scorer.features(reference)
-        truth = _ground_truth(prompts, [m["seed"] for m in batch["meta"]])
+        from pipeline.toy.render import render_toy_prompts
+
+        truth = render_toy_prompts(prompts, [m["seed"] for m in batch["meta"]])
         truth_feats = scorer.features(truth)
     scores = []
     for name, (steps, _) in samplers.items():

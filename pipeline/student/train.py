@@ -295,17 +295,12 @@ class Worker:
     def _real_images(self, batch: dict[str, Any], x0_t: torch.Tensor) -> torch.Tensor:
         if self.cfg["gan_real"] == "teacher":
             return x0_t
-        from pipeline.toy.features import to_tensor
-        from pipeline.toy.prompts import parse_prompt
-        from pipeline.toy.render import render_prompt_seed
+        from pipeline.toy.render import render_toy_prompts
 
         seeds = self._mine(torch.randint(0, 2**31 - 1, (self.cfg["batch_size"],),
                                          generator=self.gen))
-        import numpy as np
-
-        images = np.stack([render_prompt_seed(parse_prompt(p)[0], int(s))[0]
-                           for p, s in zip(batch["prompt"], seeds.tolist(), strict=True)])
-        return self.teacher.encode_images((to_tensor(images) + 1) / 2).to(self.device)
+        images = render_toy_prompts(batch["prompt"], seeds.tolist())
+        return self.teacher.encode_images(images).to(self.device)
 
     def _disc_draws(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.cfg["discriminator"]

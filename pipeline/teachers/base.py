@@ -81,10 +81,15 @@ class TeacherAdapter(abc.ABC):
         return SampleResult(final=x, recorded=recorded)
 
 
-def _on_grid(sigma: float, sigmas: list[float], tol: float = 1e-3) -> int:
-    for i, s in enumerate(sigmas):
-        if abs(s - sigma) <= tol:
-            return i
+def find_sigma(sigma: float, sigmas: list[float], tol: float = 1e-3) -> int | None:
+    """Index of ``sigma`` on a schedule (within ``tol``), or None."""
+    return next((i for i, s in enumerate(sigmas) if abs(s - sigma) <= tol), None)
+
+
+def _on_grid(sigma: float, sigmas: list[float]) -> int:
+    index = find_sigma(sigma, sigmas)
+    if index is not None:
+        return index
     grid = ", ".join(f"{s:.4f}" for s in sigmas)
     raise ValueError(f"sigma {sigma} is not on the teacher's schedule ({grid})")
 

@@ -103,11 +103,13 @@ def describe_teacher(cfg: TeacherConfig) -> TeacherDescription:
         fingerprint=fingerprint)
 
 
-def sigma_index(sigma: float, sigmas: list[float], tol: float = 1e-3) -> int:
+def sigma_index(sigma: float, sigmas: list[float]) -> int:
     """Index of ``sigma`` on the schedule; :class:`ConfigError` listing the grid otherwise."""
-    for i, s in enumerate(sigmas):
-        if abs(s - sigma) <= tol:
-            return i
+    from pipeline.teachers.base import find_sigma
+
+    index = find_sigma(sigma, sigmas)
+    if index is not None:
+        return index
     grid = ", ".join(f"{s:.4f}" for s in sigmas[1:-1])
     raise ConfigError(f"sigma_mid {sigma} is not on the teacher's {len(sigmas) - 1}-step "
                       f"schedule (choose one of {grid})")

@@ -78,15 +78,11 @@ class ZImageTeacher(TeacherAdapter):
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor,
                  captions: list[torch.Tensor]) -> torch.Tensor:
-        model = self.pipe.transformer
-        inputs = list(x.to(self.device, model.dtype).unsqueeze(2).unbind(0))
-        # t = 1 - sigma, computed the way ZImagePipeline does (via the scheduler's float32
-        # timesteps sigma * 1000), so both paths feed the model the same numbers.
-        timestep = (sigma.to(self.device, torch.float32) * 1000).to(torch.float32)
-        t = (1000 - timestep) / 1000  # float32, as the pipeline passes it (also in bf16)
-        out = model(inputs, t, [c.to(self.device, model.dtype) for c in captions],
-                    return_dict=False)[0]
-        return -torch.stack([o.float() for o in out]).squeeze(2)
+        # t = (1000 - 1000 sigma) / 1000 in float32, as ZImagePipeline passes it (also in bf16).
+        from pipeline.student.flow import transformer_velocity
+
+        return transformer_velocity(self.pipe.transformer, x.to(self.device), sigma,
+                                    [c.to(self.device) for c in captions])
 
     def schedule(self, steps: int, latent_shape: tuple[int, int, int]) -> list[float]:
         return zimage_sigmas(self.pipe.scheduler, steps, latent_shape)

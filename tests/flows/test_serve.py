@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,37 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import free_port, kill_session
+
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
-    """Signal the process, wait, then SIGKILL whatever is left of its session."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        pids = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True,
-                              text=True).stdout.split()
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.3)
 
 
 def _prefect(env, *args, timeout=900) -> subprocess.CompletedProcess[str]:
@@ -62,7 +35,7 @@ def _run_id(output: str) -> str:
 
 
 def test_serve_trigger_rerun_and_fail(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
@@ -119,8 +92,8 @@ def test_serve_trigger_rerun_and_fail(tmp_path):
         assert "missing.txt" in logs.stdout, logs.stdout[-3000:]
     finally:
         if runner is not None:
-            _stop(runner, signal.SIGINT)  # the runner first, by its own pid
-        _stop(server)
+            kill_session(runner, signal.SIGINT)  # the runner first, by its own pid
+        kill_session(server, signal.SIGTERM)
     for proc in (runner, server):
         if proc is not None:
             left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True,

@@ -4,7 +4,6 @@ resume after SIGKILL, and errors found before any work."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pipeline.store import ArtifactStore
 from pipeline.teachers import load_teacher
 from stages import curate, sample_teacher
 from stages.registry import STAGES
+from tests.processes import kill_session
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -98,24 +98,6 @@ def test_config_problems_are_found_before_work(tmp_path):
         load_config("smoke", ["sample_teacher.teacher.kind=zimage"])
 
 
-def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the run and every process of its session (its local Ray instance and workers,
-    some of which live in their own process groups), and wait until none is left."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
-        pids = [int(p) for p in found.stdout.split()]
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
-    proc.wait(30)
-
-
 @pytest.mark.slow
 def test_sigkill_then_rerun_writes_every_key_exactly_once(tmp_path):
     workspace = tmp_path / "ws"
@@ -133,9 +115,9 @@ def test_sigkill_then_rerun_writes_every_key_exactly_once(tmp_path):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be killed"
-        _kill_session(proc)
+        kill_session(proc)
     finally:
-        _kill_session(proc)
+        kill_session(proc)
     (stage_dir,) = workspace.glob("sample_teacher/*")
     assert not (stage_dir / "manifest.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("*.tar")}
