@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
+
+_HASH_CONTENT_BELOW = 64 << 20  # weight files larger than this are identified by size + mtime
 
 
 def canonical_json(obj: Any) -> str:
@@ -23,3 +26,24 @@ def stage_key(stage: str, version: int, section: Any, input_hashes: dict[str, st
         {"stage": stage, "version": version, "config": section, "inputs": input_hashes}
     )
     return sha256_text(payload)[:16]
+
+
+def files_fingerprint(folder: Path, parts: tuple[str, ...],
+                      suffixes: tuple[str, ...] = (".json", ".safetensors", ".txt", ".model"),
+                      ) -> dict[str, str]:
+    """Files under ``folder / part`` (a file or a folder, recursively) with one of
+    ``suffixes`` -> content sha256 (files under 64 MiB) or ``size:mtime`` (larger ones, whose
+    hashing would cost seconds on every cache check)."""
+    out: dict[str, str] = {}
+    for part in parts:
+        base = folder / part
+        for f in sorted(base.rglob("*") if base.is_dir() else [base]):
+            if not f.is_file() or f.suffix not in suffixes:
+                continue
+            stat = f.stat()
+            if stat.st_size < _HASH_CONTENT_BELOW:
+                value = hashlib.sha256(f.read_bytes()).hexdigest()
+            else:
+                value = f"{stat.st_size}:{int(stat.st_mtime)}"
+            out[str(f.relative_to(folder))] = value
+    return out

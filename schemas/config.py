@@ -318,13 +318,35 @@ class TrainE2EConfig(TrainCommonConfig):
         "ema", description="Which phase-1 weights start phase 2.")
 
 
-class RealMetricsConfig(StrictModel):
-    """Real-domain metrics for the Z-Image scale, each loading weights from a local path."""
+class FIDConfig(StrictModel):
+    """FID/KID on pool3 features of the FID InceptionV3 (the published TensorFlow 2015-12-05
+    weights, converted once with ``distill metrics convert-inception``)."""
 
-    fid_weights: str | None = Field(
-        None, description="Inception weights for FID/KID (torch-fidelity format); None: off.")
-    clip_weights: str | None = Field(
-        None, description="open_clip checkpoint for CLIP score; None: off.")
+    weights: str = Field(description="Local safetensors file of the FID Inception weights.")
+    reference_dir: str | None = Field(
+        None, description="Folder of real images (PNG/JPEG/WebP, one size) to score against as "
+        "well as the teacher; None: teacher only.")
+    kid_subsets: int = Field(100, ge=1, description="KID: number of random subsets.")
+    kid_subset_size: int = Field(1000, ge=2, description="KID: subset size (capped at the "
+                                 "number of images).")
+    batch_size: int = Field(64, ge=1, description="Feature batch (speed only).")
+
+
+class CLIPScoreConfig(StrictModel):
+    """CLIP score of images against their prompts."""
+
+    path: str = Field(description="Local folder of a Hugging Face CLIPModel (config.json, "
+                      "safetensors weights, tokenizer), e.g. openai/clip-vit-large-patch14 "
+                      "saved with save_pretrained.")
+    batch_size: int = Field(64, ge=1, description="Scoring batch (speed only).")
+
+
+class RealMetricsConfig(StrictModel):
+    """Real-domain metrics for the Z-Image scale, each loading weights from a local path;
+    None switches one off."""
+
+    fid: FIDConfig | None = Field(None, description="FID and KID; None: off.")
+    clip: CLIPScoreConfig | None = Field(None, description="CLIP score; None: off.")
 
 
 class EvaluateConfig(StrictModel):

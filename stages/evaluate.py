@@ -173,7 +173,8 @@ def _report(ctx: StageContext, generators: list[GeneratorScores], n: int, prompt
             device: str, grid_names: list[str], grid_prompts: list[str],
             links: dict[str, str]) -> str:
     metric_keys = ["fd_teacher", "fd_data", "mean_accuracy", "size", "color", "shape",
-                   "position", "background", "valid_rate", "psnr", "ssim", "diversity"]
+                   "position", "background", "valid_rate", "psnr", "ssim", "diversity",
+                   "fid_teacher", "kid_teacher", "fid_data", "kid_data", "clip_score"]
     present = [k for k in metric_keys if any(k in g.metrics for g in generators)]
     lines = [f"# Evaluation `{ctx.key}`", "",
              f"{n} eval samples ({prompts} prompts), the same noise for every generator; "
@@ -200,6 +201,23 @@ def _report(ctx: StageContext, generators: list[GeneratorScores], n: int, prompt
     for stage, link in links.items():
         lines.append(f"- {stage}: MLflow {link}")
     return "\n".join(lines) + "\n"
+
+
+def _real_metrics(cfg: EvaluateConfig, reference: torch.Tensor,
+                  images: dict[str, torch.Tensor], prompts: list[str],
+                  ctx: StageContext) -> dict[str, dict[str, float]]:
+    """Generator -> values of the real-domain plugins switched on in the config (FID/KID,
+    CLIP score); each plugin is loaded, used and dropped in turn."""
+    from pipeline.evaluation.real import build_real_metrics
+
+    out: dict[str, dict[str, float]] = {name: {} for name in images}
+    for plugin in build_real_metrics(cfg.real_metrics):
+        plugin.prepare(reference)
+        for name, img in images.items():
+            out[name].update(plugin.score(img, prompts))
+        ctx.log.info("evaluate: scored %d generators with %s", len(images), plugin.name)
+        del plugin
+    return out
 
 
 def evaluate(ctx: StageContext) -> StageResult:
@@ -251,6 +269,7 @@ def evaluate(ctx: StageContext) -> StageResult:
 
         truth = render_toy_prompts(prompts, [m["seed"] for m in batch["meta"]])
         truth_feats = scorer.features(truth)
+    real_metrics = _real_metrics(cfg, reference, images, prompts, ctx)
     scores = []
     for name, (steps, _) in samplers.items():
         m: dict[str, float] = {}
@@ -264,6 +283,7 @@ def evaluate(ctx: StageContext) -> StageResult:
         if name != f"teacher_{samples.teacher.steps}":
             m["psnr"] = round(float(psnr(img, reference).clamp(max=100).mean()), 4)
             m["ssim"] = round(float(ssim(img, reference).mean()), 4)
+        m.update(real_metrics.get(name, {}))
         scores.append(GeneratorScores(name=name, steps=steps, metrics=m,
                                       latency=latencies[name]))
 
@@ -293,6 +313,11 @@ def evaluate(ctx: StageContext) -> StageResult:
 
 
 def check(cfg: DistillConfig) -> None:
+    from pipeline.evaluation.real import check_paths
+
+    problems = check_paths(cfg.evaluate.real_metrics)
+    if problems:
+        raise ConfigError(problems[0])
     for name, path in cfg.evaluate.extra_students.items():
         if not (Path(path) / "manifest.json").is_file():
             raise ConfigError(f"evaluate.extra_students.{name}: {path} is not a finished "
@@ -300,11 +325,24 @@ def check(cfg: DistillConfig) -> None:
 
 
 def _fingerprint(cfg: DistillConfig) -> dict[str, Any]:
-    from pipeline.hashing import sha256_text
+    from pipeline.hashing import files_fingerprint, sha256_text
 
-    return {f"student:{name}": sha256_text((Path(p) / "manifest.json").read_text())
-            for name, p in cfg.evaluate.extra_students.items()
-            if (Path(p) / "manifest.json").is_file()}
+    out = {f"student:{name}": sha256_text((Path(p) / "manifest.json").read_text())
+           for name, p in cfg.evaluate.extra_students.items()
+           if (Path(p) / "manifest.json").is_file()}
+    real = cfg.evaluate.real_metrics
+    # The metric networks' weights are part of what a report means.
+    if real.fid is not None and Path(real.fid.weights).is_file():
+        weights = Path(real.fid.weights)
+        out.update({f"fid:{k}": v for k, v in files_fingerprint(weights.parent,
+                                                                  (weights.name,)).items()})
+    if real.fid is not None and real.fid.reference_dir:
+        out.update({f"fid_reference:{k}": v for k, v in files_fingerprint(
+            Path(real.fid.reference_dir), (".",), (".png", ".jpg", ".jpeg", ".webp")).items()})
+    if real.clip is not None and Path(real.clip.path).is_dir():
+        out.update({f"clip:{k}": v for k, v in files_fingerprint(Path(real.clip.path),
+                                                                   (".",)).items()})
+    return out
 
 
 STAGE: StageSpec[EvalReportManifest] = StageSpec(

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ArtifactError, ConfigError
+from pipeline.hashing import files_fingerprint
 from schemas.config import TeacherConfig
-
-_HASH_CONTENT_BELOW = 64 << 20  # weight files larger than this are identified by size + mtime
 
 
 @dataclass(frozen=True)
@@ -43,22 +42,6 @@ def _read_json(path: Path) -> dict:
                             f"diffusers model)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _fingerprint(folder: Path, parts: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in parts:
-        base = folder / part
-        for f in sorted(base.rglob("*") if base.is_dir() else [base]):
-            if not f.is_file() or f.suffix not in (".json", ".safetensors", ".txt", ".model"):
-                continue
-            stat = f.stat()
-            if stat.st_size < _HASH_CONTENT_BELOW:
-                value = hashlib.sha256(f.read_bytes()).hexdigest()
-            else:
-                value = f"{stat.st_size}:{int(stat.st_mtime)}"
-            out[str(f.relative_to(folder))] = value
-    return out
 
 
 def describe_teacher(cfg: TeacherConfig) -> TeacherDescription:
@@ -95,7 +78,7 @@ def describe_teacher(cfg: TeacherConfig) -> TeacherDescription:
         sigmas = zimage_sigmas(scheduler, cfg.steps, latent)
         parts = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer",
                  "scheduler")
-    fingerprint = _fingerprint(folder, parts)
+    fingerprint = files_fingerprint(folder, parts)
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     return TeacherDescription(
         kind=cfg.kind, folder=folder, teacher_id=f"{cfg.kind}:{folder.name}@{digest}",

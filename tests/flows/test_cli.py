@@ -28,6 +28,10 @@ def distill(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedPro
         (["--config", "/no/such.yaml"], "config file not found: /no/such.yaml"),
         (["--set", "ray.address=127.0.0.1:9"], "ray.address '127.0.0.1:9': cannot reach"),
         (["--workspace", "nosuchproto://x/y"], "workspace 'nosuchproto://x/y'"),
+        (["--set", "evaluate.real_metrics.fid.weights=/no/inception.safetensors"],
+         "evaluate.real_metrics.fid.weights: file not found: /no/inception.safetensors"),
+        (["--set", "evaluate.real_metrics.clip={path: /no/clip}"],
+         "evaluate.real_metrics.clip.path: not a CLIP model folder (no config.json): /no/clip"),
     ],
 )
 def test_user_mistakes_are_one_clear_line(args, message, tmp_path):
@@ -137,3 +141,19 @@ def test_generate_ground_truth_renders_what_the_prompt_names(tmp_path):
     for name in ("00000.png", "00001.png", "00002.png"):
         img = np.asarray(Image.open(out / name))
         assert tuple(img[0, 0]) == (255, 255, 255) and tuple(img[16, 16]) == (255, 0, 0)
+
+
+def test_convert_inception_writes_safetensors_or_one_error_line(tmp_path):
+    import torch
+
+    from tests.metric_miniatures import fid_state_dict
+
+    torch.save(fid_state_dict(), tmp_path / "pt_inception.pth")
+    result = distill("metrics", "convert-inception", str(tmp_path / "pt_inception.pth"),
+                     str(tmp_path / "inception.safetensors"))
+    assert result.returncode == 0, result.stderr
+    assert "wrote 470 tensors" in result.stdout
+    result = distill("metrics", "convert-inception", str(tmp_path / "missing.pth"),
+                     str(tmp_path / "out.safetensors"))
+    assert result.returncode == 2 and "missing.pth: file not found" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.safetensors").exists()

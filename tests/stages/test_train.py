@@ -17,6 +17,7 @@ from pipeline.store import ArtifactStore
 from pipeline.student.launch import check_samples, check_student_weights
 from stages import curate, evaluate, sample_teacher, train_e2e, train_init
 from stages.registry import STAGES
+from tests.metric_miniatures import build_fid_weights, build_tiny_clip
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
@@ -77,14 +78,22 @@ def test_phase2_resume_continues_with_the_uninterrupted_losses(samples_workspace
             assert len(_losses(stage_dir)) == 3
         outcome = run_stage(train_e2e.STAGE, cfg, store, inputs)
         results[name] = (outcome, store)
-    # The evaluation of the resumed run: every generator scored on the same eval samples.
-    report = run_stage(evaluate.STAGE, cfg, store,
+    # The evaluation of the resumed run: every generator scored on the same eval samples,
+    # with the real-domain plugins (FID/KID, CLIP score) on locally built networks.
+    real = [f"evaluate.real_metrics.fid.weights={build_fid_weights(tmp_path / 'fid.st')}",
+            "evaluate.real_metrics.fid.kid_subsets=3",
+            f"evaluate.real_metrics.clip.path={build_tiny_clip(tmp_path / 'clip')}"]
+    eval_cfg = load_config("smoke", DATA + SMALL + ["train_e2e.stop_after=3"] + real,
+                           workspace=cfg.workspace)
+    report = run_stage(evaluate.STAGE, eval_cfg, store,
                        {**inputs, "train_e2e": outcome.manifest}).manifest
     assert [g.name for g in report.generators] == ["teacher_8", "teacher_2", "student_phase1",
                                                    "student"]
     teacher8, naive = report.generators[0].metrics, report.generators[1].metrics
     assert teacher8["fd_teacher"] == pytest.approx(0.0, abs=1e-6)
-    assert naive["fd_teacher"] > 0 and 0 < naive["ssim"] < 1
+    assert teacher8["fid_teacher"] == pytest.approx(0.0, abs=1e-2)
+    assert naive["fd_teacher"] > 0 and 0 < naive["ssim"] < 1 and naive["fid_teacher"] > 0
+    assert all({"kid_teacher", "clip_score"} <= set(g.metrics) for g in report.generators)
     assert {f.path for f in report.files} >= {"report.md", "grid.png", "losses.png",
                                               "metrics.json"}
     (a, _), (b, _) = results["straight"], results["resumed"]
