@@ -328,6 +328,8 @@ def build_features(
     epochs: Annotated[int, typer.Option(min=1)] = 4,
     seed: int = 0,
     min_accuracy: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.99,
+    augment: Annotated[bool, typer.Option(help="Train on randomly blurred and noised renders "
+                                          "too (robust to generated images).")] = True,
 ) -> None:
     """Train the toy feature network on ground-truth renders (about 5 minutes on 2 CPUs).
 
@@ -336,10 +338,11 @@ def build_features(
     from pipeline.toy.features import ASSET_DIR, save_feature_net, train_feature_net
 
     model, info = train_feature_net(train_size=train_size, test_size=test_size, epochs=epochs,
-                                    seed=seed,
+                                    seed=seed, augment=augment,
                                     log=console.print)
     accuracy = info["held_out_accuracy"]
     console.print(f"held-out accuracy: {accuracy} ({info['train_seconds']} s)")
+    console.print(f"on degraded renders: {info['held_out_degraded_accuracy']}")
     if info["min_accuracy"] < min_accuracy:
         fail(f"held-out accuracy {info['min_accuracy']:.4f} "
              f"is below --min-accuracy {min_accuracy}; nothing written", code=1)
@@ -358,6 +361,8 @@ def build_teacher(
     patch: Annotated[int, typer.Option(help="Patch size in pixels (divides 32).")] = 4,
     dim: Annotated[int, typer.Option(help="Transformer width.")] = 128,
     n_layers: Annotated[int, typer.Option(help="Main transformer layers.")] = 4,
+    n_heads: Annotated[int, typer.Option(help="Attention heads (head dim a multiple of 8).")]
+    = 4,
     batch: Annotated[int, typer.Option(min=1)] = 48,
 ) -> None:
     """Train the toy teacher with flow matching on toy renders (about 42 minutes on 2 CPUs),
@@ -374,7 +379,7 @@ def build_teacher(
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = TeacherTrainConfig(minutes=minutes, max_steps=max_steps, seed=seed, patch=patch,
-                             dim=dim, n_layers=n_layers, batch=batch)
+                             dim=dim, n_layers=n_layers, n_heads=n_heads, batch=batch)
     model, info = train_teacher(cfg, log=console.print)
     for steps in (8, 2):
         info[f"accuracy_{steps}_step"] = attribute_accuracy(model, steps)

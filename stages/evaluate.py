@@ -332,6 +332,11 @@ def _fingerprint(cfg: DistillConfig) -> dict[str, Any]:
            if (Path(p) / "manifest.json").is_file()}
     real = cfg.evaluate.real_metrics
     # The metric networks' weights are part of what a report means.
+    if cfg.sample_teacher.teacher.kind == "toy":
+        from pipeline.toy.features import ASSET_DIR
+
+        out.update({f"toy_features:{k}": v
+                    for k, v in files_fingerprint(ASSET_DIR, ("model.safetensors",)).items()})
     if real.fid is not None and Path(real.fid.weights).is_file():
         weights = Path(real.fid.weights)
         out.update({f"fid:{k}": v for k, v in files_fingerprint(weights.parent,

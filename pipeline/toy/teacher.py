@@ -87,6 +87,7 @@ class TeacherTrainConfig:
     patch: int = PATCH
     dim: int = 128
     n_layers: int = 4
+    n_heads: int = 4
 
 
 def image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None]):
@@ -116,7 +117,8 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print):
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     x0_pool, cap_ids, caps = image_pool(cfg, log)
-    model = ZImageTransformer2DModel(**teacher_config(cfg.patch, cfg.dim, cfg.n_layers))
+    model = ZImageTransformer2DModel(**teacher_config(cfg.patch, cfg.dim, cfg.n_layers,
+                                                     cfg.n_heads))
     return train_flow_matching(model, x0_pool, cap_ids, caps, cfg, log, start=start)
 
 
