@@ -6,7 +6,10 @@ the attribute, palette purity (fraction of pixels on a pure toy colour) and the 
 (purity >= 0.9). Writes ``benchmarks/results/toy_teacher.json`` and contact sheets of the first
 32 prompts to ``docs/images/``.
 
-    .venv/bin/python benchmarks/toy_teacher_quality.py [--teacher-path DIR]
+    .venv/bin/python benchmarks/toy_teacher_quality.py [--teacher-path DIR] [--guidance W ...]
+
+Also diagnostic rows with classifier-free guidance (the all-unnamed prompt "a shape" as the
+unconditional branch), which the teacher does not use.
 """
 
 from __future__ import annotations
@@ -37,10 +40,24 @@ def score(images: torch.Tensor, prompts, net) -> dict[str, float]:
     return result
 
 
+@torch.inference_mode()
+def _guided_sample(teacher, caps, null, noise, steps: int, weight: float) -> torch.Tensor:
+    sigmas = teacher.schedule(steps, tuple(noise.shape[1:]))
+    x = noise
+    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
+        sigma = torch.full((x.shape[0],), a)
+        v_cond = teacher.velocity(x, sigma, caps)
+        v_null = teacher.velocity(x, sigma, [null] * x.shape[0])
+        x = x + (b - a) * (v_null + weight * (v_cond - v_null))
+    return x
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher-path", default=None)
     parser.add_argument("--prompts", type=int, default=500)
+    parser.add_argument("--guidance", type=float, nargs="*", default=[2.0, 4.0],
+                        help="Diagnostic rows with classifier-free guidance at these weights.")
     args = parser.parse_args()
     torch.manual_seed(0)
     teacher = load_teacher("toy", args.teacher_path)
@@ -61,6 +78,19 @@ def main() -> None:
             **score(images[steps], prompts, net),
             "seconds": round(time.perf_counter() - start, 2)}
         print(steps, "steps:", report[f"teacher_{steps}_step"], flush=True)
+    # Diagnostic (not how the teacher is sampled): classifier-free guidance with the
+    # all-unnamed prompt "a shape" as the unconditional branch, 8 steps,
+    # v = v("a shape") + w (v(prompt) - v("a shape")).
+    null = teacher.encode_prompts(["a shape"])[0]
+    for weight in args.guidance:
+        start = time.perf_counter()
+        guided = torch.cat([_guided_sample(teacher, caps[i:i + 100], null, noise[i:i + 100],
+                                           8, weight)
+                            for i in range(0, len(prompts), 100)])
+        key = f"teacher_8_step_cfg_{weight:g}"
+        report[key] = {**score(teacher.decode(guided), prompts, net),
+                       "seconds": round(time.perf_counter() - start, 2)}
+        print(key, report[key], flush=True)
     truth = torch.stack([to_tensor(render_prompt_seed(p.attributes, s)[0][None])[0]
                          for p, s in zip(prompts, seeds, strict=True)])
     report["ground_truth"] = score((truth + 1) / 2, prompts, net)
