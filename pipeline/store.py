@@ -25,6 +25,11 @@ TMP_MARKER = ".tmp-"
 M = TypeVar("M", bound=Manifest)
 
 
+def _is_local(fs) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
 class ArtifactStore:
     """Files under one root (a local path or an fsspec URL)."""
 
@@ -34,7 +39,9 @@ class ArtifactStore:
         except (ValueError, ImportError) as exc:
             raise ConfigError(f"workspace {root!r}: {exc}") from None
         self.root = root_path.rstrip("/") or "/"
-        self.root_uri = root
+        # Local roots travel as absolute paths: Ray actors and Ray Train workers resolve a
+        # relative one against their own working directory (a Ray session folder).
+        self.root_uri = self.root if _is_local(self.fs) else root
 
     def path(self, *parts: str) -> str:
         """Absolute filesystem path of a relative artifact path."""

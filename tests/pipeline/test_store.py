@@ -70,3 +70,12 @@ def test_fsspec_memory_filesystem():
     store.write_manifest("s", _manifest(store, "s"))
     assert store.read_manifest("s", Manifest, verify="sha256").files[0].size == 3
     assert store.uri("s").startswith("memory://")
+
+
+def test_a_relative_local_workspace_travels_as_an_absolute_path(tmp_path, monkeypatch):
+    # Ray actors and Ray Train workers run in their own working directory (a Ray session
+    # folder), so the root they get must not depend on the caller's.
+    monkeypatch.chdir(tmp_path)
+    store = ArtifactStore("runs/toy")
+    assert store.root_uri == str(tmp_path / "runs" / "toy") == store.root
+    assert ArtifactStore("memory://bucket/run").root_uri == "memory://bucket/run"
