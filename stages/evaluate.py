@@ -208,10 +208,10 @@ def _real_metrics(cfg: EvaluateConfig, reference: torch.Tensor,
                   ctx: StageContext) -> dict[str, dict[str, float]]:
     """Generator -> values of the real-domain plugins switched on in the config (FID/KID,
     CLIP score); each plugin is loaded, used and dropped in turn."""
-    from pipeline.evaluation.real import build_real_metrics
+    from pipeline.evaluation.real import real_metric_plugins
 
     out: dict[str, dict[str, float]] = {name: {} for name in images}
-    for plugin in build_real_metrics(cfg.real_metrics):
+    for plugin in real_metric_plugins(cfg.real_metrics):
         plugin.prepare(reference)
         for name, img in images.items():
             out[name].update(plugin.score(img, prompts))

@@ -17,7 +17,7 @@ and take the same published weights (converted to safetensors for Inception).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -229,15 +229,14 @@ def _tensor(output) -> torch.Tensor:
     return output.pooler_output
 
 
-def build_real_metrics(cfg: RealMetricsConfig) -> list[ImageSetMetric]:
-    """The plugins switched on in ``cfg``, loaded (each raises ``ArtifactError`` naming its path
-    when the weights are missing or wrong)."""
-    plugins: list[ImageSetMetric] = []
+def real_metric_plugins(cfg: RealMetricsConfig) -> Iterator[ImageSetMetric]:
+    """The plugins switched on in ``cfg``, each loaded only when the caller reaches it, so one
+    network at a time is in memory (each raises ``ArtifactError`` naming its path when the
+    weights are missing or wrong)."""
     if cfg.fid is not None:
-        plugins.append(FIDKID(cfg.fid))
+        yield FIDKID(cfg.fid)
     if cfg.clip is not None:
-        plugins.append(CLIPScore(cfg.clip))
-    return plugins
+        yield CLIPScore(cfg.clip)
 
 
 def check_paths(cfg: RealMetricsConfig, prefix: str = "evaluate.real_metrics") -> list[str]:

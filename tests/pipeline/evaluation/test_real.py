@@ -20,9 +20,9 @@ from pipeline.evaluation.inception import (
 from pipeline.evaluation.real import (
     FIDKID,
     CLIPScore,
-    build_real_metrics,
     check_paths,
     kernel_inception_distance,
+    real_metric_plugins,
 )
 from schemas.config import CLIPScoreConfig, FIDConfig, RealMetricsConfig
 from tests.metric_miniatures import build_fid_weights, build_tiny_clip, fid_state_dict
@@ -202,11 +202,12 @@ def test_missing_paths_are_config_errors_naming_the_field(tmp_path, clip_folder)
         f"{tmp_path}",
     ]
     assert check_paths(RealMetricsConfig()) == []
-    assert build_real_metrics(RealMetricsConfig()) == []
+    assert list(real_metric_plugins(RealMetricsConfig())) == []
     with pytest.raises(ArtifactError, match="not a CLIP model folder"):
         CLIPScore(CLIPScoreConfig(path=str(tmp_path)))
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ArtifactError, match="cannot load the CLIP model"):
         CLIPScore(CLIPScoreConfig(path=str(tmp_path)))
-    plugins = build_real_metrics(RealMetricsConfig(clip=CLIPScoreConfig(path=str(clip_folder))))
+    plugins = list(real_metric_plugins(RealMetricsConfig(
+        clip=CLIPScoreConfig(path=str(clip_folder)))))
     assert [p.name for p in plugins] == ["clip"]
