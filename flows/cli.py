@@ -364,6 +364,9 @@ def build_teacher(
     n_heads: Annotated[int, typer.Option(help="Attention heads (head dim a multiple of 8).")]
     = 4,
     batch: Annotated[int, typer.Option(min=1)] = 48,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = 5e-4,
+    init: Annotated[str, typer.Option(help="Weight initialisation: default (PyTorch's) or "
+                                      "adaln_zero (DiT's).")] = "default",
 ) -> None:
     """Train the toy teacher with flow matching on toy renders (about 42 minutes on 2 CPUs),
     then record its 8-step and naive 2-step attribute accuracy next to the weights."""
@@ -371,6 +374,7 @@ def build_teacher(
 
     from pipeline.toy.teacher import (
         ASSET_DIR,
+        INITS,
         TeacherTrainConfig,
         attribute_accuracy,
         save_teacher,
@@ -379,7 +383,10 @@ def build_teacher(
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = TeacherTrainConfig(minutes=minutes, max_steps=max_steps, seed=seed, patch=patch,
-                             dim=dim, n_layers=n_layers, n_heads=n_heads, batch=batch)
+                             dim=dim, n_layers=n_layers, n_heads=n_heads, batch=batch,
+                             lr=lr, init=init)
+    if init not in INITS:
+        fail(f"--init: {init!r} is not one of {', '.join(INITS)}")
     model, info = train_teacher(cfg, log=console.print)
     for steps in (8, 2):
         info[f"accuracy_{steps}_step"] = attribute_accuracy(model, steps)

@@ -58,17 +58,66 @@ def velocity(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tens
     """``v = eps - x0`` predicted at ``x`` ``(B, 3, 32, 32)``, ``sigma`` ``(B,)``."""
     patch = model.config.all_patch_size[0]
     out = model(list(x.unsqueeze(2)), 1.0 - sigma, caps, patch_size=patch, return_dict=False)[0]
-    return -torch.stack(out).squeeze(2)
+    return -torch.stack(out).squeeze(2).float()
+
+
+X0_SIGMA_FLOOR = 0.05
+
+
+def x0_velocity(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor,
+                caps: list[torch.Tensor]) -> torch.Tensor:
+    """Experimental x0 parameterisation (Li & He 2025, "Back to Basics"): the transformer's
+    output is read as the clean image ``x0_hat`` and ``v = (x - x0_hat) / sigma`` (sigma
+    floored at 0.05, as they floor 1 - t). Not what the shipped teacher or the Z-Image
+    pipeline use; ``benchmarks/toy_teacher_scaling.py`` compares it with :func:`velocity`."""
+    patch = model.config.all_patch_size[0]
+    out = model(list(x.unsqueeze(2)), 1.0 - sigma, caps, patch_size=patch, return_dict=False)[0]
+    x0_hat = torch.stack(out).squeeze(2).float()
+    return (x - x0_hat) / sigma.clamp(min=X0_SIGMA_FLOOR).view(-1, 1, 1, 1)
+
+
+VELOCITY_FNS = {"v": velocity, "x0": x0_velocity}
+
+
+@torch.no_grad()
+def init_adaln_zero(model: ZImageTransformer2DModel) -> ZImageTransformer2DModel:
+    """DiT's initialisation (Peebles & Xie 2023, "adaLN-Zero"), applied to the diffusers class,
+    which keeps PyTorch's default ``nn.Linear`` init: every linear Xavier-uniform with zero
+    bias, the timestep MLP N(0, 0.02), and the modulation and output layers zero, so each
+    modulated block starts as the identity (gate ``tanh(0) = 0``, scale ``1 + 0``) and the
+    model starts by predicting ``0``. Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    for layer in model.t_embedder.mlp:
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=0.02)
+    for block in [*model.noise_refiner, *model.layers]:
+        torch.nn.init.zeros_(block.adaLN_modulation[0].weight)
+        torch.nn.init.zeros_(block.adaLN_modulation[0].bias)
+    for final in model.all_final_layer.values():
+        torch.nn.init.zeros_(final.adaLN_modulation[1].weight)
+        torch.nn.init.zeros_(final.adaLN_modulation[1].bias)
+        torch.nn.init.zeros_(final.linear.weight)
+        torch.nn.init.zeros_(final.linear.bias)
+    return model
+
+
+INITS = {"default": lambda model: model, "adaln_zero": init_adaln_zero}
 
 
 @torch.inference_mode()
 def sample(model: ZImageTransformer2DModel, caps: list[torch.Tensor], noise: torch.Tensor,
-           steps: int) -> torch.Tensor:
+           steps: int, prediction: str = "v") -> torch.Tensor:
     """Euler sampling from ``noise`` (``(B, 3, 32, 32)``, sigma = 1) to images in [-1, 1]."""
+    velocity_fn = VELOCITY_FNS[prediction]
     x = noise
     sigmas = shifted_sigmas(steps)
     for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
-        x = x + (b - a) * velocity(model, x, torch.full((x.shape[0],), a), caps)
+        sigma = torch.full((x.shape[0],), a, device=x.device)
+        x = x + (b - a) * velocity_fn(model, x, sigma, caps)
     return x.clamp(-1, 1)
 
 
@@ -88,17 +137,30 @@ class TeacherTrainConfig:
     dim: int = 128
     n_layers: int = 4
     n_heads: int = 4
+    device: str = "cpu"
+    prediction: str = "v"  # "x0" is experimental; the shipped teacher predicts v
+    init: str = "default"  # or "adaln_zero" (DiT's initialisation, see init_adaln_zero)
 
 
-def image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None]):
+def pool_texts(cfg: TeacherTrainConfig) -> list[str]:
+    """The distinct prompt texts of the training pool, sorted (the caption index order)."""
+    return sorted({p.text for p in generate_prompts(cfg.pool_prompts, seed=cfg.seed + 1000)})
+
+
+def image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None],
+               caps: list[torch.Tensor] | None = None):
     """Training pool: ``(pool_images, 3, 32, 32)`` renders in [-1, 1], the caption index of
-    each, and the MiniLM features of every distinct prompt (deterministic in ``cfg.seed``)."""
+    each, and the MiniLM features of every distinct prompt (deterministic in ``cfg.seed``).
+    ``caps`` may be given precomputed, in :func:`pool_texts` order."""
     rng = random.Random(cfg.seed)
     prompts = generate_prompts(cfg.pool_prompts, seed=cfg.seed + 1000)
     texts = sorted({p.text for p in prompts})
-    from pipeline.toy.text_encoder import MiniLMTextEncoder
+    if caps is None:
+        from pipeline.toy.text_encoder import MiniLMTextEncoder
 
-    caps = MiniLMTextEncoder().encode(texts)
+        caps = MiniLMTextEncoder().encode(texts)
+    if len(caps) != len(texts):
+        raise ValueError(f"{len(caps)} caption features for {len(texts)} pool prompts")
     index = {t: i for i, t in enumerate(texts)}
     images = np.empty((cfg.pool_images, 32, 32, 3), dtype=np.uint8)
     cap_ids = np.empty(cfg.pool_images, dtype=np.int64)
@@ -111,14 +173,20 @@ def image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None]):
     return x0, cap_ids, caps
 
 
+def new_teacher(cfg: TeacherTrainConfig) -> ZImageTransformer2DModel:
+    """An untrained toy transformer of ``cfg``'s shape, initialised as ``cfg.init`` says."""
+    model = ZImageTransformer2DModel(**teacher_config(cfg.patch, cfg.dim, cfg.n_layers,
+                                                     cfg.n_heads))
+    return INITS[cfg.init](model)
+
+
 def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print):
     """Train with flow matching until ``minutes`` (pool building included) or ``max_steps``;
     returns (EMA model, info)."""
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     x0_pool, cap_ids, caps = image_pool(cfg, log)
-    model = ZImageTransformer2DModel(**teacher_config(cfg.patch, cfg.dim, cfg.n_layers,
-                                                     cfg.n_heads))
+    model = new_teacher(cfg)
     return train_flow_matching(model, x0_pool, cap_ids, caps, cfg, log, start=start)
 
 
@@ -133,13 +201,24 @@ def train_flow_matching(
     caps: list[torch.Tensor],
     cfg: TeacherTrainConfig,
     log: Callable[[str], None] = print,
-    velocity_fn: VelocityFn = velocity,
+    velocity_fn: VelocityFn | None = None,
     start: float | None = None,
+    checkpoint: Callable[[int, ZImageTransformer2DModel], None] | None = None,
+    checkpoint_every: int = 0,
 ):
     """The flow-matching loop: batches from ``x0_pool`` ``(N, C, H, W)`` with captions
     ``caps[cap_ids[i]]``, AdamW with warm-up and cosine decay over the time budget (counted
-    from ``start``), grad clipping and an EMA copy. Returns (EMA model, info)."""
+    from ``start``), grad clipping and an EMA copy, on ``cfg.device`` (bf16 autocast on
+    CUDA). ``velocity_fn`` defaults to the one ``cfg.prediction`` names;
+    ``checkpoint(step, ema)`` is called every ``checkpoint_every`` steps. Returns
+    (EMA model, info)."""
     start = time.perf_counter() if start is None else start
+    velocity_fn = velocity_fn or VELOCITY_FNS[cfg.prediction]
+    device = torch.device(cfg.device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model = model.to(device)
+    x0_pool = x0_pool.to(device)
+    caps = [c.to(device) for c in caps]
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -151,17 +230,18 @@ def train_flow_matching(
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(x0_pool), (cfg.batch,), generator=gen)
-        x0 = x0_pool[idx]
-        eps = torch.randn(x0.shape, generator=gen)
+        x0 = x0_pool[idx.to(device)]
+        eps = torch.randn(x0.shape, generator=gen).to(device)
         u = torch.rand(cfg.batch, generator=gen)
         # Half the batch at shifted sigmas (where the 8-step sampler spends its steps), half
         # uniform, so the low-noise steps that make edges crisp get enough training too.
         shifted = torch.rand(cfg.batch, generator=gen) < 0.5
-        sigma = torch.where(shifted, SHIFT * u / (1 + (SHIFT - 1) * u), u)
+        sigma = torch.where(shifted, SHIFT * u / (1 + (SHIFT - 1) * u), u).to(device)
         s = sigma.view(-1, 1, 1, 1)
         x = (1 - s) * x0 + s * eps
-        pred = velocity_fn(model, x, sigma, [caps[int(i)] for i in cap_ids[idx.numpy()]])
-        loss = torch.nn.functional.mse_loss(pred, eps - x0)
+        with autocast:
+            pred = velocity_fn(model, x, sigma, [caps[int(i)] for i in cap_ids[idx.numpy()]])
+        loss = torch.nn.functional.mse_loss(pred.float(), eps - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -172,6 +252,8 @@ def train_flow_matching(
                 pe.lerp_(pm, 1 - decay)
         losses.append(loss.item())
         step += 1
+        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+            checkpoint(step, ema)
         if step % 200 == 0:
             log(f"step {step}: loss {np.mean(losses[-200:]):.4f} lr {lr:.2e} "
                 f"({time.perf_counter() - start:.0f} s)")
@@ -179,7 +261,7 @@ def train_flow_matching(
             "train_seconds": round(time.perf_counter() - start, 1),
             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "torch": torch.__version__}
-    return ema.eval(), info
+    return ema.eval().cpu(), info
 
 
 def save_teacher(model: ZImageTransformer2DModel, info: dict[str, object], folder: Path) -> None:

@@ -7,11 +7,16 @@ import torch
 from diffusers import ZImageTransformer2DModel
 
 from pipeline.toy.teacher import (
+    X0_SIGMA_FLOOR,
     TeacherTrainConfig,
+    new_teacher,
     sample,
     save_teacher,
     shifted_sigmas,
+    teacher_config,
     train_teacher,
+    velocity,
+    x0_velocity,
 )
 
 
@@ -35,3 +40,40 @@ def test_short_training_run_saves_a_loadable_diffusers_folder(tmp_path):
     noise = torch.randn(2, 3, 32, 32)
     assert torch.allclose(sample(rounded, caps, noise, 2), sample(loaded, caps, noise, 2),
                           atol=1e-5)
+
+
+def _tiny_config(**overrides) -> TeacherTrainConfig:
+    return TeacherTrainConfig(dim=32, n_layers=1, n_heads=2, **overrides)
+
+
+def test_adaln_zero_init_starts_at_zero_velocity_and_then_learns():
+    torch.manual_seed(0)
+    model = new_teacher(_tiny_config(init="adaln_zero"))
+    caps = [torch.randn(5, 384), torch.randn(9, 384)]
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.9, 0.3])
+    assert torch.count_nonzero(velocity(model, x, sigma, caps)) == 0
+    for block in model.layers:
+        assert torch.count_nonzero(block.adaLN_modulation[0].weight) == 0
+    # the default init is PyTorch's: not zero
+    assert torch.count_nonzero(velocity(new_teacher(_tiny_config()), x, sigma, caps)) > 0
+    trained, info = train_teacher(_tiny_config(init="adaln_zero", minutes=10, max_steps=3,
+                                               pool_prompts=40, pool_images=32, batch=8,
+                                               warmup=1), log=lambda _: None)
+    assert info["steps"] == 3 and info["config"]["init"] == "adaln_zero"
+    out = velocity(trained, x, sigma, caps)
+    assert torch.isfinite(out).all() and torch.count_nonzero(out) > 0
+
+
+def test_x0_parameterisation_reads_the_output_as_the_clean_image():
+    torch.manual_seed(0)
+    model = ZImageTransformer2DModel(**teacher_config(dim=32, n_layers=1, n_heads=2))
+    caps = [torch.randn(6, 384)] * 3
+    x = torch.randn(3, 3, 32, 32)
+    sigma = torch.tensor([1.0, 0.5, 0.01])  # the last is below the floor
+    # velocity() returns minus the raw output; x0_velocity() reads the raw output as x0_hat
+    x0_hat = -velocity(model, x, sigma, caps)
+    expected = (x - x0_hat) / sigma.clamp(min=X0_SIGMA_FLOOR).view(-1, 1, 1, 1)
+    assert torch.allclose(x0_velocity(model, x, sigma, caps), expected, atol=1e-5)
+    images = sample(model, caps, torch.randn(3, 3, 32, 32), 2, prediction="x0")
+    assert images.shape == (3, 3, 32, 32) and torch.isfinite(images).all()
+    assert images.abs().max() <= 1.0
