@@ -382,11 +382,11 @@ def build_teacher(
     )
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if init not in INITS:
+        fail(f"--init: {init!r} is not one of {', '.join(INITS)}")
     cfg = TeacherTrainConfig(minutes=minutes, max_steps=max_steps, seed=seed, patch=patch,
                              dim=dim, n_layers=n_layers, n_heads=n_heads, batch=batch,
                              lr=lr, init=init)
-    if init not in INITS:
-        fail(f"--init: {init!r} is not one of {', '.join(INITS)}")
     model, info = train_teacher(cfg, log=console.print)
     for steps in (8, 2):
         info[f"accuracy_{steps}_step"] = attribute_accuracy(model, steps)

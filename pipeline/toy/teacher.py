@@ -56,9 +56,15 @@ def teacher_config(patch: int = PATCH, dim: int = 128, n_layers: int = 4,
 def velocity(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor,
              caps: list[torch.Tensor]) -> torch.Tensor:
     """``v = eps - x0`` predicted at ``x`` ``(B, 3, 32, 32)``, ``sigma`` ``(B,)``."""
+    return -_transformer_output(model, x, sigma, caps)
+
+
+def _transformer_output(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor,
+                        caps: list[torch.Tensor]) -> torch.Tensor:
+    """The transformer's raw output ``(B, 3, 32, 32)`` in fp32 (it takes ``t = 1 - sigma``)."""
     patch = model.config.all_patch_size[0]
     out = model(list(x.unsqueeze(2)), 1.0 - sigma, caps, patch_size=patch, return_dict=False)[0]
-    return -torch.stack(out).squeeze(2).float()
+    return torch.stack(out).squeeze(2).float()
 
 
 X0_SIGMA_FLOOR = 0.05
@@ -70,9 +76,7 @@ def x0_velocity(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.T
     output is read as the clean image ``x0_hat`` and ``v = (x - x0_hat) / sigma`` (sigma
     floored at 0.05, as they floor 1 - t). Not what the shipped teacher or the Z-Image
     pipeline use; ``benchmarks/toy_teacher_scaling.py`` compares it with :func:`velocity`."""
-    patch = model.config.all_patch_size[0]
-    out = model(list(x.unsqueeze(2)), 1.0 - sigma, caps, patch_size=patch, return_dict=False)[0]
-    x0_hat = torch.stack(out).squeeze(2).float()
+    x0_hat = _transformer_output(model, x, sigma, caps)
     return (x - x0_hat) / sigma.clamp(min=X0_SIGMA_FLOOR).view(-1, 1, 1, 1)
 
 
