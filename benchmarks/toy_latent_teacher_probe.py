@@ -1,12 +1,25 @@
 """Probe (not the shipped path): does a tiny learned latent space fix the toy teacher's shapes?
 
-The shipped pixel-space teacher draws blobs (shape accuracy at chance, docs/toy-world.md). Here
-a small conv autoencoder (32x32x3 <-> 8x8x16) is trained on renders, then the same
-``ZImageTransformer2DModel`` recipe (dim 128, 4 layers, patch 1 on the 8x8 latent = 64 tokens)
-is trained in that latent space for the same kind of CPU budget, and scored like
-``benchmarks/toy_teacher_quality.py``. Writes ``benchmarks/results/toy_latent_teacher_probe.json``.
+The shipped pixel-space teacher draws blobs (shape accuracy near chance, docs/toy-world.md).
+Here a small conv autoencoder (32x32x3 <-> GxGxC) is trained on renders, then the same
+``ZImageTransformer2DModel`` recipe (dim 128, 4 layers, patch 1 on the latent) is trained in
+that latent space with flow matching, and scored like ``benchmarks/toy_teacher_quality.py``
+(300 prompts, seed 4242, the shipped feature network), with a learning curve.
 
-    .venv/bin/python benchmarks/toy_latent_teacher_probe.py --minutes 30
+Autoencoder losses (all optional but the first):
+- L1 + MSE reconstruction, plus ``--grad-loss`` x L1 of the image gradients (sharper edges);
+- ``--latent-noise``: the decoder sees ``z + n * std(z) * N(0, 1)`` (robust, large-margin codes);
+- ``--aux``: attribute classifiers on the (noised) latent, 1x1 conv + spatial max (shape
+  weighted 1, size/colour/background 0.3), so the labels are readable off the latent;
+- ``--layout``: the first 3 latent channels regress a per-shape coverage map (the shape's
+  coverage average-pooled to the latent grid, x2, in the channel of its shape), making the
+  shape an explicit latent channel like a semantic layout.
+
+    .venv/bin/python benchmarks/toy_latent_teacher_probe.py --layout 1 --aux 0.3 \\
+        --latent-noise 0.2 --name layout
+
+Writes ``benchmarks/results/toy_latent_teacher_probe_<name>.json``. About 4 min of
+autoencoder and ``--minutes`` of transformer training on the 2-core machine.
 """
 
 from __future__ import annotations
@@ -19,125 +32,186 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import ZImageTransformer2DModel
 from torch import nn
 
-from pipeline.toy.features import HEADS, load_feature_net, render_set
+from pipeline.toy.features import HEADS, RenderSet, load_feature_net, render_set
 from pipeline.toy.metrics import named_attribute_accuracy, palette_purity
-from pipeline.toy.prompts import generate_prompts
+from pipeline.toy.prompts import BACKGROUNDS, COLORS, generate_prompts
 from pipeline.toy.teacher import (
     TeacherTrainConfig,
     image_pool,
     shifted_sigmas,
+    teacher_config,
     train_flow_matching,
 )
 from pipeline.toy.text_encoder import MiniLMTextEncoder
 
-LATENT = 16
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class ToyAutoencoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(64, LATENT, 1))
-        self.decoder = nn.Sequential(
-            nn.Conv2d(LATENT, 64, 3, padding=1), nn.SiLU(),
-            nn.Upsample(scale_factor=2), nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
-            nn.Upsample(scale_factor=2), nn.Conv2d(64, 32, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(32, 3, 3, padding=1), nn.Tanh())
+def autoencoder(grid: int, channels: int, width: int = 64) -> tuple[nn.Module, nn.Module]:
+    """Encoder ``(N, 3, 32, 32) -> (N, C, G, G)`` and decoder back (tanh), G in {4, 8}."""
+    halvings = {8: 2, 4: 3}[grid]
+    enc: list[nn.Module] = [nn.Conv2d(3, 32, 4, stride=2, padding=1), nn.SiLU()]
+    c = 32
+    for _ in range(halvings - 1):
+        enc += [nn.Conv2d(c, width, 4, stride=2, padding=1), nn.SiLU()]
+        c = width
+    enc.append(nn.Conv2d(c, channels, 1))
+    dec: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.SiLU()]
+    c = width
+    for i in range(halvings):
+        out = 32 if i == halvings - 1 else width
+        dec += [nn.Upsample(scale_factor=2), nn.Conv2d(c, out, 3, padding=1), nn.SiLU()]
+        c = out
+    dec += [nn.Conv2d(32, 3, 3, padding=1), nn.Tanh()]
+    return nn.Sequential(*enc), nn.Sequential(*dec)
 
 
-def train_autoencoder(log) -> tuple[ToyAutoencoder, dict[str, float]]:
-    data = render_set(30_000, seed=11).images
-    ae = ToyAutoencoder()
-    opt = torch.optim.Adam(ae.parameters(), lr=2e-3)
-    epochs = 5
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3,
-                                                total_steps=epochs * math.ceil(len(data) / 128))
+def layout_target(images: torch.Tensor, labels: dict[str, torch.Tensor], idx: torch.Tensor,
+                  grid: int) -> torch.Tensor:
+    """``(B, 3, G, G)``: the shape's coverage (read back from the anti-aliased render, exact
+    for one shape on a flat background), pooled to the grid, in its shape's channel, x2."""
+    fg = (torch.tensor([COLORS[c] for c in HEADS["color"]]) / 127.5 - 1)[labels["color"][idx]]
+    bg = (torch.tensor([BACKGROUNDS[b] for b in HEADS["background"]]) / 127.5
+          - 1)[labels["background"][idx]]
+    d = (fg - bg).view(-1, 3, 1, 1)
+    coverage = ((images - bg.view(-1, 3, 1, 1)) * d).sum(1, keepdim=True) / d.pow(2).sum(1,
+                                                                                       True)
+    pooled = F.avg_pool2d(coverage.clamp(0, 1), 32 // grid)
+    onehot = F.one_hot(labels["shape"][idx], 3).float().view(-1, 3, 1, 1)
+    return 2.0 * pooled * onehot
+
+
+def train_autoencoder(args, log) -> tuple[nn.Module, nn.Module, dict[str, object]]:
+    torch.manual_seed(0)
+    enc, dec = autoencoder(args.grid, args.channels)
+    probes = nn.ModuleDict({k: nn.Conv2d(args.channels, len(v), 1)
+                            for k, v in HEADS.items() if k != "position"})
+    data: RenderSet = render_set(args.ae_samples, seed=11)
+    params = [*enc.parameters(), *dec.parameters(), *probes.parameters()]
+    opt = torch.optim.Adam(params, lr=2e-3)
+    batch = 128
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=2e-3, total_steps=args.ae_epochs * math.ceil(args.ae_samples / batch))
     start = time.perf_counter()
-    for epoch in range(epochs):
-        order = torch.randperm(len(data))
-        for b in range(0, len(data), 128):
-            x = data[order[b:b + 128]]
-            z = ae.encoder(x)
-            loss = (ae.decoder(z) - x).abs().mean() + 1e-3 * z.pow(2).mean()
+    for epoch in range(args.ae_epochs):
+        order = torch.randperm(args.ae_samples)
+        for b in range(0, args.ae_samples, batch):
+            idx = order[b:b + batch]
+            x = data.images[idx]
+            z = enc(x)
+            zn = z + args.latent_noise * z.detach().std() * torch.randn_like(z)
+            y = dec(zn)
+            loss = (y - x).abs().mean() + (y - x).pow(2).mean() + 1e-4 * z.pow(2).mean()
+            if args.grad_loss:
+                for dim in (2, 3):
+                    loss = loss + args.grad_loss * (y.diff(dim=dim) - x.diff(dim=dim)).abs().mean()
+            if args.aux:
+                loss = loss + args.aux * sum(
+                    (1.0 if k == "shape" else 0.3)
+                    * F.cross_entropy(probe(zn).amax(dim=(2, 3)), data.labels[k][idx])
+                    for k, probe in probes.items())
+            if args.layout:
+                target = layout_target(x, data.labels, idx, args.grid)
+                loss = loss + args.layout * (z[:, :3] - target).pow(2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-        log(f"ae epoch {epoch + 1}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
-    ae.eval()
+        log(f"autoencoder epoch {epoch + 1}: loss {loss.item():.4f} "
+            f"({time.perf_counter() - start:.0f} s)")
+    enc.eval()
+    dec.eval()
     test = render_set(2000, seed=12)
+    net = load_feature_net()
+    recon = {}
     with torch.no_grad():
-        recon = ae.decoder(ae.encoder(test.images))
-    pred = load_feature_net().predict(recon)
-    acc = {n: float(np.mean([getattr(p, n) == HEADS[n][i]
-                             for p, i in zip(pred, test.labels[n].tolist(), strict=True)]))
-           for n in HEADS}
-    return ae, {"recon_accuracy": acc, "ae_seconds": round(time.perf_counter() - start, 1)}
+        z = enc(test.images)
+        for noise in (0.0, 0.3):
+            pred = net.predict(dec(z + noise * z.std() * torch.randn_like(z)))
+            recon[f"latent_noise_{noise}"] = {
+                n: round(float(np.mean([getattr(p, n) == HEADS[n][i]
+                                        for p, i in zip(pred, test.labels[n].tolist(),
+                                                        strict=True)])), 4)
+                for n in HEADS}
+        # Which layout channel holds the most (positive) mass: the shape the latent names.
+        named = z[:, :3].clamp(min=0).sum(dim=(2, 3)).argmax(dim=1)
+        layout = round(float((named == test.labels["shape"]).float().mean()), 4)
+    log(f"autoencoder reconstructions: {recon}; layout channels name the shape: {layout}")
+    return enc, dec, {"reconstruction_accuracy": recon, "layout_channel_shape_accuracy": layout,
+                      "ae_seconds": round(time.perf_counter() - start, 1)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--minutes", type=float, default=30.0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="probe")
+    parser.add_argument("--grid", type=int, choices=(4, 8), default=8)
+    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--ae-samples", type=int, default=25_000)
+    parser.add_argument("--ae-epochs", type=int, default=6)
+    parser.add_argument("--grad-loss", type=float, default=1.0)
+    parser.add_argument("--latent-noise", type=float, default=0.2)
+    parser.add_argument("--aux", type=float, default=0.0)
+    parser.add_argument("--layout", type=float, default=0.0)
+    parser.add_argument("--minutes", type=float, default=12.0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--eval-every", type=int, default=600)
     args = parser.parse_args()
-    torch.manual_seed(0)
+    if args.layout and args.channels < 4:
+        parser.error("--layout needs at least 4 channels (3 layout + free ones)")
     log = lambda m: print(m, flush=True)  # noqa: E731
-    ae, ae_info = train_autoencoder(log)
-    ae.requires_grad_(False)
-    log(f"autoencoder: {ae_info}")
+    enc, dec, ae_info = train_autoencoder(args, log)
 
-    # The same pool as the shipped teacher's (seed 0), encoded into the latent space.
-    pixels, cap_ids, caps = image_pool(TeacherTrainConfig(), log)
+    start = time.perf_counter()
+    cfg = TeacherTrainConfig(minutes=args.minutes, lr=args.lr)
+    pixels, cap_ids, caps = image_pool(cfg, log)
     with torch.no_grad():
-        latents = torch.cat([ae.encoder(pixels[i:i + 1000]) for i in range(0, len(pixels), 1000)])
-    mean, std = latents.mean(dim=(0, 2, 3), keepdim=True), latents.std(dim=(0, 2, 3),
-                                                                         keepdim=True)
-    x0_pool = (latents - mean) / std
-
-    model = ZImageTransformer2DModel(
-        all_patch_size=(1,), all_f_patch_size=(1,), in_channels=LATENT, dim=128, n_layers=4,
-        n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=384, axes_dims=[8, 12, 12],
-        axes_lens=[96, 16, 16])
+        latents = torch.cat([enc(pixels[i:i + 1000]) for i in range(0, len(pixels), 1000)])
+    mean = latents.mean(dim=(0, 2, 3), keepdim=True)
+    std = latents.std(dim=(0, 2, 3), keepdim=True)
+    model = ZImageTransformer2DModel(**{**teacher_config(patch=1), "in_channels": args.channels})
 
     def velocity(m, x, sigma, c):
         out = m(list(x.unsqueeze(2)), 1.0 - sigma, c, patch_size=1, return_dict=False)[0]
-        return -torch.stack(out).squeeze(2)
-
-    ema, train_info = train_flow_matching(model, x0_pool, cap_ids, caps,
-                                          TeacherTrainConfig(minutes=args.minutes), log,
-                                          velocity_fn=velocity)
-    step = train_info["steps"]
+        return -torch.stack(out).squeeze(2).float()
 
     net = load_feature_net()
-    eval_prompts = generate_prompts(500, seed=4242)
-    eval_caps = MiniLMTextEncoder().encode([p.text for p in eval_prompts])
-    noise = torch.stack([torch.randn((LATENT, 8, 8), generator=torch.Generator().manual_seed(i))
-                         for i in range(500)])
-    report: dict[str, object] = {"steps": step, "minutes": args.minutes, **ae_info}
-    for steps in (8, 2):
+    prompts = generate_prompts(300, seed=4242)
+    eval_caps = MiniLMTextEncoder().encode([p.text for p in prompts])
+    noise = torch.randn((300, args.channels, args.grid, args.grid),
+                        generator=torch.Generator().manual_seed(4242))
+
+    @torch.inference_mode()
+    def evaluate(m, steps: int) -> dict[str, float]:
         sig = shifted_sigmas(steps)
-        finals = []
-        with torch.inference_mode():
-            for b in range(0, 500, 100):
-                x = noise[b:b + 100]
-                for a, c in zip(sig[:-1], sig[1:], strict=True):
-                    x = x + (c - a) * velocity(ema, x, torch.full((x.shape[0],), a),
-                                               eval_caps[b:b + 100])
-                finals.append(ae.decoder(x * std + mean))
-        imgs = torch.cat(finals)
-        pred = net.predict(imgs)
-        result: dict[str, float] = named_attribute_accuracy(eval_prompts, pred)
-        purity = palette_purity((imgs + 1) / 2)
-        result["palette_purity"] = round(purity.mean().item(), 4)
-        result["valid_rate"] = round((purity >= 0.9).float().mean().item(), 4)
-        report[f"{steps}_step"] = result
-        log(f"{steps} steps: {result}")
-    out = Path(__file__).resolve().parent / "results" / "toy_latent_teacher_probe.json"
+        images = []
+        for b in range(0, 300, 100):
+            x = noise[b:b + 100]
+            for s0, s1 in zip(sig[:-1], sig[1:], strict=True):
+                x = x + (s1 - s0) * velocity(m, x, torch.full((x.shape[0],), s0),
+                                             eval_caps[b:b + 100])
+            images.append(dec(x * std + mean))
+        imgs = torch.cat(images)
+        result = named_attribute_accuracy(prompts, net.predict(imgs))
+        result["palette_purity"] = round(palette_purity((imgs + 1) / 2).mean().item(), 4)
+        return result
+
+    curve: list[dict[str, object]] = []
+
+    def checkpoint(step: int, ema) -> None:
+        curve.append({"step": step, "accuracy_8_step": evaluate(ema.eval(), 8)})
+        log(f"step {step}: {curve[-1]['accuracy_8_step']}")
+
+    ema, info = train_flow_matching(model, (latents - mean) / std, cap_ids, caps, cfg, log,
+                                    velocity_fn=velocity, start=start, checkpoint=checkpoint,
+                                    checkpoint_every=args.eval_every)
+    report = {"args": vars(args), **ae_info, "teacher": info, "curve": curve,
+              "final_8_step": evaluate(ema, 8), "final_2_step": evaluate(ema, 2)}
+    log(f"final: 8 steps {report['final_8_step']}, 2 steps {report['final_2_step']}")
+    out = RESULTS / f"toy_latent_teacher_probe_{args.name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     log(f"wrote {out}")
 

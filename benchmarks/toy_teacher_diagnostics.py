@@ -5,6 +5,13 @@
    `circle`, `square` and `triangle` prompts (same noise), next to the renders' difference.
 3. Denoising from true renders: one Euler step to x0 from renders noised to sigma, with their
    prompts; the feature network's shape (and other) accuracy on the prediction, per sigma.
+4. Word sensitivity: 8-step samples (same 60 noises) of `a large red {circle|square|triangle|
+   shape} in the center on a black background` and of a blue circle: the shapes the feature
+   network reads per word, and the mean |difference| between the images per word swap. A
+   teacher that ignores the shape word draws the same image for every shape word.
+5. Caption swap: the flow-matching loss on true renders (200 prompts naming shape and colour)
+   per sigma with the true prompt, with its shape word swapped, and with its colour word
+   swapped. The rise over the true prompt is how much the teacher relies on that word.
 
     .venv/bin/python benchmarks/toy_teacher_diagnostics.py [--teacher-path DIR] [--prompts N]
 """
@@ -16,12 +23,13 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.teachers import load_teacher
 from pipeline.toy.features import load_feature_net, to_tensor
 from pipeline.toy.metrics import named_attribute_accuracy
-from pipeline.toy.prompts import generate_prompts
+from pipeline.toy.prompts import COLORS, SHAPES, generate_prompts
 from pipeline.toy.render import Scene, render, sample_scene
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher-path", default=None)
     parser.add_argument("--prompts", type=int, default=300)
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "toy_teacher_diagnostics.json")
     args = parser.parse_args()
     teacher = load_teacher("toy", args.teacher_path)
     net = load_feature_net()
@@ -82,9 +92,62 @@ def main() -> None:
         denoise[sigma] = named_attribute_accuracy(prompts, net.predict(predicted))
         print(f"one step from sigma {sigma}: {denoise[sigma]}", flush=True)
     report["one_step_from_true_renders"] = denoise
-    out = ROOT / "benchmarks" / "results" / "toy_teacher_diagnostics.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print("wrote", out)
+    report["word_sensitivity"] = word_sensitivity(teacher, net)
+    print("word sensitivity:", report["word_sensitivity"], flush=True)
+    report["caption_swap_loss"] = caption_swap_loss(teacher)
+    print("caption swap loss:", report["caption_swap_loss"], flush=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print("wrote", args.out)
+
+
+def caption_swap_loss(teacher, n: int = 200) -> dict[str, dict[str, float]]:
+    """Mean squared velocity error on noised true renders, per sigma and caption variant."""
+    rng = random.Random(0)
+    prompts = [p for p in generate_prompts(20 * n, seed=99)
+               if p.attributes.shape and p.attributes.color][:n]
+    truth = to_tensor(np.stack([render(sample_scene(p.attributes, rng.getrandbits(63)))
+                                for p in prompts]))
+    x0 = teacher.encode_images((truth + 1) / 2)
+
+    def swapped(text: str, words, current: str) -> str:
+        return text.replace(current, rng.choice([w for w in words if w != current]))
+
+    texts = {"true": [p.text for p in prompts],
+             "shape swapped": [swapped(p.text, SHAPES, p.attributes.shape) for p in prompts],
+             "colour swapped": [swapped(p.text, tuple(COLORS), p.attributes.color)
+                                for p in prompts]}
+    caps = {k: teacher.encode_prompts(v) for k, v in texts.items()}
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    result = {}
+    for sigma in SIGMAS:
+        xt = (1 - sigma) * x0 + sigma * eps
+        result[str(sigma)] = {
+            k: round(float(torch.cat([
+                teacher.velocity(xt[i:i + 100], torch.full((len(xt[i:i + 100]),), sigma),
+                                 c[i:i + 100]) for i in range(0, n, 100)]).sub(eps - x0)
+                .pow(2).mean()), 5)
+            for k, c in caps.items()}
+    return result
+
+
+def word_sensitivity(teacher, net, n: int = 60) -> dict[str, object]:
+    """Shapes read off 8-step samples per shape word, and image differences per word swap."""
+    noise = torch.randn((n, *teacher.latent_shape()), generator=torch.Generator().manual_seed(1))
+    texts = {word: f"a large red {word} in the center on a black background"
+             for word in ("circle", "square", "triangle", "shape")}
+    texts["blue circle"] = "a large blue circle in the center on a black background"
+    images = {}
+    for word, text in texts.items():
+        final = teacher.sample(teacher.encode_prompts([text] * n), noise, 8).final
+        images[word] = teacher.decode(final) * 2 - 1
+    read = {word: {s: sum(p.shape == s for p in net.predict(images[word]))
+                   for s in ("circle", "square", "triangle")} for word in texts}
+    swaps = (("circle", "square"), ("circle", "triangle"), ("circle", "shape"),
+             ("circle", "blue circle"))
+    return {"samples": n, "shapes_read": read,
+            "mean_abs_difference": {f"{a} -> {b}": round(float((images[a] - images[b]).abs()
+                                                                 .mean()), 4)
+                                    for a, b in swaps}}
 
 
 if __name__ == "__main__":

@@ -364,7 +364,7 @@ def build_teacher(
     n_heads: Annotated[int, typer.Option(help="Attention heads (head dim a multiple of 8).")]
     = 4,
     batch: Annotated[int, typer.Option(min=1)] = 48,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = 5e-4,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = 2e-3,
     init: Annotated[str, typer.Option(help="Weight initialisation: default (PyTorch's) or "
                                       "adaln_zero (DiT's).")] = "default",
 ) -> None:

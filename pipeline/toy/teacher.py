@@ -130,7 +130,7 @@ class TeacherTrainConfig:
     minutes: float = 40.0
     max_steps: int = 100_000
     batch: int = 48
-    lr: float = 5e-4
+    lr: float = 2e-3
     warmup: int = 300
     ema: float = 0.999
     grad_clip: float = 1.0
