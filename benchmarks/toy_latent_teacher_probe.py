@@ -87,7 +87,7 @@ def layout_target(images: torch.Tensor, labels: dict[str, torch.Tensor], idx: to
 
 def train_autoencoder(args, log) -> tuple[nn.Module, nn.Module, dict[str, object]]:
     torch.manual_seed(0)
-    enc, dec = autoencoder(args.grid, args.channels)
+    enc, dec = autoencoder(args.grid, args.channels, args.ae_width)
     probes = nn.ModuleDict({k: nn.Conv2d(args.channels, len(v), 1)
                             for k, v in HEADS.items() if k != "position"})
     data: RenderSet = render_set(args.ae_samples, seed=11)
@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--ae-samples", type=int, default=25_000)
     parser.add_argument("--ae-epochs", type=int, default=6)
+    parser.add_argument("--ae-width", type=int, default=64, help="Conv width of the autoencoder.")
     parser.add_argument("--grad-loss", type=float, default=1.0)
     parser.add_argument("--latent-noise", type=float, default=0.2)
     parser.add_argument("--aux", type=float, default=0.0)
