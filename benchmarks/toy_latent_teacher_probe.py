@@ -30,13 +30,12 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import ZImageTransformer2DModel
 from torch import nn
 
-from pipeline.toy.features import HEADS, RenderSet, load_feature_net, render_set
+from pipeline.toy.features import HEADS, RenderSet, accuracy, load_feature_net, render_set
 from pipeline.toy.metrics import named_attribute_accuracy, palette_purity
 from pipeline.toy.prompts import BACKGROUNDS, COLORS, generate_prompts
 from pipeline.toy.teacher import (
@@ -45,6 +44,7 @@ from pipeline.toy.teacher import (
     shifted_sigmas,
     teacher_config,
     train_flow_matching,
+    velocity,
 )
 from pipeline.toy.text_encoder import MiniLMTextEncoder
 
@@ -131,12 +131,9 @@ def train_autoencoder(args, log) -> tuple[nn.Module, nn.Module, dict[str, object
     with torch.no_grad():
         z = enc(test.images)
         for noise in (0.0, 0.3):
-            pred = net.predict(dec(z + noise * z.std() * torch.randn_like(z)))
-            recon[f"latent_noise_{noise}"] = {
-                n: round(float(np.mean([getattr(p, n) == HEADS[n][i]
-                                        for p, i in zip(pred, test.labels[n].tolist(),
-                                                        strict=True)])), 4)
-                for n in HEADS}
+            decoded = RenderSet(dec(z + noise * z.std() * torch.randn_like(z)), test.labels)
+            recon[f"latent_noise_{noise}"] = {n: round(a, 4)
+                                              for n, a in accuracy(net, decoded).items()}
         # Which layout channel holds the most (positive) mass: the shape the latent names.
         named = z[:, :3].clamp(min=0).sum(dim=(2, 3)).argmax(dim=1)
         layout = round(float((named == test.labels["shape"]).float().mean()), 4)
@@ -175,10 +172,6 @@ def main() -> None:
     std = latents.std(dim=(0, 2, 3), keepdim=True)
     model = ZImageTransformer2DModel(**{**teacher_config(patch=1), "in_channels": args.channels})
 
-    def velocity(m, x, sigma, c):
-        out = m(list(x.unsqueeze(2)), 1.0 - sigma, c, patch_size=1, return_dict=False)[0]
-        return -torch.stack(out).squeeze(2).float()
-
     net = load_feature_net()
     prompts = generate_prompts(300, seed=4242)
     eval_caps = MiniLMTextEncoder().encode([p.text for p in prompts])
@@ -207,7 +200,7 @@ def main() -> None:
         log(f"step {step}: {curve[-1]['accuracy_8_step']}")
 
     ema, info = train_flow_matching(model, (latents - mean) / std, cap_ids, caps, cfg, log,
-                                    velocity_fn=velocity, start=start, checkpoint=checkpoint,
+                                    start=start, checkpoint=checkpoint,
                                     checkpoint_every=args.eval_every)
     report = {"args": vars(args), **ae_info, "teacher": info, "curve": curve,
               "final_8_step": evaluate(ema, 8), "final_2_step": evaluate(ema, 2)}
