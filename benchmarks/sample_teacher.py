@@ -47,10 +47,12 @@ def naive_loop(prompts: list[str], seeds: list[int], out: Path) -> float:
     teacher = load_teacher("toy")
     pipe = toy_zimage_pipeline(teacher)
     pipe.set_progress_bar_config(disable=True)
+    shape = teacher.latent_shape()
     for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
         caption = teacher.encode_prompts([prompt])
-        latents = noise_for_seeds([seed], (3, 32, 32))
-        x0 = pipe(prompt_embeds=caption, height=256, width=256, num_inference_steps=8,
+        latents = noise_for_seeds([seed], shape)
+        side = 8 * shape[1]  # the pipeline's latent is H / 8
+        x0 = pipe(prompt_embeds=caption, height=side, width=side, num_inference_steps=8,
                   guidance_scale=0.0, latents=latents, output_type="latent").images
         Image.fromarray(to_uint8(teacher.decode(x0))[0]).save(out / f"{i:05d}.png")
     return len(prompts) / (time.perf_counter() - start)

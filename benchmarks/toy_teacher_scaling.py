@@ -42,7 +42,7 @@ from pipeline.toy.teacher import (
 
 EVAL_PROMPTS, EVAL_SEED = 500, 4242
 VARIANTS: dict[str, dict[str, object]] = {
-    "v": {},  # the shipped recipe
+    "v": {},  # the pixel-space recipe of the shipped teacher before the latent one
     "x0": {"prediction": "x0"},
     "v_big": {"dim": 256, "n_layers": 8, "n_heads": 8},
     "x0_big": {"dim": 256, "n_layers": 8, "n_heads": 8, "prediction": "x0"},
@@ -79,7 +79,7 @@ def accuracy(model, eval_caps, noise, steps: int, prediction: str, feature_net) 
     device = noise.device
     images = torch.cat([
         sample(model, [c.to(device) for c in eval_caps[i : i + 250]], noise[i : i + 250], steps,
-               prediction)
+               prediction).clamp(-1, 1)
         for i in range(0, EVAL_PROMPTS, 250)])
     with torch.no_grad():
         predictions = feature_net.predict(images.float())
@@ -89,7 +89,9 @@ def accuracy(model, eval_caps, noise, steps: int, prediction: str, feature_net) 
 def run(args: argparse.Namespace) -> None:
     meta = json.loads((args.cache / "meta.json").read_text())
     overrides = VARIANTS[args.variant]
+    # The scaling study is of the pixel-space recipe (patch 4 on 32x32 images).
     cfg = TeacherTrainConfig(minutes=args.minutes, batch=args.batch, lr=args.lr,
+                             space="pixel", patch=4,
                              pool_prompts=meta["pool_prompts"], device=args.device,
                              **overrides)  # type: ignore[arg-type]
     device = torch.device(args.device)

@@ -62,6 +62,11 @@ def describe_teacher(cfg: TeacherConfig) -> TeacherDescription:
         sigmas = shifted_sigmas(cfg.steps)
         latent = (channels, 32, 32)
         parts: tuple[str, ...] = ("transformer",)
+        if (folder / "autoencoder").exists():  # a latent toy teacher
+            autoencoder = _read_json(folder / "autoencoder" / "config.json")
+            grid = int(autoencoder.get("grid", 8))
+            latent = (channels, grid, grid)
+            parts = ("transformer", "autoencoder")
     else:
         from diffusers import FlowMatchEulerDiscreteScheduler
 

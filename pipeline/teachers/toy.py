@@ -1,4 +1,6 @@
-"""The toy teacher adapter: the shipped pixel-space ``ZImageTransformer2DModel`` + MiniLM.
+"""The toy teacher adapter: a toy ``ZImageTransformer2DModel`` + MiniLM, in the latent space of
+the folder's toy autoencoder (``autoencoder/``, the shipped teacher) or, without one, in
+pixel space (3x32x32 in [-1, 1]).
 
 Prompts outside the toy vocabulary (see :func:`pipeline.toy.prompts.parse_prompt`) are still
 encoded (MiniLM reads any text) and a warning names the unknown words; ``strict=True`` turns
@@ -16,6 +18,7 @@ from torch import nn
 
 from pipeline.errors import ArtifactError, ConfigError
 from pipeline.teachers.base import TeacherAdapter
+from pipeline.toy.autoencoder import ToyAutoencoder
 from pipeline.toy.prompts import parse_prompt
 from pipeline.toy.teacher import ASSET_DIR, shifted_sigmas
 from pipeline.toy.teacher import velocity as toy_velocity
@@ -27,8 +30,9 @@ class ToyTeacher(TeacherAdapter):
     name = "toy"
 
     def __init__(self, model: ZImageTransformer2DModel, device: str = "cpu",
-                 strict: bool = False) -> None:
+                 strict: bool = False, autoencoder: ToyAutoencoder | None = None) -> None:
         self.model = model.to(device).eval()
+        self.autoencoder = autoencoder.to(device).eval() if autoencoder is not None else None
         self.device = torch.device(device)
         self.strict = strict
         self._encoder = None
@@ -51,10 +55,17 @@ class ToyTeacher(TeacherAdapter):
                 transformer, use_safetensors=True, torch_dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"{transformer}: cannot load the toy teacher: {exc}") from None
-        if 32 % model.config.all_patch_size[0] or model.config.in_channels != 3:
-            raise ArtifactError(f"{transformer}: not a toy teacher (expected 3 input channels "
-                                f"and a patch size dividing 32)")
-        return cls(model, device=device, strict=strict)
+        autoencoder = None
+        if (folder / "autoencoder").exists():
+            autoencoder = ToyAutoencoder.load(folder / "autoencoder")
+        channels, side, _ = autoencoder.latent_shape if autoencoder else (3, 32, 32)
+        if side % model.config.all_patch_size[0] or model.config.in_channels != channels:
+            space = "its autoencoder's latent" if autoencoder else "pixel space (no autoencoder/)"
+            raise ArtifactError(
+                f"{transformer}: not a toy teacher for {space}: expected {channels} input "
+                f"channels and a patch size dividing {side}, found "
+                f"{model.config.in_channels} and {model.config.all_patch_size[0]}")
+        return cls(model, device=device, strict=strict, autoencoder=autoencoder)
 
     def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
         unknown = {w for p in prompts for w in parse_prompt(p)[1]}
@@ -74,19 +85,25 @@ class ToyTeacher(TeacherAdapter):
         caps = [c.to(self.device) for c in captions]
         return toy_velocity(self.model, x.to(self.device), sigma.to(self.device), caps)
 
-    def schedule(self, steps: int, latent_shape: tuple[int, int, int] = (3, 32, 32)) -> list[float]:
+    def schedule(self, steps: int, latent_shape: tuple[int, int, int] | None = None,
+                 ) -> list[float]:
         return shifted_sigmas(steps)
 
     def latent_shape(self, height: int = 32, width: int = 32) -> tuple[int, int, int]:
         if (height, width) != (32, 32):
             raise ConfigError(f"the toy teacher makes 32x32 images, not {height}x{width}")
-        return (3, 32, 32)
+        return self.autoencoder.latent_shape if self.autoencoder is not None else (3, 32, 32)
 
+    @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.clamp(-1, 1) + 1) / 2).float()
+        from pipeline.toy.teacher import to_images
 
+        return ((to_images(x.to(self.device).float(), self.autoencoder) + 1) / 2).float()
+
+    @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float() * 2 - 1
+        x = images.to(self.device).float() * 2 - 1
+        return self.autoencoder.encode(x) if self.autoencoder is not None else x
 
     @property
     def transformer(self) -> nn.Module:
@@ -121,8 +138,9 @@ class _FixedPatch(nn.Module):
 def toy_zimage_pipeline(teacher: ToyTeacher):
     """A ``diffusers.ZImagePipeline`` over the toy teacher's transformer (no VAE, no text
     encoder: call it with ``prompt_embeds`` from :meth:`ToyTeacher.encode_prompts`,
-    ``height = width = 256`` (the pipeline's latent is ``H / 8``: 32 pixels),
-    ``guidance_scale=0`` and ``output_type="latent"``; the result is the image in [-1, 1]).
+    ``height = width = 8 * side`` (the pipeline's latent is ``H / 8``; ``side`` is
+    ``latent_shape()[1]``), ``guidance_scale=0`` and ``output_type="latent"``; the result is
+    the final state, which :meth:`ToyTeacher.decode` turns into images).
     The stock sampling loop, used as the naive baseline in ``benchmarks/sample_teacher.py``."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 

@@ -1,5 +1,10 @@
-"""The toy teacher: a tiny ``diffusers.ZImageTransformer2DModel`` in pixel space (3x32x32,
-values in [-1, 1], patch 4), conditioned on MiniLM token features, trained with flow matching.
+"""The toy teacher: a tiny ``diffusers.ZImageTransformer2DModel`` conditioned on MiniLM token
+features, trained with flow matching, in one of two spaces (``TeacherTrainConfig.space``):
+
+- ``latent`` (the shipped teacher): the normalised ``(8, 8, 8)`` latent of the toy
+  autoencoder (:mod:`pipeline.toy.autoencoder`), patch 1; the autoencoder is trained first and
+  ships beside the transformer in ``autoencoder/``;
+- ``pixel``: the image itself (3x32x32, values in [-1, 1]), patch 4.
 
 Conventions (as everywhere in twostep): ``x_sigma = (1 - sigma) x0 + sigma eps``,
 ``v = eps - x0``; the Z-Image transformer takes ``t = 1 - sigma`` and returns ``x0 - eps = -v``.
@@ -14,13 +19,19 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import ZImageTransformer2DModel
 
+from pipeline.toy.autoencoder import (
+    AutoencoderConfig,
+    AutoencoderTrainConfig,
+    ToyAutoencoder,
+    train_autoencoder,
+)
 from pipeline.toy.prompts import generate_prompts
 from pipeline.toy.render import render, sample_scene
 
@@ -41,7 +52,7 @@ def shifted_sigmas(steps: int, shift: float = SHIFT) -> list[float]:
 
 
 def teacher_config(patch: int = PATCH, dim: int = 128, n_layers: int = 4,
-                   n_heads: int = 4) -> dict[str, object]:
+                   n_heads: int = 4, in_channels: int = 3) -> dict[str, object]:
     """A toy transformer config; the RoPE axes split the head dim 1/4 caption index, 3/8 rows,
     3/8 columns (as in ``TOY_TEACHER_CONFIG`` for the defaults)."""
     head = dim // n_heads
@@ -49,19 +60,20 @@ def teacher_config(patch: int = PATCH, dim: int = 128, n_layers: int = 4,
         raise ValueError(f"dim {dim} / {n_heads} heads must give a head dim divisible by 8")
     rows = (head * 3 // 8) // 2 * 2
     return {**TOY_TEACHER_CONFIG, "all_patch_size": (patch,), "dim": dim, "n_layers": n_layers,
-            "n_heads": n_heads, "n_kv_heads": n_heads,
+            "n_heads": n_heads, "n_kv_heads": n_heads, "in_channels": in_channels,
             "axes_dims": [head - 2 * rows, rows, rows]}
 
 
 def velocity(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor,
              caps: list[torch.Tensor]) -> torch.Tensor:
-    """``v = eps - x0`` predicted at ``x`` ``(B, 3, 32, 32)``, ``sigma`` ``(B,)``."""
+    """``v = eps - x0`` predicted at ``x`` ``(B, C, H, W)`` (the teacher's space),
+    ``sigma`` ``(B,)``."""
     return -_transformer_output(model, x, sigma, caps)
 
 
 def _transformer_output(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor,
                         caps: list[torch.Tensor]) -> torch.Tensor:
-    """The transformer's raw output ``(B, 3, 32, 32)`` in fp32 (it takes ``t = 1 - sigma``)."""
+    """The transformer's raw output ``(B, C, H, W)`` in fp32 (it takes ``t = 1 - sigma``)."""
     patch = model.config.all_patch_size[0]
     out = model(list(x.unsqueeze(2)), 1.0 - sigma, caps, patch_size=patch, return_dict=False)[0]
     return torch.stack(out).squeeze(2).float()
@@ -115,13 +127,23 @@ INITS = {"default": lambda model: model, "adaln_zero": init_adaln_zero}
 @torch.inference_mode()
 def sample(model: ZImageTransformer2DModel, caps: list[torch.Tensor], noise: torch.Tensor,
            steps: int, prediction: str = "v") -> torch.Tensor:
-    """Euler sampling from ``noise`` (``(B, 3, 32, 32)``, sigma = 1) to images in [-1, 1]."""
+    """Euler sampling from ``noise`` (``(B, C, H, W)``, sigma = 1) to the final state in the
+    teacher's space (unclamped; :func:`to_images` turns it into images)."""
     velocity_fn = VELOCITY_FNS[prediction]
     x = noise
     sigmas = shifted_sigmas(steps)
     for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
         sigma = torch.full((x.shape[0],), a, device=x.device)
         x = x + (b - a) * velocity_fn(model, x, sigma, caps)
+    return x
+
+
+@torch.inference_mode()
+def to_images(x: torch.Tensor, autoencoder: ToyAutoencoder | None) -> torch.Tensor:
+    """Final states ``(B, C, H, W)`` -> images ``(B, 3, 32, 32)`` in [-1, 1]: decoded by the
+    autoencoder for a latent teacher, the state itself for a pixel teacher (clamped)."""
+    if autoencoder is not None:
+        x = autoencoder.decode(x.to(autoencoder.latent_mean.device))
     return x.clamp(-1, 1)
 
 
@@ -137,13 +159,37 @@ class TeacherTrainConfig:
     pool_prompts: int = 20_000
     pool_images: int = 50_000
     seed: int = 0
-    patch: int = PATCH
+    space: str = "latent"  # or "pixel"
+    patch: int = 1  # on the latent grid (pixel space: 4, dividing 32)
     dim: int = 128
     n_layers: int = 4
     n_heads: int = 4
     device: str = "cpu"
     prediction: str = "v"  # "x0" is experimental; the shipped teacher predicts v
     init: str = "default"  # or "adaln_zero" (DiT's initialisation, see init_adaln_zero)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    autoencoder_training: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"space {self.space!r}: must be one of {', '.join(SPACES)}")
+        side = self.autoencoder.grid if self.space == "latent" else 32
+        if self.patch < 1 or side % self.patch:
+            raise ValueError(f"patch {self.patch} must divide the {self.space} side {side}")
+        teacher_config(self.patch, self.dim, self.n_layers, self.n_heads)  # fail before training
+
+
+SPACES = ("latent", "pixel")
+
+
+@dataclass
+class ToyTeacherBuild:
+    """What :func:`train_teacher` returns: the EMA transformer, the autoencoder of a latent
+    teacher (``None`` in pixel space) and the build record for ``build.json``."""
+
+    model: ZImageTransformer2DModel
+    autoencoder: ToyAutoencoder | None
+    info: dict[str, object]
 
 
 def pool_texts(cfg: TeacherTrainConfig) -> list[str]:
@@ -179,19 +225,34 @@ def image_pool(cfg: TeacherTrainConfig, log: Callable[[str], None],
 
 def new_teacher(cfg: TeacherTrainConfig) -> ZImageTransformer2DModel:
     """An untrained toy transformer of ``cfg``'s shape, initialised as ``cfg.init`` says."""
+    channels = cfg.autoencoder.channels if cfg.space == "latent" else 3
     model = ZImageTransformer2DModel(**teacher_config(cfg.patch, cfg.dim, cfg.n_layers,
-                                                     cfg.n_heads))
+                                                     cfg.n_heads, in_channels=channels))
     return INITS[cfg.init](model)
 
 
-def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print):
-    """Train with flow matching until ``minutes`` (pool building included) or ``max_steps``;
-    returns (EMA model, info)."""
+def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
+                  ) -> ToyTeacherBuild:
+    """Build a toy teacher within ``cfg.minutes`` in all (or ``max_steps``): in latent space
+    the autoencoder first (a fixed number of epochs, about 8 minutes by default), then flow
+    matching on the encoded pool for the rest of the budget."""
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
+    autoencoder, ae_info = None, None
+    if cfg.space == "latent":
+        autoencoder, ae_info = train_autoencoder(cfg.autoencoder, cfg.autoencoder_training, log)
     x0_pool, cap_ids, caps = image_pool(cfg, log)
-    model = new_teacher(cfg)
-    return train_flow_matching(model, x0_pool, cap_ids, caps, cfg, log, start=start)
+    if autoencoder is not None:
+        autoencoder.set_latent_statistics(x0_pool)
+        with torch.no_grad():
+            x0_pool = torch.cat([autoencoder.encode(x0_pool[i:i + 1000])
+                                 for i in range(0, len(x0_pool), 1000)])
+    torch.manual_seed(cfg.seed)
+    model, info = train_flow_matching(new_teacher(cfg), x0_pool, cap_ids, caps, cfg, log,
+                                      start=start)
+    if ae_info is not None:
+        info["autoencoder"] = ae_info
+    return ToyTeacherBuild(model, autoencoder, info)
 
 
 VelocityFn = Callable[[ZImageTransformer2DModel, torch.Tensor, torch.Tensor,
@@ -263,33 +324,53 @@ def train_flow_matching(
                 f"({time.perf_counter() - start:.0f} s)")
     info = {"steps": step, "final_loss": float(np.mean(losses[-200:])) if losses else None,
             "train_seconds": round(time.perf_counter() - start, 1),
-            "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "config": asdict(cfg),
             "torch": torch.__version__}
     return ema.eval().cpu(), info
 
 
-def save_teacher(model: ZImageTransformer2DModel, info: dict[str, object], folder: Path) -> None:
-    """Diffusers folder (``transformer/config.json`` + fp16 safetensors) plus ``build.json``."""
+def save_teacher(model: ZImageTransformer2DModel, info: dict[str, object], folder: Path,
+                 autoencoder: ToyAutoencoder | None = None) -> None:
+    """Diffusers folder (``transformer/config.json`` + fp16 safetensors), the autoencoder of a
+    latent teacher in ``autoencoder/``, and ``build.json``. Written to a sibling folder first
+    and swapped in whole, so an interrupted save never leaves a teacher that looks finished
+    (nor a stale ``autoencoder/`` beside a new pixel teacher)."""
     import json
+    import shutil
 
-    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     # fp16 on disk halves the shipped size (~4 MB); adapters load it back as fp32.
-    copy.deepcopy(model).to(torch.float16).save_pretrained(folder / "transformer",
+    copy.deepcopy(model).to(torch.float16).save_pretrained(partial / "transformer",
                                                            safe_serialization=True)
-    (folder / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+    if autoencoder is not None:
+        autoencoder.save(partial / "autoencoder")
+    (partial / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+    if folder.exists():
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        partial.rename(folder)
+        shutil.rmtree(old)
+    else:
+        partial.rename(folder)
 
 
 def attribute_accuracy(model: ZImageTransformer2DModel, steps: int, n_prompts: int = 500,
-                       seed: int = 4242) -> dict[str, float]:
+                       seed: int = 4242, autoencoder: ToyAutoencoder | None = None,
+                       ) -> dict[str, float]:
     """Per-attribute accuracy (toy feature network) of ``steps``-step samples on ``n_prompts``
-    fresh toy prompts, each attribute scored over the prompts that name it."""
+    fresh toy prompts, each attribute scored over the prompts that name it (pass the
+    autoencoder of a latent teacher)."""
     from pipeline.toy.features import load_feature_net
     from pipeline.toy.metrics import named_attribute_accuracy
     from pipeline.toy.text_encoder import MiniLMTextEncoder
 
     prompts = generate_prompts(n_prompts, seed=seed)
     caps = MiniLMTextEncoder().encode([p.text for p in prompts])
-    noise = torch.randn((n_prompts, 3, 32, 32), generator=torch.Generator().manual_seed(seed))
-    images = torch.cat([sample(model, caps[i : i + 100], noise[i : i + 100], steps)
-                        for i in range(0, n_prompts, 100)])
+    shape = autoencoder.latent_shape if autoencoder is not None else (3, 32, 32)
+    noise = torch.randn((n_prompts, *shape), generator=torch.Generator().manual_seed(seed))
+    images = torch.cat([to_images(sample(model, caps[i : i + 100], noise[i : i + 100], steps),
+                                  autoencoder) for i in range(0, n_prompts, 100)])
     return named_attribute_accuracy(prompts, load_feature_net().predict(images))

@@ -63,9 +63,11 @@ def test_stock_zimage_pipeline_on_the_toy_transformer_matches_the_adapter():
     pipe = toy_zimage_pipeline(teacher)
     pipe.set_progress_bar_config(disable=True)
     captions = teacher.encode_prompts(["a red circle on the left", "a shape"])
-    noise = noise_for_seeds([1, 2], (3, 32, 32))
+    shape = teacher.latent_shape()
+    noise = noise_for_seeds([1, 2], shape)
     ours = teacher.sample(captions, noise, 8).final
-    stock = torch.cat([pipe(prompt_embeds=[c], height=256, width=256, num_inference_steps=8,
+    side = 8 * shape[1]  # the pipeline's latent is H / 8
+    stock = torch.cat([pipe(prompt_embeds=[c], height=side, width=side, num_inference_steps=8,
                             guidance_scale=0.0, latents=n[None], output_type="latent").images
                        for c, n in zip(captions, noise, strict=True)])
     torch.testing.assert_close(ours, stock, atol=1e-4, rtol=0)

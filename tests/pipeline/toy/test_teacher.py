@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import ZImageTransformer2DModel
 
+from pipeline.toy.autoencoder import AutoencoderConfig, AutoencoderTrainConfig
 from pipeline.toy.teacher import (
     X0_SIGMA_FLOOR,
     TeacherTrainConfig,
@@ -14,6 +15,7 @@ from pipeline.toy.teacher import (
     save_teacher,
     shifted_sigmas,
     teacher_config,
+    to_images,
     train_teacher,
     velocity,
     x0_velocity,
@@ -28,8 +30,10 @@ def test_teacher_schedule_matches_the_design():
 
 def test_short_training_run_saves_a_loadable_diffusers_folder(tmp_path):
     cfg = TeacherTrainConfig(minutes=10, max_steps=3, pool_prompts=50, pool_images=64,
-                             batch=8, warmup=1)
-    model, info = train_teacher(cfg, log=lambda _: None)
+                             batch=8, warmup=1, space="pixel", patch=4)
+    build = train_teacher(cfg, log=lambda _: None)
+    model, info = build.model, build.info
+    assert build.autoencoder is None
     assert info["steps"] == 3 and info["final_loss"] > 0
     save_teacher(model, info, tmp_path)
     loaded = ZImageTransformer2DModel.from_pretrained(tmp_path / "transformer",
@@ -43,7 +47,8 @@ def test_short_training_run_saves_a_loadable_diffusers_folder(tmp_path):
 
 
 def _tiny_config(**overrides) -> TeacherTrainConfig:
-    return TeacherTrainConfig(dim=32, n_layers=1, n_heads=2, **overrides)
+    return TeacherTrainConfig(dim=32, n_layers=1, n_heads=2, space="pixel", patch=4,
+                              **overrides)
 
 
 def test_adaln_zero_init_starts_at_zero_velocity_and_then_learns():
@@ -56,9 +61,10 @@ def test_adaln_zero_init_starts_at_zero_velocity_and_then_learns():
         assert torch.count_nonzero(block.adaLN_modulation[0].weight) == 0
     # the default init is PyTorch's: not zero
     assert torch.count_nonzero(velocity(new_teacher(_tiny_config()), x, sigma, caps)) > 0
-    trained, info = train_teacher(_tiny_config(init="adaln_zero", minutes=10, max_steps=3,
-                                               pool_prompts=40, pool_images=32, batch=8,
-                                               warmup=1), log=lambda _: None)
+    build = train_teacher(_tiny_config(init="adaln_zero", minutes=10, max_steps=3,
+                                       pool_prompts=40, pool_images=32, batch=8, warmup=1),
+                          log=lambda _: None)
+    trained, info = build.model, build.info
     assert info["steps"] == 3 and info["config"]["init"] == "adaln_zero"
     out = velocity(trained, x, sigma, caps)
     assert torch.isfinite(out).all() and torch.count_nonzero(out) > 0
@@ -74,6 +80,64 @@ def test_x0_parameterisation_reads_the_output_as_the_clean_image():
     x0_hat = -velocity(model, x, sigma, caps)
     expected = (x - x0_hat) / sigma.clamp(min=X0_SIGMA_FLOOR).view(-1, 1, 1, 1)
     assert torch.allclose(x0_velocity(model, x, sigma, caps), expected, atol=1e-5)
-    images = sample(model, caps, torch.randn(3, 3, 32, 32), 2, prediction="x0")
+    images = to_images(sample(model, caps, torch.randn(3, 3, 32, 32), 2, prediction="x0"), None)
     assert images.shape == (3, 3, 32, 32) and torch.isfinite(images).all()
     assert images.abs().max() <= 1.0
+
+
+def test_invalid_build_configs_fail_before_training():
+    with pytest.raises(ValueError, match="space 'voxel'"):
+        TeacherTrainConfig(space="voxel")
+    with pytest.raises(ValueError, match="patch 3 must divide the latent side 8"):
+        TeacherTrainConfig(patch=3)
+    with pytest.raises(ValueError, match="head dim"):
+        TeacherTrainConfig(dim=100, n_heads=4)
+
+
+def test_latent_build_trains_the_autoencoder_and_loads_through_the_adapter(tmp_path):
+    from pipeline.teachers.describe import describe_teacher
+    from pipeline.teachers.toy import ToyTeacher
+    from schemas.config import TeacherConfig
+
+    cfg = TeacherTrainConfig(
+        minutes=10, max_steps=2, pool_prompts=40, pool_images=48, batch=8, warmup=1, dim=32,
+        n_layers=1, n_heads=2, autoencoder=AutoencoderConfig(channels=5, width=8),
+        autoencoder_training=AutoencoderTrainConfig(samples=64, epochs=1, batch=32,
+                                                    eval_renders=16))
+    build = train_teacher(cfg, log=lambda _: None)
+    assert build.model.config.in_channels == 5 and build.model.config.all_patch_size == (1,)
+    assert set(build.info["autoencoder"]["reconstruction_accuracy"]) == {
+        "size", "color", "shape", "position", "background"}
+    # the pool latents were normalised with the pool's own statistics
+    assert not torch.equal(build.autoencoder.latent_std, torch.ones_like(
+        build.autoencoder.latent_std))
+    save_teacher(build.model, build.info, tmp_path / "teacher", autoencoder=build.autoencoder)
+    assert not (tmp_path / "teacher.partial").exists()
+    teacher = ToyTeacher.load(tmp_path / "teacher")
+    assert teacher.latent_shape() == (5, 8, 8)
+    noise = torch.randn(2, 5, 8, 8)
+    final = teacher.sample(teacher.encode_prompts(["a red circle", "a shape"]), noise, 2).final
+    images = teacher.decode(final)
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    assert teacher.encode_images(images).shape == (2, 5, 8, 8)
+    desc = describe_teacher(TeacherConfig(kind="toy", path=str(tmp_path / "teacher")))
+    assert desc.latent_shape == (5, 8, 8)
+    assert "autoencoder/model.safetensors" in desc.fingerprint
+
+    # Rebuilding the same folder as a pixel teacher replaces it whole: no stale autoencoder.
+    pixel = train_teacher(_tiny_config(minutes=10, max_steps=1, pool_prompts=40, pool_images=16,
+                                       batch=4, warmup=1), log=lambda _: None)
+    save_teacher(pixel.model, pixel.info, tmp_path / "teacher")
+    assert not (tmp_path / "teacher" / "autoencoder").exists()
+    assert ToyTeacher.load(tmp_path / "teacher").latent_shape() == (3, 32, 32)
+
+
+def test_a_teacher_that_does_not_fit_its_autoencoder_is_refused(tmp_path):
+    from pipeline.errors import ArtifactError
+    from pipeline.teachers.toy import ToyTeacher
+    from pipeline.toy.autoencoder import ToyAutoencoder
+
+    pixel = new_teacher(_tiny_config())  # 3 input channels, patch 4
+    save_teacher(pixel, {}, tmp_path, autoencoder=ToyAutoencoder(AutoencoderConfig(width=8)))
+    with pytest.raises(ArtifactError, match="expected 8 input channels"):
+        ToyTeacher.load(tmp_path)
