@@ -427,11 +427,13 @@ def refine_decoder_cmd(
     latent_noise: Annotated[float, typer.Option(min=0.0, help="Latent noise (x std) the "
                                                 "decoder sees.")] = 0.0,
     samples: Annotated[int, typer.Option(min=8, help="Training renders.")] = 25_000,
+    eval_prompts: Annotated[int, typer.Option(min=1, help="Prompts for the accuracy "
+                                              "record.")] = 500,
     seed: int = 0,
 ) -> None:
-    """Retrain a latent toy teacher's decoder on its frozen encoder (the build's phase 2; about
-    2 minutes per epoch... less: ~40 s on 2 CPUs), keeping the latent space, so the teacher's
-    transformer stays valid; rescores the teacher and updates its folder in place."""
+    """Retrain a latent toy teacher's decoder on its frozen encoder (the build's phase 2, about
+    45 s per epoch on 2 CPUs). The latent space does not move, so the teacher's transformer
+    stays valid. Rescores the teacher and replaces its folder whole."""
     import json
 
     from pipeline.errors import ArtifactError
@@ -446,7 +448,7 @@ def refine_decoder_cmd(
 
         model = ToyTeacher.load(folder).model
     except (ArtifactError, OSError, json.JSONDecodeError) as exc:
-        fail(f"{folder}: not a latent toy teacher ({exc})")
+        fail(f"{folder}: not a latent toy teacher: {exc}")
     cfg = AutoencoderTrainConfig(samples=samples, decoder_epochs=epochs,
                                  decoder_latent_noise=latent_noise, seed=seed)
     report = refine_decoder(autoencoder, cfg, log=console.print)
@@ -454,8 +456,8 @@ def refine_decoder_cmd(
         {**report, "epochs": epochs, "latent_noise": latent_noise, "samples": samples,
          "seed": seed, "command": " ".join(sys.argv[1:])})
     for steps in (8, 2):
-        build[f"accuracy_{steps}_step"] = attribute_accuracy(model, steps,
-                                                             autoencoder=autoencoder.eval())
+        build[f"accuracy_{steps}_step"] = attribute_accuracy(
+            model, steps, n_prompts=eval_prompts, autoencoder=autoencoder.eval())
         console.print(f"{steps}-step attribute accuracy: {build[f'accuracy_{steps}_step']}")
     save_teacher(model, build, folder, autoencoder=autoencoder)
     console.print(f"wrote {folder}")

@@ -157,3 +157,35 @@ def test_convert_inception_writes_safetensors_or_one_error_line(tmp_path):
                      str(tmp_path / "out.safetensors"))
     assert result.returncode == 2 and "missing.pth: file not found" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out.safetensors").exists()
+
+
+def test_refine_decoder_keeps_the_latent_space_and_refuses_pixel_teachers(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from pipeline.toy.autoencoder import AutoencoderConfig, ToyAutoencoder
+    from pipeline.toy.teacher import TeacherTrainConfig, new_teacher, save_teacher
+
+    latent = TeacherTrainConfig(dim=32, n_layers=1, n_heads=2,
+                                autoencoder=AutoencoderConfig(channels=4, width=8))
+    autoencoder = ToyAutoencoder(latent.autoencoder)
+    save_teacher(new_teacher(latent), {"steps": 0}, tmp_path / "latent", autoencoder=autoencoder)
+    before = load_file(str(tmp_path / "latent" / "autoencoder" / "model.safetensors"))
+    result = distill("toy", "refine-decoder", "--teacher", str(tmp_path / "latent"),
+                     "--epochs", "1", "--samples", "64", "--eval-prompts", "8")
+    assert result.returncode == 0, result.stderr
+    after = load_file(str(tmp_path / "latent" / "autoencoder" / "model.safetensors"))
+    for name, tensor in before.items():  # the encoder is frozen, the decoder trained
+        changed = not torch.equal(tensor, after[name])
+        assert changed == name.startswith("decoder."), name
+    build = json.loads((tmp_path / "latent" / "build.json").read_text())
+    assert build["steps"] == 0 and len(build["decoder_refinements"]) == 1
+    assert set(build["accuracy_8_step"]) >= {"shape", "color"}
+
+    pixel = TeacherTrainConfig(dim=32, n_layers=1, n_heads=2, space="pixel", patch=4)
+    save_teacher(new_teacher(pixel), {}, tmp_path / "pixel")
+    refused = distill("toy", "refine-decoder", "--teacher", str(tmp_path / "pixel"))
+    assert refused.returncode == 2
+    assert "not a latent toy teacher" in refused.stderr and "Traceback" not in refused.stderr
