@@ -1,4 +1,5 @@
-"""Where the toy teacher loses shape: three measurements behind docs/toy-world.md.
+"""Where the toy teacher loses shape: the measurements behind docs/toy-world.md (pixel or
+latent teacher; predictions are compared and scored as decoded images).
 
 1. Step count: attribute accuracy of 8, 32 and 100 Euler steps (same prompts and noise).
 2. Caption reach: at sigma 0.98, the mean |difference| between the teacher's x0 predictions for
@@ -49,7 +50,8 @@ def main() -> None:
 
     prompts = generate_prompts(args.prompts, seed=4242)
     caps = teacher.encode_prompts([p.text for p in prompts])
-    noise = torch.randn((len(prompts), 3, 32, 32), generator=torch.Generator().manual_seed(4242))
+    shape = teacher.latent_shape()  # (3, 32, 32) for a pixel teacher; works in any latent
+    noise = torch.randn((len(prompts), *shape), generator=torch.Generator().manual_seed(4242))
     steps_report = {}
     for steps in (8, 32, 100):
         finals = torch.cat([teacher.sample(caps[i:i + 100], noise[i:i + 100], steps).final
@@ -62,15 +64,15 @@ def main() -> None:
     template = "a large red {} in the center on a black background"
     shapes = ("circle", "square", "triangle")
     n = 16
-    x0 = to_tensor(render(Scene("large", "red", "circle", 4, "black"))[None])
-    eps = torch.randn((n, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    x0 = encode(teacher, to_tensor(render(Scene("large", "red", "circle", 4, "black"))[None]))
+    eps = torch.randn((n, *shape), generator=torch.Generator().manual_seed(0))
     sigma = 0.98
     xt = (1 - sigma) * x0 + sigma * eps
     preds = {}
-    for shape in shapes:
+    for word in shapes:
         v = teacher.velocity(xt, torch.full((n,), sigma),
-                             teacher.encode_prompts([template.format(shape)] * n))
-        preds[shape] = xt - sigma * v
+                             teacher.encode_prompts([template.format(word)] * n))
+        preds[word] = teacher.decode(xt - sigma * v) * 2 - 1  # compared as images
     renders = {s: to_tensor(render(Scene("large", "red", s, 4, "black"))[None]) for s in shapes}
     report["caption_reach_sigma_0.98"] = {
         f"{a}-{b}": {"prediction": round(float((preds[a] - preds[b]).abs().mean()), 4),
@@ -82,13 +84,14 @@ def main() -> None:
     truth = to_tensor(torch.stack([torch.from_numpy(render(sample_scene(p.attributes,
                                                                         rng.getrandbits(63))))
                                    for p in prompts]).numpy())
+    truth = encode(teacher, truth)
     eps = torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
     denoise = {}
     for sigma in SIGMAS:
         xt = (1 - sigma) * truth + sigma * eps
         v = torch.cat([teacher.velocity(xt[i:i + 100], torch.full((len(xt[i:i + 100]),), sigma),
                                         caps[i:i + 100]) for i in range(0, len(prompts), 100)])
-        predicted = (xt - sigma * v).clamp(-1, 1)
+        predicted = teacher.decode(xt - sigma * v) * 2 - 1
         denoise[sigma] = named_attribute_accuracy(prompts, net.predict(predicted))
         print(f"one step from sigma {sigma}: {denoise[sigma]}", flush=True)
     report["one_step_from_true_renders"] = denoise
@@ -98,6 +101,11 @@ def main() -> None:
     print("caption swap loss:", report["caption_swap_loss"], flush=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("wrote", args.out)
+
+
+def encode(teacher, images: torch.Tensor) -> torch.Tensor:
+    """Renders in [-1, 1] -> the teacher's space."""
+    return teacher.encode_images((images + 1) / 2)
 
 
 def caption_swap_loss(teacher, n: int = 200) -> dict[str, dict[str, float]]:

@@ -344,6 +344,11 @@ def save_teacher(model: ZImageTransformer2DModel, info: dict[str, object], folde
     # fp16 on disk halves the shipped size (~4 MB); adapters load it back as fp32.
     copy.deepcopy(model).to(torch.float16).save_pretrained(partial / "transformer",
                                                            safe_serialization=True)
+    # A model loaded from disk records its source path; a shipped config must not.
+    config_file = partial / "transformer" / "config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("_name_or_path", None)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if autoencoder is not None:
         autoencoder.save(partial / "autoencoder")
     (partial / "build.json").write_text(json.dumps(info, indent=2) + "\n")

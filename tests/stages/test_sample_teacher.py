@@ -56,7 +56,8 @@ def test_samples_hold_the_teacher_trajectory(tmp_path):
     # Recompute one sample with the teacher: same noise from the seed, same latents, same PNG.
     s = samples[sorted(samples)[3]]
     teacher = load_teacher("toy")
-    noise = noise_for_seeds([s["meta"]["seed"]], (3, 32, 32))
+    noise = noise_for_seeds([s["meta"]["seed"]], tuple(m.teacher.latent_shape))
+    assert tuple(m.teacher.latent_shape) == teacher.latent_shape()
     assert torch.equal(noise[0], s["noise"])
     result = teacher.sample(teacher.encode_prompts([s["prompt"]]), noise, 8,
                             record_sigmas=(0.75,))

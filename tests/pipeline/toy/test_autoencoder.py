@@ -11,6 +11,7 @@ from pipeline.toy.autoencoder import (
     AutoencoderTrainConfig,
     ToyAutoencoder,
     layout_target,
+    refine_decoder,
     train_autoencoder,
 )
 from pipeline.toy.features import HEADS, render_set
@@ -36,10 +37,17 @@ def test_layout_target_puts_the_coverage_in_the_channel_of_the_shape():
 def test_training_save_and_load_round_trip(tmp_path):
     config = AutoencoderConfig(grid=8, channels=4, width=8)
     model, info = train_autoencoder(
-        config, AutoencoderTrainConfig(samples=64, epochs=1, batch=32, eval_renders=16),
-        log=lambda _: None)
-    assert 0 <= info["layout_channels_name_shape"] <= 1
+        config, AutoencoderTrainConfig(samples=64, epochs=1, batch=32, eval_renders=16,
+                                       decoder_epochs=1), log=lambda _: None)
+    for phase in ("phase_1", "phase_2"):
+        assert 0 <= info[phase]["layout_channels_name_shape"] <= 1
+        assert set(info[phase]["reconstruction_accuracy"]) == set(HEADS)
     images = render_set(4, seed=5).images
+    encoder_weights = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    refine_decoder(model, AutoencoderTrainConfig(samples=32, batch=16, eval_renders=8,
+                                                 decoder_epochs=1), log=lambda _: None)
+    for name, tensor in model.encoder.state_dict().items():  # phase 2 leaves the latent alone
+        assert torch.equal(tensor, encoder_weights[name]), name
     model.set_latent_statistics(images)
     latents = model.encode(images)
     assert latents.shape == (4, 4, 8, 8) == (4, *model.latent_shape)

@@ -103,10 +103,10 @@ def test_latent_build_trains_the_autoencoder_and_loads_through_the_adapter(tmp_p
         minutes=10, max_steps=2, pool_prompts=40, pool_images=48, batch=8, warmup=1, dim=32,
         n_layers=1, n_heads=2, autoencoder=AutoencoderConfig(channels=5, width=8),
         autoencoder_training=AutoencoderTrainConfig(samples=64, epochs=1, batch=32,
-                                                    eval_renders=16))
+                                                    eval_renders=16, decoder_epochs=1))
     build = train_teacher(cfg, log=lambda _: None)
     assert build.model.config.in_channels == 5 and build.model.config.all_patch_size == (1,)
-    assert set(build.info["autoencoder"]["reconstruction_accuracy"]) == {
+    assert set(build.info["autoencoder"]["phase_2"]["reconstruction_accuracy"]) == {
         "size", "color", "shape", "position", "background"}
     # the pool latents were normalised with the pool's own statistics
     assert not torch.equal(build.autoencoder.latent_std, torch.ones_like(
