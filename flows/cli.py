@@ -377,8 +377,8 @@ def build_teacher(
     ae_width: Annotated[int, typer.Option(min=8, help="Autoencoder conv width.")] = 96,
 ) -> None:
     """Train the toy teacher with flow matching on toy renders (about 45 minutes on 2 CPUs;
-    in latent space the autoencoder first, about 8 of them), then record its 8-step and
-    naive 2-step attribute accuracy next to the weights."""
+    in latent space the autoencoder's two phases first, about 11 of them), then record its
+    8-step and naive 2-step attribute accuracy next to the weights."""
     import torch
 
     from pipeline.toy.autoencoder import AutoencoderConfig, AutoencoderTrainConfig
@@ -437,6 +437,7 @@ def refine_decoder_cmd(
     import json
 
     from pipeline.errors import ArtifactError
+    from pipeline.teachers.toy import ToyTeacher
     from pipeline.toy.autoencoder import AutoencoderTrainConfig, ToyAutoencoder, refine_decoder
     from pipeline.toy.teacher import ASSET_DIR, attribute_accuracy, save_teacher
 
@@ -444,8 +445,6 @@ def refine_decoder_cmd(
     try:
         autoencoder = ToyAutoencoder.load(folder / "autoencoder")
         build = json.loads((folder / "build.json").read_text(encoding="utf-8"))
-        from pipeline.teachers.toy import ToyTeacher
-
         model = ToyTeacher.load(folder).model
     except (ArtifactError, OSError, json.JSONDecodeError) as exc:
         fail(f"{folder}: not a latent toy teacher: {exc}")
