@@ -226,7 +226,7 @@ def train_autoencoder(config: AutoencoderConfig, cfg: AutoencoderTrainConfig,
         log(f"autoencoder epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.4f} "
             f"({time.perf_counter() - start:.0f} s)")
     info: dict[str, object] = {"architecture": asdict(config), "training": asdict(cfg),
-                               "phase_1": reconstruction_report(model, cfg)}
+                               "phase_1": reconstruction_report(model, cfg, log)}
     if cfg.decoder_epochs:
         info["phase_2"] = refine_decoder(model, cfg, log, data=data)
     info["seconds"] = round(time.perf_counter() - start, 1)
@@ -259,8 +259,9 @@ def refine_decoder(model: ToyAutoencoder, cfg: AutoencoderTrainConfig,
     latents of ``cfg.samples`` renders (``data``, or fresh ones from ``cfg.seed``), at latent
     noise ``cfg.decoder_latent_noise``, reconstruction + edge loss, one-cycle lr.
 
-    Why: phase 1's latent noise makes the decoder hedge on small shapes (it drew 17% of small
-    squares round, although the layout channels named them right 99% of the time). The
+    Why: phase 1's latent noise makes the decoder hedge on small shapes (it drew 17% of
+    squares round, mostly small ones, although the layout channels named 99% of all shapes
+    right). The
     encoder, and with it the latent space and its statistics, does not change, so a teacher
     trained on this latent stays valid. Returns the reconstruction report after it."""
     from pipeline.toy.features import render_set
