@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--latent-noise", type=float, default=0.2)
     parser.add_argument("--aux", type=float, default=0.0)
     parser.add_argument("--layout", type=float, default=0.0)
+    parser.add_argument("--decoder-epochs", type=int, default=0,
+                        help="Autoencoder phase 2 (decoder alone; the shipped build uses 3). "
+                        "0 keeps the recorded probe results comparable.")
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-every", type=int, default=600)
@@ -72,7 +75,8 @@ def main() -> None:
         AutoencoderConfig(grid=args.grid, channels=args.channels, width=args.ae_width),
         AutoencoderTrainConfig(samples=args.ae_samples, epochs=args.ae_epochs,
                                grad_loss=args.grad_loss, latent_noise=args.latent_noise,
-                               aux=args.aux, layout=args.layout), log)
+                               aux=args.aux, layout=args.layout,
+                               decoder_epochs=args.decoder_epochs), log)
 
     start = time.perf_counter()
     cfg = TeacherTrainConfig(minutes=args.minutes, lr=args.lr)
