@@ -81,9 +81,7 @@ def main() -> None:
     start = time.perf_counter()
     cfg = TeacherTrainConfig(minutes=args.minutes, lr=args.lr)
     pixels, cap_ids, caps = image_pool(cfg, log)
-    ae.set_latent_statistics(pixels)
-    with torch.no_grad():
-        latents = torch.cat([ae.encode(pixels[i:i + 1000]) for i in range(0, len(pixels), 1000)])
+    latents = ae.fit_latent_statistics(pixels)
     model = ZImageTransformer2DModel(**teacher_config(patch=1, in_channels=args.channels))
 
     net = load_feature_net()

@@ -438,16 +438,19 @@ def refine_decoder_cmd(
 
     from pipeline.errors import ArtifactError
     from pipeline.teachers.toy import ToyTeacher
-    from pipeline.toy.autoencoder import AutoencoderTrainConfig, ToyAutoencoder, refine_decoder
+    from pipeline.toy.autoencoder import AutoencoderTrainConfig, refine_decoder
     from pipeline.toy.teacher import ASSET_DIR, attribute_accuracy, save_teacher
 
     folder = teacher or ASSET_DIR
     try:
-        autoencoder = ToyAutoencoder.load(folder / "autoencoder")
+        loaded = ToyTeacher.load(folder)
         build = json.loads((folder / "build.json").read_text(encoding="utf-8"))
-        model = ToyTeacher.load(folder).model
     except (ArtifactError, OSError, json.JSONDecodeError) as exc:
         fail(f"{folder}: not a latent toy teacher: {exc}")
+    model, autoencoder = loaded.model, loaded.autoencoder
+    if autoencoder is None:
+        fail(f"{folder}: not a latent toy teacher: no autoencoder/ (a pixel-space teacher has "
+             f"no decoder to refine)")
     cfg = AutoencoderTrainConfig(samples=samples, decoder_epochs=epochs,
                                  decoder_latent_noise=latent_noise, seed=seed)
     report = refine_decoder(autoencoder, cfg, log=console.print)

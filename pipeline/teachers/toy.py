@@ -20,7 +20,7 @@ from pipeline.errors import ArtifactError, ConfigError
 from pipeline.teachers.base import TeacherAdapter
 from pipeline.toy.autoencoder import ToyAutoencoder
 from pipeline.toy.prompts import parse_prompt
-from pipeline.toy.teacher import ASSET_DIR, shifted_sigmas
+from pipeline.toy.teacher import ASSET_DIR, shifted_sigmas, to_images
 from pipeline.toy.teacher import velocity as toy_velocity
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,6 @@ class ToyTeacher(TeacherAdapter):
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        from pipeline.toy.teacher import to_images
-
         return ((to_images(x.to(self.device).float(), self.autoencoder) + 1) / 2).float()
 
     @torch.no_grad()

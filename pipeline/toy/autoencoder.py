@@ -121,11 +121,13 @@ class ToyAutoencoder(nn.Module):
         return self.decoder(latents * self.latent_std + self.latent_mean)
 
     @torch.no_grad()
-    def set_latent_statistics(self, images: torch.Tensor, batch: int = 1000) -> None:
-        """Per-channel mean and std of the raw latents of ``images`` (the teacher's pool)."""
+    def fit_latent_statistics(self, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+        """Set the per-channel mean and std from the raw latents of ``images`` (the teacher's
+        pool) and return those latents normalised, ``(N, C, G, G)``: one encoder pass."""
         raw = torch.cat([self.encoder(images[i:i + batch]) for i in range(0, len(images), batch)])
         self.latent_mean.copy_(raw.mean(dim=(0, 2, 3), keepdim=True))
         self.latent_std.copy_(raw.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6))
+        return (raw - self.latent_mean) / self.latent_std
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -178,13 +180,22 @@ def layout_target(images: torch.Tensor, color: torch.Tensor, background: torch.T
     return 2.0 * pooled * onehot
 
 
+def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, grad_loss: float) -> torch.Tensor:
+    """L1 + MSE between reconstructions ``y`` and images ``x`` ``(B, 3, 32, 32)``, plus
+    ``grad_loss`` x L1 of their horizontal and vertical differences (sharp edges)."""
+    loss = (y - x).abs().mean() + (y - x).pow(2).mean()
+    for dim in (2, 3):
+        loss = loss + grad_loss * (y.diff(dim=dim) - x.diff(dim=dim)).abs().mean()
+    return loss
+
+
 def train_autoencoder(config: AutoencoderConfig, cfg: AutoencoderTrainConfig,
                       log: Callable[[str], None] = print,
                       ) -> tuple[ToyAutoencoder, dict[str, object]]:
     """Phase 1: encoder and decoder on ``cfg.samples`` fresh renders (seeded); phase 2:
     :func:`refine_decoder`. Each phase is followed by :func:`reconstruction_report`. Latent
     statistics are left at 0/1: the caller sets them from its own data with
-    :meth:`ToyAutoencoder.set_latent_statistics`."""
+    :meth:`ToyAutoencoder.fit_latent_statistics`."""
     from pipeline.toy.features import HEADS, render_set
 
     torch.manual_seed(cfg.seed)
@@ -207,9 +218,7 @@ def train_autoencoder(config: AutoencoderConfig, cfg: AutoencoderTrainConfig,
             z = model.encoder(x)
             zn = z + cfg.latent_noise * z.detach().std() * torch.randn(z.shape, generator=gen)
             y = model.decoder(zn)
-            loss = (y - x).abs().mean() + (y - x).pow(2).mean() + 1e-4 * z.pow(2).mean()
-            for dim in (2, 3):
-                loss = loss + cfg.grad_loss * (y.diff(dim=dim) - x.diff(dim=dim)).abs().mean()
+            loss = reconstruction_loss(y, x, cfg.grad_loss) + 1e-4 * z.pow(2).mean()
             if cfg.aux:
                 loss = loss + cfg.aux * sum(
                     (1.0 if k == "shape" else 0.3)
@@ -284,10 +293,7 @@ def refine_decoder(model: ToyAutoencoder, cfg: AutoencoderTrainConfig,
                 z = model.encoder(x)
             if cfg.decoder_latent_noise:
                 z = z + cfg.decoder_latent_noise * z.std() * torch.randn(z.shape, generator=gen)
-            y = model.decoder(z)
-            loss = (y - x).abs().mean() + (y - x).pow(2).mean()
-            for dim in (2, 3):
-                loss = loss + cfg.grad_loss * (y.diff(dim=dim) - x.diff(dim=dim)).abs().mean()
+            loss = reconstruction_loss(model.decoder(z), x, cfg.grad_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

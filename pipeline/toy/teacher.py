@@ -243,10 +243,7 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
         autoencoder, ae_info = train_autoencoder(cfg.autoencoder, cfg.autoencoder_training, log)
     x0_pool, cap_ids, caps = image_pool(cfg, log)
     if autoencoder is not None:
-        autoencoder.set_latent_statistics(x0_pool)
-        with torch.no_grad():
-            x0_pool = torch.cat([autoencoder.encode(x0_pool[i:i + 1000])
-                                 for i in range(0, len(x0_pool), 1000)])
+        x0_pool = autoencoder.fit_latent_statistics(x0_pool)
     torch.manual_seed(cfg.seed)
     model, info = train_flow_matching(new_teacher(cfg), x0_pool, cap_ids, caps, cfg, log,
                                       start=start)
