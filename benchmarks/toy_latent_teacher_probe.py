@@ -79,7 +79,7 @@ def main() -> None:
                                decoder_epochs=args.decoder_epochs), log)
 
     start = time.perf_counter()
-    cfg = TeacherTrainConfig(minutes=args.minutes, lr=args.lr)
+    cfg = TeacherTrainConfig(minutes=args.minutes, lr=args.lr, guidance=1.0)  # flow matching
     pixels, cap_ids, caps = image_pool(cfg, log)
     latents = ae.fit_latent_statistics(pixels)
     model = ZImageTransformer2DModel(**teacher_config(patch=1, in_channels=args.channels))

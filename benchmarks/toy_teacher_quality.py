@@ -9,9 +9,11 @@ the attribute, palette purity (fraction of pixels on a pure toy colour) and the 
     .venv/bin/python benchmarks/toy_teacher_quality.py [--teacher-path DIR] [--guidance W ...]
         [--out FILE] [--images DIR]
 
-Also diagnostic rows with classifier-free guidance (the all-unnamed prompt "a shape" as the
-unconditional branch), which the teacher does not use, and, for a latent teacher, the
-ground-truth renders passed through its autoencoder (the ceiling its decoder sets).
+Optionally (``--guidance W ...``) diagnostic rows with classifier-free guidance at sampling
+time (the all-unnamed prompt "a shape" as the unconditional branch); the shipped teacher has
+guidance 2 distilled into it and is sampled without, so such rows guide it a second time. For a
+latent teacher, also the ground-truth renders passed through its autoencoder (the ceiling its
+decoder sets).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pipeline.toy.features import HEADS, load_feature_net, to_tensor
 from pipeline.toy.metrics import named_attribute_accuracy, palette_purity
 from pipeline.toy.prompts import generate_prompts
 from pipeline.toy.render import render_prompt_seed
+from pipeline.toy.teacher import NULL_PROMPT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,8 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher-path", default=None)
     parser.add_argument("--prompts", type=int, default=500)
-    parser.add_argument("--guidance", type=float, nargs="*", default=[2.0, 4.0],
-                        help="Diagnostic rows with classifier-free guidance at these weights.")
+    parser.add_argument("--guidance", type=float, nargs="*", default=[],
+                        help="Diagnostic rows with sampling-time classifier-free guidance at "
+                             "these weights (none by default).")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "toy_teacher.json")
     parser.add_argument("--images", type=Path, default=ROOT / "docs" / "images",
@@ -84,10 +88,10 @@ def main() -> None:
             **score(images[steps], prompts, net),
             "seconds": round(time.perf_counter() - start, 2)}
         print(steps, "steps:", report[f"teacher_{steps}_step"], flush=True)
-    # Diagnostic (not how the teacher is sampled): classifier-free guidance with the
+    # Diagnostic (not how the teacher is sampled): sampling-time classifier-free guidance with the
     # all-unnamed prompt "a shape" as the unconditional branch, 8 steps,
     # v = v("a shape") + w (v(prompt) - v("a shape")).
-    null = teacher.encode_prompts(["a shape"])[0]
+    null = teacher.encode_prompts([NULL_PROMPT])[0]
     for weight in args.guidance:
         start = time.perf_counter()
         guided = torch.cat([_guided_sample(teacher, caps[i:i + 100], null, noise[i:i + 100],

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
     overrides = VARIANTS[args.variant]
     # The scaling study is of the pixel-space recipe (patch 4 on 32x32 images).
     cfg = TeacherTrainConfig(minutes=args.minutes, batch=args.batch, lr=args.lr,
-                             space="pixel", patch=4,
+                             space="pixel", patch=4, guidance=1.0,  # flow matching only
                              pool_prompts=meta["pool_prompts"], device=args.device,
                              **overrides)  # type: ignore[arg-type]
     device = torch.device(args.device)

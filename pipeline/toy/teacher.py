@@ -167,6 +167,11 @@ class TeacherTrainConfig:
     device: str = "cpu"
     prediction: str = "v"  # "x0" is experimental; the shipped teacher predicts v
     init: str = "default"  # or "adaln_zero" (DiT's initialisation, see init_adaln_zero)
+    # Guidance distillation (see distill_guidance): the classifier-free-guidance weight baked
+    # into the teacher in the last guidance_minutes of the budget; 1 skips the phase.
+    guidance: float = 2.0
+    guidance_minutes: float = 5.0
+    guidance_lr: float = 3e-4
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     autoencoder_training: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
 
@@ -177,9 +182,23 @@ class TeacherTrainConfig:
         if self.patch < 1 or side % self.patch:
             raise ValueError(f"patch {self.patch} must divide the {self.space} side {side}")
         teacher_config(self.patch, self.dim, self.n_layers, self.n_heads)  # fail before training
+        if self.guidance < 1:
+            raise ValueError(f"guidance {self.guidance} must be >= 1 (1: no guidance phase)")
+        if self.guidance > 1 and not 0 < self.guidance_minutes < self.minutes:
+            raise ValueError(f"guidance_minutes {self.guidance_minutes} must be above 0 and "
+                             f"below the build's {self.minutes} minutes")
+
+    @property
+    def flow_matching_minutes(self) -> float:
+        """The part of ``minutes`` before the guidance phase (all of it without one)."""
+        return self.minutes - (self.guidance_minutes if self.guidance > 1 else 0.0)
 
 
 SPACES = ("latent", "pixel")
+# The toy grammar's all-unnamed prompt: the unconditional branch of classifier-free guidance.
+NULL_PROMPT = "a shape"
+GUIDANCE_WARMUP = 50
+GUIDANCE_EMA = 0.99
 
 
 @dataclass
@@ -233,20 +252,29 @@ def new_teacher(cfg: TeacherTrainConfig) -> ZImageTransformer2DModel:
 
 def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
                   ) -> ToyTeacherBuild:
-    """Build a toy teacher within ``cfg.minutes`` in all (or ``max_steps``): in latent space
-    the autoencoder first (a fixed number of epochs: both phases about 11 minutes on 2 CPUs
-    by default), then flow matching on the encoded pool for the rest of the budget."""
+    """Build a toy teacher within ``cfg.minutes`` in all (or ``max_steps`` per phase): in
+    latent space the autoencoder first (a fixed number of epochs: both phases about 11
+    minutes on 2 CPUs by default), then flow matching on the encoded pool, then (``guidance``
+    above 1) guidance distillation for the last ``guidance_minutes``."""
+    from pipeline.toy.text_encoder import MiniLMTextEncoder
+
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     autoencoder, ae_info = None, None
     if cfg.space == "latent":
         autoencoder, ae_info = train_autoencoder(cfg.autoencoder, cfg.autoencoder_training, log)
-    x0_pool, cap_ids, caps = image_pool(cfg, log)
+    encoder = MiniLMTextEncoder()
+    x0_pool, cap_ids, caps = image_pool(cfg, log, caps=encoder.encode(pool_texts(cfg)))
     if autoencoder is not None:
         x0_pool = autoencoder.fit_latent_statistics(x0_pool)
     torch.manual_seed(cfg.seed)
     model, info = train_flow_matching(new_teacher(cfg), x0_pool, cap_ids, caps, cfg, log,
-                                      start=start)
+                                      start=start, minutes=cfg.flow_matching_minutes)
+    if cfg.guidance > 1:
+        log(f"guidance distillation: weight {cfg.guidance}, {cfg.guidance_minutes} minutes")
+        model, info["guidance_distillation"] = distill_guidance(
+            model, x0_pool, cap_ids, caps, encoder.encode([NULL_PROMPT])[0], cfg, log)
+        info["train_seconds"] = round(time.perf_counter() - start, 1)
     if ae_info is not None:
         info["autoencoder"] = ae_info
     return ToyTeacherBuild(model, autoencoder, info)
@@ -254,6 +282,15 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
 
 VelocityFn = Callable[[ZImageTransformer2DModel, torch.Tensor, torch.Tensor,
                        list[torch.Tensor]], torch.Tensor]
+# (x_sigma, sigma, x0, eps, captions) -> the velocity to regress, (B, C, H, W)
+VelocityTarget = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                           list[torch.Tensor]], torch.Tensor]
+
+
+def data_velocity(x: torch.Tensor, sigma: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
+                  caps: list[torch.Tensor]) -> torch.Tensor:
+    """The flow-matching target ``v = eps - x0``."""
+    return eps - x0
 
 
 def train_flow_matching(
@@ -267,30 +304,101 @@ def train_flow_matching(
     start: float | None = None,
     checkpoint: Callable[[int, ZImageTransformer2DModel], None] | None = None,
     checkpoint_every: int = 0,
+    minutes: float | None = None,
 ):
     """The flow-matching loop: batches from ``x0_pool`` ``(N, C, H, W)`` with captions
-    ``caps[cap_ids[i]]``, AdamW with warm-up and cosine decay over the time budget (counted
-    from ``start``), grad clipping and an EMA copy, on ``cfg.device`` (bf16 autocast on
-    CUDA). ``velocity_fn`` defaults to the one ``cfg.prediction`` names;
+    ``caps[cap_ids[i]]``, AdamW with warm-up and cosine decay over ``minutes`` (default
+    ``cfg.minutes``, counted from ``start``), grad clipping and an EMA copy, on ``cfg.device``
+    (bf16 autocast on CUDA). ``velocity_fn`` defaults to the one ``cfg.prediction`` names;
     ``checkpoint(step, ema)`` is called every ``checkpoint_every`` steps. Returns
     (EMA model, info)."""
+    return _regress_velocity(
+        model, x0_pool, cap_ids, caps, cfg, log, target=data_velocity, lr=cfg.lr,
+        warmup=cfg.warmup, ema_decay=cfg.ema, minutes=cfg.minutes if minutes is None else minutes,
+        seed=cfg.seed, velocity_fn=velocity_fn or VELOCITY_FNS[cfg.prediction], start=start,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+
+
+def distill_guidance(
+    reference: ZImageTransformer2DModel,
+    x0_pool: torch.Tensor,
+    cap_ids: np.ndarray,
+    caps: list[torch.Tensor],
+    null_caption: torch.Tensor,
+    cfg: TeacherTrainConfig,
+    log: Callable[[str], None] = print,
+    start: float | None = None,
+):
+    """Guidance distillation (Meng et al. 2023, "On Distillation of Guided Diffusion Models",
+    stage one; what makes Z-Image *Turbo* sample at guidance 0): a copy of ``reference``
+    learns, at the flow-matching noise levels, the classifier-free-guided velocity of the
+    frozen ``reference``,
+
+        v* = v(x, sigma, null) + w (v(x, sigma, c) - v(x, sigma, null)),  w = cfg.guidance,
+
+    with ``null_caption`` ``(L, 384)`` the unconditional branch (the toy world's all-unnamed
+    prompt, :data:`NULL_PROMPT`), for ``cfg.guidance_minutes``. The result samples like the
+    guided reference in one velocity call per step. Returns (EMA model, info)."""
+    device = torch.device(cfg.device)
+    reference = reference.to(device).eval().requires_grad_(False)
+    null = null_caption.to(device)
+    velocity_fn = VELOCITY_FNS[cfg.prediction]
+
+    def guided(x, sigma, x0, eps, batch_caps):
+        with torch.no_grad():
+            v_cond = velocity_fn(reference, x, sigma, batch_caps)
+            v_null = velocity_fn(reference, x, sigma, [null] * len(batch_caps))
+        return v_null + cfg.guidance * (v_cond - v_null)
+
+    student = copy.deepcopy(reference).requires_grad_(True)
+    model, info = _regress_velocity(
+        student, x0_pool, cap_ids, caps, cfg, log, target=guided, lr=cfg.guidance_lr,
+        warmup=GUIDANCE_WARMUP, ema_decay=GUIDANCE_EMA, minutes=cfg.guidance_minutes,
+        seed=cfg.seed + 1, velocity_fn=velocity_fn, start=start, label="guidance distillation")
+    return model, {"weight": cfg.guidance, "null_prompt": NULL_PROMPT, "steps": info["steps"],
+                   "final_loss": info["final_loss"], "seconds": info["train_seconds"],
+                   "lr": cfg.guidance_lr}
+
+
+def _regress_velocity(
+    model: ZImageTransformer2DModel,
+    x0_pool: torch.Tensor,
+    cap_ids: np.ndarray,
+    caps: list[torch.Tensor],
+    cfg: TeacherTrainConfig,
+    log: Callable[[str], None],
+    *,
+    target: VelocityTarget,
+    lr: float,
+    warmup: int,
+    ema_decay: float,
+    minutes: float,
+    seed: int,
+    velocity_fn: VelocityFn,
+    start: float | None,
+    checkpoint: Callable[[int, ZImageTransformer2DModel], None] | None = None,
+    checkpoint_every: int = 0,
+    label: str = "step",
+):
+    """One velocity-regression loop for both teacher phases: MSE between ``velocity_fn`` on
+    ``x_sigma = (1 - sigma) x0 + sigma eps`` and ``target(x_sigma, sigma, x0, eps, caps)``,
+    for ``minutes`` from ``start`` or ``cfg.max_steps`` steps."""
     start = time.perf_counter() if start is None else start
-    velocity_fn = velocity_fn or VELOCITY_FNS[cfg.prediction]
     device = torch.device(cfg.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    model = model.to(device)
+    model = model.to(device).train()
     x0_pool = x0_pool.to(device)
     caps = [c.to(device) for c in caps]
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    deadline = start + cfg.minutes * 60
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    deadline = start + minutes * 60
     step, losses = 0, []
     while step < cfg.max_steps and time.perf_counter() < deadline:
-        frac = (time.perf_counter() - start) / (cfg.minutes * 60)
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        frac = (time.perf_counter() - start) / (minutes * 60)
+        step_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = step_lr
         idx = torch.randint(0, len(x0_pool), (cfg.batch,), generator=gen)
         x0 = x0_pool[idx.to(device)]
         eps = torch.randn(x0.shape, generator=gen).to(device)
@@ -301,15 +409,17 @@ def train_flow_matching(
         sigma = torch.where(shifted, SHIFT * u / (1 + (SHIFT - 1) * u), u).to(device)
         s = sigma.view(-1, 1, 1, 1)
         x = (1 - s) * x0 + s * eps
+        batch_caps = [caps[int(i)] for i in cap_ids[idx.numpy()]]
         with autocast:
-            pred = velocity_fn(model, x, sigma, [caps[int(i)] for i in cap_ids[idx.numpy()]])
-        loss = torch.nn.functional.mse_loss(pred.float(), eps - x0)
+            wanted = target(x, sigma, x0, eps, batch_caps).float()
+            pred = velocity_fn(model, x, sigma, batch_caps)
+        loss = torch.nn.functional.mse_loss(pred.float(), wanted)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         with torch.no_grad():
-            decay = min(cfg.ema, (1 + step) / (10 + step))
+            decay = min(ema_decay, (1 + step) / (10 + step))
             for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - decay)
         losses.append(loss.item())
@@ -317,7 +427,7 @@ def train_flow_matching(
         if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
             checkpoint(step, ema)
         if step % 200 == 0:
-            log(f"step {step}: loss {np.mean(losses[-200:]):.4f} lr {lr:.2e} "
+            log(f"{label} {step}: loss {np.mean(losses[-200:]):.4f} lr {step_lr:.2e} "
                 f"({time.perf_counter() - start:.0f} s)")
     info = {"steps": step, "final_loss": float(np.mean(losses[-200:])) if losses else None,
             "train_seconds": round(time.perf_counter() - start, 1),

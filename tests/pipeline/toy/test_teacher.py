@@ -141,3 +141,51 @@ def test_a_teacher_that_does_not_fit_its_autoencoder_is_refused(tmp_path):
     save_teacher(pixel, {}, tmp_path, autoencoder=ToyAutoencoder(AutoencoderConfig(width=8)))
     with pytest.raises(ArtifactError, match="expected 8 input channels"):
         ToyTeacher.load(tmp_path)
+
+
+def test_guidance_distillation_learns_the_guided_velocity_of_the_frozen_reference():
+    from pipeline.toy.teacher import distill_guidance
+
+    torch.manual_seed(0)
+    reference = new_teacher(_tiny_config())
+    frozen = copy.deepcopy(reference)
+    pool = torch.rand(16, 3, 32, 32) * 2 - 1
+    caps = [torch.randn(6, 384), torch.randn(9, 384)]
+    cap_ids = torch.arange(16).remainder(2).numpy()
+    null = torch.randn(3, 384)
+    x, sigma = torch.randn(4, 3, 32, 32), torch.tensor([0.95, 0.7, 0.4, 0.1])
+    batch_caps = [caps[0], caps[1], caps[0], caps[1]]
+
+    def guided(weight):
+        v_cond = velocity(frozen, x, sigma, batch_caps)
+        v_null = velocity(frozen, x, sigma, [null] * 4)
+        return v_null + weight * (v_cond - v_null)
+
+    cfg = _tiny_config(minutes=10, max_steps=40, batch=8, guidance=4.0, guidance_lr=3e-3)
+    model, info = distill_guidance(reference, pool, cap_ids, caps, null, cfg,
+                                   log=lambda _: None)
+    assert info["steps"] == 40 and info["weight"] == 4.0 and info["null_prompt"] == "a shape"
+    with torch.no_grad():
+        target = guided(4.0)
+        before = torch.nn.functional.mse_loss(velocity(frozen, x, sigma, batch_caps), target)
+        after = torch.nn.functional.mse_loss(velocity(model, x, sigma, batch_caps), target)
+    assert after < 0.7 * before, (before, after)
+    # the reference is left as it was (it is the frozen source of the targets)
+    for a, b in zip(reference.parameters(), frozen.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_build_ends_with_guidance_distillation_unless_the_weight_is_one():
+    common = dict(minutes=10, max_steps=2, pool_prompts=40, pool_images=16, batch=4, warmup=1)
+    guided = train_teacher(_tiny_config(**common), log=lambda _: None).info
+    assert guided["steps"] == 2
+    assert guided["guidance_distillation"]["steps"] == 2
+    assert guided["guidance_distillation"]["weight"] == 2.0
+    plain = train_teacher(_tiny_config(guidance=1.0, **common), log=lambda _: None).info
+    assert "guidance_distillation" not in plain
+    assert _tiny_config(guidance=1.0).flow_matching_minutes == 44.0
+    assert _tiny_config().flow_matching_minutes == 39.0
+    with pytest.raises(ValueError, match="guidance 0.5 must be >= 1"):
+        _tiny_config(guidance=0.5)
+    with pytest.raises(ValueError, match="guidance_minutes 5.0 must be above 0 and below"):
+        _tiny_config(minutes=5)
