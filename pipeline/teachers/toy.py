@@ -1,6 +1,8 @@
 """The toy teacher adapter: a toy ``ZImageTransformer2DModel`` + MiniLM, in the latent space of
 the folder's toy autoencoder (``autoencoder/``, the shipped teacher) or, without one, in
-pixel space (3x32x32 in [-1, 1]).
+pixel space (3x32x32 in [-1, 1]). The shipped teacher has classifier-free guidance distilled
+into it (``build.json`` ``guidance_distillation``), so like Z-Image Turbo it is sampled with
+one velocity call per step and no guidance.
 
 Prompts outside the toy vocabulary (see :func:`pipeline.toy.prompts.parse_prompt`) are still
 encoded (MiniLM reads any text) and a warning names the unknown words; ``strict=True`` turns

@@ -6,6 +6,10 @@ features, trained with flow matching, in one of two spaces (``TeacherTrainConfig
   ships beside the transformer in ``autoencoder/``;
 - ``pixel``: the image itself (3x32x32, values in [-1, 1]), patch 4.
 
+The build ends with guidance distillation (:func:`distill_guidance`): classifier-free guidance
+with the all-unnamed prompt as the unconditional branch is baked into the weights, so the
+teacher is sampled, like Z-Image Turbo, with one velocity call per step.
+
 Conventions (as everywhere in twostep): ``x_sigma = (1 - sigma) x0 + sigma eps``,
 ``v = eps - x0``; the Z-Image transformer takes ``t = 1 - sigma`` and returns ``x0 - eps = -v``.
 Sampling: Euler on the shifted schedule ``sigma(s) = shift s / (1 + (shift - 1) s)``,
@@ -330,9 +334,9 @@ def distill_guidance(
     start: float | None = None,
 ):
     """Guidance distillation (Meng et al. 2023, "On Distillation of Guided Diffusion Models",
-    stage one; what makes Z-Image *Turbo* sample at guidance 0): a copy of ``reference``
-    learns, at the flow-matching noise levels, the classifier-free-guided velocity of the
-    frozen ``reference``,
+    stage one; Z-Image Turbo too has guidance built in and is sampled without): a copy of
+    ``reference`` learns, at the flow-matching noise levels, the classifier-free-guided
+    velocity of the frozen ``reference``,
 
         v* = v(x, sigma, null) + w (v(x, sigma, c) - v(x, sigma, null)),  w = cfg.guidance,
 
