@@ -190,7 +190,8 @@ class TeacherTrainConfig:
             raise ValueError(f"guidance {self.guidance} must be >= 1 (1: no guidance phase)")
         if self.guidance > 1 and not 0 < self.guidance_minutes < self.minutes:
             raise ValueError(f"guidance_minutes {self.guidance_minutes} must be above 0 and "
-                             f"below the build's {self.minutes} minutes")
+                             f"below the build's {self.minutes} minutes (or guidance 1: no "
+                             f"guidance phase)")
 
     @property
     def flow_matching_minutes(self) -> float:

@@ -189,3 +189,11 @@ def test_refine_decoder_keeps_the_latent_space_and_refuses_pixel_teachers(tmp_pa
     refused = distill("toy", "refine-decoder", "--teacher", str(tmp_path / "pixel"))
     assert refused.returncode == 2
     assert "not a latent toy teacher" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_build_teacher_refuses_a_guidance_phase_longer_than_the_build(tmp_path):
+    result = distill("toy", "build-teacher", "--out", str(tmp_path / "t"), "--minutes", "3")
+    assert result.returncode == 2
+    assert "guidance_minutes 5.0 must be above 0 and below the build's 3.0 minutes" in (
+        result.stderr)
+    assert "Traceback" not in result.stderr and not (tmp_path / "t").exists()
