@@ -56,15 +56,11 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Recompute, ignore the cache.")] = False,
 ) -> None:
     """Run the pipeline (or some stages) locally: ephemeral Prefect, local Ray."""
-    from pipeline.config import load_config, workspace_of
-    from pipeline.store import ArtifactStore
-    from stages.registry import plan_run, preflight
+    from stages.registry import prepare_run
 
     try:
         # Validate everything before Prefect and Ray start: a user mistake is one line.
-        cfg = load_config(config, set_, workspace)
-        plan = plan_run(only)
-        preflight(cfg, ArtifactStore(workspace_of(cfg)), plan)
+        prepare_run(config, set_, workspace, only)
         from flows.distill import distill
 
         state = distill(config=config, overrides=set_ or [], workspace=workspace,
@@ -98,17 +94,14 @@ def ablate(
     gan_real=data, end_to_end=false, step1_weight=0) from the same teacher shards; write the
     claims table to <workspace>/ablation/ablation.md."""
     from pipeline.ablation import VARIANTS
-    from pipeline.config import load_config, workspace_of
-    from pipeline.store import ArtifactStore
-    from stages.registry import plan_run, preflight
+    from stages.registry import prepare_run
 
     unknown = [v for v in variant or [] if v not in VARIANTS]
     if unknown:
         fail(f"unknown variant {unknown[0]!r} (variants: {', '.join(VARIANTS)})")
     try:
         for name in variant or list(VARIANTS):
-            cfg = load_config(config, [*(set_ or []), *VARIANTS[name]], workspace)
-            preflight(cfg, ArtifactStore(workspace_of(cfg)), plan_run(None))
+            prepare_run(config, [*(set_ or []), *VARIANTS[name]], workspace, None)
         from flows.distill import ablate as ablate_flow
 
         state = ablate_flow(config=config, overrides=set_ or [], workspace=workspace,
@@ -166,7 +159,7 @@ def dashboard(
 
     from pipeline.config import load_config, workspace_of
     from pipeline.store import ArtifactStore
-    from pipeline.student.launch import MLFLOW_ARTIFACTS, MLFLOW_DB, mlflow_uri
+    from pipeline.tracking import MLFLOW_ARTIFACTS, MLFLOW_DB, mlflow_uri
 
     try:
         cfg = load_config(config, None, workspace)
@@ -175,7 +168,7 @@ def dashboard(
             fail(f"tracking.mlflow_uri is {cfg.tracking.mlflow_uri}: open that server's UI")
         if not store.exists(MLFLOW_DB):
             fail(f"no MLflow store at {store.uri(MLFLOW_DB)}; run the training stages first")
-        uri = mlflow_uri(cfg, store)
+        uri = mlflow_uri(cfg.tracking, store)
     except TwostepError as exc:
         fail(exc)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
@@ -201,7 +194,7 @@ def status(
     from pipeline.config import load_config, workspace_of
     from pipeline.stage import read_latest
     from pipeline.store import ArtifactStore
-    from schemas.config import STAGE_NAMES
+    from stages.registry import STAGES
 
     try:
         root = workspace if workspace else workspace_of(load_config(config))
@@ -213,7 +206,7 @@ def status(
     table = Table(title=f"workspace {root}")
     for column in ("stage", "key", "finished", "last run", "counts"):
         table.add_column(column, overflow="fold")
-    for stage in STAGE_NAMES:
+    for stage in STAGES:
         try:
             latest = read_latest(store, stage)
         except TwostepError as exc:

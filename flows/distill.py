@@ -1,6 +1,8 @@
-"""Prefect flows: ``distill`` (every stage, in order; it will be served as the deployment
-``distill/full``) and one flow per stage (``curate``, ...) for reruns. Flows only sequence
-stage calls; the work and its caching live in :mod:`stages` and :mod:`pipeline`."""
+"""Prefect flows: ``distill`` (every stage, in order; served as the deployment
+``distill/full``), one flow per stage of :data:`stages.registry.STAGES` (``curate``, ...; made
+from the registry, module attributes so that module-path entrypoints find them) for reruns,
+and ``distill-ablate``. Flows only sequence stage calls; the work and its caching live in
+:mod:`stages` and :mod:`pipeline`."""
 
 from __future__ import annotations
 
@@ -10,18 +12,22 @@ apply_defaults()
 
 import logging  # noqa: E402
 
-from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect import (  # noqa: E402
+    Flow,  # noqa: E402
+    flow,
+    get_run_logger,
+    task,
+)
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
-from pipeline.config import load_config, workspace_of  # noqa: E402
 from pipeline.errors import TwostepError  # noqa: E402
 from pipeline.ray_runtime import ray_session  # noqa: E402
 from pipeline.stage import StageOutcome  # noqa: E402
 from pipeline.store import ArtifactStore  # noqa: E402
 from schemas.config import DistillConfig  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
-from stages.registry import PlannedStage, execute, plan_run, preflight  # noqa: E402
+from stages.registry import STAGES, PlannedStage, PreparedRun, execute, prepare_run  # noqa: E402
 
 
 @task(name="stage", task_run_name="{step.name}", cache_policy=NO_CACHE, retries=0)
@@ -49,31 +55,37 @@ def stage_task(
     return outcome
 
 
+RunSummary = dict[str, dict[str, object]]
+"""Per stage: key, cached, uri, counts."""
+
+
 def run_pipeline(
     config: str,
     overrides: list[str] | None,
     workspace: str | None,
     only: list[str] | None,
     force: bool,
-) -> dict[str, dict[str, object]] | State:
-    """Load and validate the config, then run the planned stages on one Ray session.
-    Returns a summary per stage (key, cached, uri, counts), or a Failed state carrying the
-    one-line message of a user-fixable error (the flow run is then Failed)."""
+) -> RunSummary | State:
+    """Validate the run once (:func:`~stages.registry.prepare_run`), then run it
+    (:func:`run_prepared`). A user-fixable error gives a Failed state with its one line."""
     for name in ("pipeline", "stages", "twostep"):  # stage progress lines (INFO) are shown
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        cfg = load_config(config, overrides, workspace)
-        plan = plan_run(only)
-        store = ArtifactStore(workspace_of(cfg))
-        preflight(cfg, store, plan)
+        run = prepare_run(config, overrides, workspace, only)
     except TwostepError as exc:
         get_run_logger().error("%s", exc)
         return Failed(message=str(exc))
+    return run_prepared(run, force)
+
+
+def run_prepared(run: PreparedRun, force: bool) -> RunSummary | State:
+    """Run the planned stages on one Ray session. Returns a summary per stage, or a Failed
+    state carrying the one-line message of a failed stage (the flow run is then Failed)."""
     outputs: dict[str, Manifest] = {}
-    summary: dict[str, dict[str, object]] = {}
-    with ray_session(cfg.ray):
-        for step in plan:
-            state = stage_task(step, cfg, store, outputs, force, return_state=True)
+    summary: RunSummary = {}
+    with ray_session(run.config.ray):
+        for step in run.plan:
+            state = stage_task(step, run.config, run.store, outputs, force, return_state=True)
             if not state.is_completed():
                 return Failed(message=state.message or f"stage {step.name} failed")
             outcome = state.result()
@@ -90,54 +102,29 @@ def distill(
     workspace: str | None = None,
     only: list[str] | None = None,
     force: bool = False,
-) -> dict[str, dict[str, object]]:
+) -> RunSummary:
     """Run the pipeline. ``config``: a preset name (``toy``, ``smoke``) or a YAML path;
     ``overrides``: ``key=value`` items; ``only``: stage names to (re)compute, their upstream
     stages must be cached; ``force``: recompute instead of using the cache."""
     return run_pipeline(config, overrides, workspace, only, force)
 
 
-@flow(name="curate", log_prints=True)
-def curate(
-    config: str = "toy",
-    overrides: list[str] | None = None,
-    workspace: str | None = None,
-    force: bool = False,
-) -> dict[str, dict[str, object]]:
-    """Rerun prompt curation alone."""
-    return run_pipeline(config, overrides, workspace, ["curate"], force)
+def _stage_flow(stage: str) -> Flow:
+    """The flow that reruns ``stage`` alone (named after it; its upstream must be cached)."""
+    def rerun(config: str = "toy", overrides: list[str] | None = None,
+              workspace: str | None = None, force: bool = False) -> RunSummary:
+        return run_pipeline(config, overrides, workspace, [stage], force)
+
+    upstream = ", ".join(STAGES[stage].upstream)
+    rerun.__name__ = rerun.__qualname__ = stage
+    rerun.__doc__ = f"Rerun {stage} alone" + (f" ({upstream} must be cached)." if upstream
+                                              else ".")
+    return flow(rerun, name=stage, log_prints=True)
 
 
-@flow(name="sample_teacher", log_prints=True)
-def sample_teacher(
-    config: str = "toy",
-    overrides: list[str] | None = None,
-    workspace: str | None = None,
-    force: bool = False,
-) -> dict[str, dict[str, object]]:
-    """Rerun teacher sampling alone (curation must be cached)."""
-    return run_pipeline(config, overrides, workspace, ["sample_teacher"], force)
-
-
-@flow(name="train_init", log_prints=True)
-def train_init(config: str = "toy", overrides: list[str] | None = None,
-               workspace: str | None = None, force: bool = False):
-    """Rerun phase-1 training alone (teacher samples must be cached)."""
-    return run_pipeline(config, overrides, workspace, ["train_init"], force)
-
-
-@flow(name="train_e2e", log_prints=True)
-def train_e2e(config: str = "toy", overrides: list[str] | None = None,
-              workspace: str | None = None, force: bool = False):
-    """Rerun phase-2 training alone (phase 1 must be cached)."""
-    return run_pipeline(config, overrides, workspace, ["train_e2e"], force)
-
-
-@flow(name="evaluate", log_prints=True)
-def evaluate(config: str = "toy", overrides: list[str] | None = None,
-             workspace: str | None = None, force: bool = False):
-    """Rerun the evaluation alone (both training phases must be cached)."""
-    return run_pipeline(config, overrides, workspace, ["evaluate"], force)
+STAGE_FLOWS: dict[str, Flow] = {name: _stage_flow(name) for name in STAGES}
+"""Per-stage flows by stage name (deployments ``<stage>/<stage>``)."""
+globals().update(STAGE_FLOWS)  # flows.distill.curate, ...: the module-path entrypoints
 
 
 @flow(name="distill-ablate", log_prints=True)
@@ -154,18 +141,16 @@ def ablate(
     results: dict[str, dict[str, float]] = {}
     sources: dict[str, str] = {}
     for name in variants or list(VARIANTS):
-        summary = run_pipeline(config, [*(overrides or []), *VARIANTS[name]], workspace,
-                               None, False)
+        try:
+            run = prepare_run(config, [*(overrides or []), *VARIANTS[name]], workspace, None)
+        except TwostepError as exc:
+            get_run_logger().error("%s", exc)
+            return Failed(message=str(exc))
+        summary = run_prepared(run, False)
         if isinstance(summary, State):
             return summary
         evaluation = summary["evaluate"]
-        store = ArtifactStore(workspace_of(load_config(config, overrides, workspace)))
-        results[name] = student_metrics(store, f"evaluate/{evaluation['key']}")
+        results[name] = student_metrics(run.store, f"evaluate/{evaluation['key']}")
         sources[name] = str(evaluation["uri"])
-    print(write_ablation(store, results, sources))
+    print(write_ablation(run.store, results, sources))
     return results
-
-
-STAGE_FLOWS = {"curate": curate, "sample_teacher": sample_teacher, "train_init": train_init,
-               "train_e2e": train_e2e, "evaluate": evaluate}
-"""Per-stage flows by stage name (deployments ``<stage>/<stage>``)."""

@@ -96,6 +96,8 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")  # pydantic's prefix on our validators
         value = err.get("input")
         shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
         lines.append(f"{origin}: {loc}: {msg}{shown}")

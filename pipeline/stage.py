@@ -5,7 +5,9 @@ and config section from the context, writes files under ``ctx.out_dir`` (through
 ``ctx.store``, one atomic unit at a time) and returns counts, metrics and its typed manifest
 fields. It knows nothing of Prefect. The runner owns caching, lineage and the manifest:
 
-- key = hash(stage name, stage version, config section, content hashes of the inputs);
+- key = hash(stage name, stage version, config section, the run-level teacher section for a
+  stage that declares ``uses_teacher``, content hashes of the inputs); speed-only fields
+  (:func:`schemas.config.speed_only`) are left out;
 - ``<workspace>/<stage>/<key>/manifest.json`` valid, with its files present: a cache hit;
 - otherwise the stage runs, then the runner lists every file (size, sha256) and writes the
   manifest last, atomically; ``<workspace>/<stage>/latest.json`` records the last run.
@@ -29,8 +31,8 @@ from pydantic import BaseModel
 from pipeline.errors import ArtifactError, StageDependencyError
 from pipeline.hashing import canonical_json, sha256_text, stage_key
 from pipeline.store import ArtifactStore
-from schemas.config import DistillConfig
-from schemas.manifest import MANIFEST_FILENAME, InputRef, Manifest
+from schemas.config import DistillConfig, TeacherConfig, cache_view
+from schemas.manifest import MANIFEST_FILENAME, FileEntry, InputRef, Manifest
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Manifest)
@@ -45,11 +47,17 @@ class StageResult:
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     fields: dict[str, Any] = field(default_factory=dict)  # typed manifest fields
+    files: list[FileEntry] = field(default_factory=list)
+    """Entries the stage already hashed as it wrote them; the runner reuses them instead of
+    reading those files again (it still lists every file)."""
 
 
 @dataclass(frozen=True)
 class StageContext:
-    """Everything a stage may use. ``out_dir`` is relative to ``store``."""
+    """Everything a stage may use. ``out_dir`` is relative to ``store``. A stage reads its own
+    ``section`` and, if its spec declares ``uses_teacher``, the run's ``teacher``; from
+    ``config`` only the run-level infrastructure (``ray``, ``tracking``, ``name``), which
+    never changes a result."""
 
     name: str
     key: str
@@ -57,6 +65,7 @@ class StageContext:
     out_dir: str
     config: DistillConfig
     section: BaseModel
+    teacher: TeacherConfig | None
     inputs: Mapping[str, Manifest]
     input_dirs: Mapping[str, str]
     log: logging.Logger
@@ -82,8 +91,8 @@ class StageSpec(Generic[M]):
     """Identity of inputs that are not manifests (e.g. the source files of ``curate``:
     resolved URI -> fsspec ``ukey``, which changes with size and modification time). Part of
     the cache key, so editing a source file recomputes the stage."""
-    key_exclude: tuple[str, ...] = ()
-    """Config fields that only affect speed (batch sizes, ...), left out of the cache key."""
+    uses_teacher: bool = False
+    """The stage reads the run-level ``teacher`` section: it is in the context and the key."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +131,16 @@ def code_version() -> str:
     return f"{pkg}+g{commit}" if commit else pkg
 
 
+def key_config(spec: StageSpec[Any], cfg: DistillConfig) -> dict[str, Any]:
+    """The configuration a stage's key hashes: its section, and the teacher for a stage that
+    uses one, without speed-only fields."""
+    section = cache_view(spec.section(cfg))
+    return {"section": section, "teacher": cache_view(cfg.teacher)} if spec.uses_teacher \
+        else section
+
+
 def compute_key(spec: StageSpec[Any], cfg: DistillConfig, inputs: Mapping[str, Manifest]) -> str:
-    section = spec.section(cfg).model_dump(mode="json", exclude=set(spec.key_exclude))
+    section = key_config(spec, cfg)
     input_hashes = {name: content_hash(m) for name, m in inputs.items()}
     input_hashes.update({f"external:{uri}": ukey for uri, ukey in spec.fingerprint(cfg).items()})
     return stage_key(spec.name, spec.version, section, input_hashes)
@@ -177,6 +194,7 @@ def run_stage(
         out_dir=stage_dir,
         config=cfg,
         section=section,
+        teacher=cfg.teacher if spec.uses_teacher else None,
         inputs=inputs,
         input_dirs=input_dirs,
         log=logging.getLogger(f"twostep.stages.{spec.name}"),
@@ -192,13 +210,15 @@ def run_stage(
         created_at=datetime.now(timezone.utc),
         code_version=code_version(),
         config=section.model_dump(mode="json"),
+        run_config={"teacher": cfg.teacher.model_dump(mode="json")} if spec.uses_teacher
+        else {},
         inputs=[
             InputRef(stage=name, key=m.key, content_sha256=content_hash(m),
                      uri=store.uri(input_dirs[name]))
             for name, m in inputs.items()
         ],
         external_inputs=spec.fingerprint(cfg),
-        files=store.file_entries(stage_dir),
+        files=store.file_entries(stage_dir, known={f.path: f for f in result.files}),
         counts=result.counts,
         metrics=result.metrics,
         timings={**result.timings, "total_s": round(elapsed, 3)},

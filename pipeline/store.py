@@ -12,8 +12,9 @@ import hashlib
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator
-from typing import IO, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Protocol, TypeVar
 
 import fsspec
 from pydantic import ValidationError
@@ -25,9 +26,28 @@ TMP_MARKER = ".tmp-"
 M = TypeVar("M", bound=Manifest)
 
 
-def _is_local(fs) -> bool:
+def is_local_fs(fs) -> bool:
+    """Whether an fsspec filesystem is the local one (paths are plain OS paths)."""
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     return bool({"file", "local"} & set(protocols))
+
+
+class ContentEntry(Protocol):
+    """A file a manifest lists: :class:`FileEntry`, or a shard record with the same fields."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+def verify_content(where: str, data: bytes, entry: ContentEntry) -> None:
+    """Bytes read whole against their manifest entry: size, then sha256."""
+    if len(data) != entry.size:
+        raise ArtifactError(f"{where}: size {len(data)} bytes, manifest says {entry.size} "
+                            f"(truncated or replaced)")
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise ArtifactError(f"{where}: sha256 does not match the manifest (corrupt or "
+                            f"replaced)")
 
 
 class ArtifactStore:
@@ -41,16 +61,30 @@ class ArtifactStore:
         self.root = root_path.rstrip("/") or "/"
         # Local roots travel as absolute paths: Ray actors and Ray Train workers resolve a
         # relative one against their own working directory (a Ray session folder).
-        self.root_uri = self.root if _is_local(self.fs) else root
+        self.root_uri = self.root if self.is_local else root
+
+    @property
+    def is_local(self) -> bool:
+        return is_local_fs(self.fs)
 
     def path(self, *parts: str) -> str:
         """Absolute filesystem path of a relative artifact path."""
         return posixpath.join(self.root, *parts)
 
+    def local_path(self, *parts: str) -> Path:
+        """The OS path of a relative artifact path, for work that needs local file IO
+        (training checkpoints, MLflow's SQLite store): the workspace must be a local path, or
+        a mounted shared filesystem (NFS) on a cluster."""
+        if not self.is_local:
+            protocol = self.fs.protocol if isinstance(self.fs.protocol, str) \
+                else self.fs.protocol[0]
+            raise ConfigError(f"workspace {self.root_uri!r}: training needs a local or mounted "
+                              f"(NFS) workspace, not {protocol}://")
+        return Path(self.path(*parts))
+
     def uri(self, *parts: str) -> str:
         full = self.path(*parts)
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return full if protocol in ("file", "local") else self.fs.unstrip_protocol(full)
+        return full if self.is_local else self.fs.unstrip_protocol(full)
 
     def exists(self, *parts: str) -> bool:
         return self.fs.exists(self.path(*parts))
@@ -93,17 +127,26 @@ class ArtifactStore:
                 digest.update(block)
         return digest.hexdigest()
 
-    def file_entries(self, stage_dir: str) -> list[FileEntry]:
-        """Every finished file under ``stage_dir`` (not the manifest, not temporaries)."""
+    def file_entry(self, stage_dir: str, rel: str) -> FileEntry:
+        """Size and sha256 of one file (read once)."""
+        return FileEntry(path=rel, size=self.fs.size(self.path(stage_dir, rel)),
+                         sha256=self.sha256(stage_dir, rel))
+
+    def file_entries(self, stage_dir: str,
+                     known: Mapping[str, FileEntry] | None = None) -> list[FileEntry]:
+        """Every finished file under ``stage_dir`` (not the manifest, not temporaries).
+        ``known`` entries (hashed by the stage as it wrote them) are reused when their size
+        still matches, so no file is hashed twice."""
         base = self.path(stage_dir)
         entries = []
         for full in sorted(self.fs.find(base)):
             rel = posixpath.relpath(full, base)
             if rel == MANIFEST_FILENAME or TMP_MARKER in posixpath.basename(rel):
                 continue
-            entries.append(
-                FileEntry(path=rel, size=self.fs.size(full), sha256=self.sha256(stage_dir, rel))
-            )
+            entry = (known or {}).get(rel)
+            if entry is None or entry.size != self.fs.size(full):
+                entry = self.file_entry(stage_dir, rel)
+            entries.append(entry)
         return entries
 
     def write_manifest(self, stage_dir: str, manifest: Manifest) -> None:
@@ -133,19 +176,18 @@ class ArtifactStore:
             self.verify_files(stage_dir, manifest.files, full=verify == "sha256")
         return manifest
 
-    def verify_files(self, stage_dir: str, files: list[FileEntry], full: bool) -> None:
+    def verify_files(self, stage_dir: str, files: Sequence[ContentEntry], full: bool) -> None:
+        """Each file exists with its manifest size (and, ``full``, its sha256); the one check
+        every consumer of a stage folder uses."""
         for entry in files:
+            where = self.uri(stage_dir, entry.path)
             full_path = self.path(stage_dir, entry.path)
             if not self.fs.exists(full_path):
-                raise ArtifactError(f"{self.uri(stage_dir, entry.path)}: listed in the "
-                                    f"manifest but missing")
+                raise ArtifactError(f"{where}: listed in the manifest but missing")
+            if full:
+                verify_content(where, self.read_bytes(stage_dir, entry.path), entry)
+                continue
             size = self.fs.size(full_path)
             if size != entry.size:
-                raise ArtifactError(f"{self.uri(stage_dir, entry.path)}: size {size} bytes, "
-                                    f"manifest says {entry.size} (truncated or replaced)")
-            if full and self.sha256(stage_dir, entry.path) != entry.sha256:
-                raise ArtifactError(f"{self.uri(stage_dir, entry.path)}: sha256 does not match "
-                                    f"the manifest (corrupt or replaced)")
-
-    def manifest_sha256(self, stage_dir: str) -> str:
-        return self.sha256(stage_dir, MANIFEST_FILENAME)
+                raise ArtifactError(f"{where}: size {size} bytes, manifest says {entry.size} "
+                                    f"(truncated or replaced)")

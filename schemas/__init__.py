@@ -1,10 +1,9 @@
 """Pydantic configs and manifests: the disk and API boundary of twostep. Data only."""
 
-from schemas.config import STAGE_NAMES, CurateConfig, DistillConfig
+from schemas.config import CurateConfig, DistillConfig
 from schemas.manifest import FileEntry, InputRef, Manifest, PromptSetManifest
 
 __all__ = [
-    "STAGE_NAMES",
     "CurateConfig",
     "DistillConfig",
     "FileEntry",

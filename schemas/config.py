@@ -1,30 +1,53 @@
-"""The run configuration: one pydantic section per stage plus workspace, Ray and tracking.
+"""The run configuration: one pydantic section per stage, the run-level ``teacher``, and
+workspace, Ray and tracking.
 
 Loaded from a YAML preset in ``configs/`` (see :mod:`pipeline.config`) with ``--set a.b=value``
-overrides. Each stage's cache key hashes only *its own* section, so changing a training knob
-never invalidates curation.
+overrides. Each stage's cache key hashes *its own* section and the run-level sections it
+declares it reads (the teacher), so changing a training knob never invalidates curation.
+Fields marked :func:`speed_only` change how fast a stage runs, never its result: cache keys
+leave them out (:func:`cache_view`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 from schemas.base import StrictModel
 
-STAGE_NAMES: tuple[str, ...] = (
-    "curate",
-    "sample_teacher",
-    "train_init",
-    "train_e2e",
-    "evaluate",
-    "export",
-)
-"""Every stage of the pipeline, in execution order. Stage names are used by ``--only``, by the
-per-stage deployments and as workspace folder names."""
+SPEED_ONLY = {"speed_only": True}
+"""``json_schema_extra`` of a field that changes only speed or logging, never a result."""
 
+
+def speed_only(default: Any = ..., **kwargs: Any) -> Any:
+    """A :func:`pydantic.Field` marked as speed-only (left out of cache keys)."""
+    return Field(default, json_schema_extra=SPEED_ONLY, **kwargs)
+
+
+def is_speed_only(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("speed_only"))
+
+
+def cache_view(model: BaseModel) -> dict[str, Any]:
+    """``model`` as JSON data without its speed-only fields, at every depth: what a cache key
+    hashes. Equal to ``model_dump(mode="json")`` for a model without such fields."""
+    return {name: _cache_value(getattr(model, name))
+            for name, field in type(model).model_fields.items() if not is_speed_only(field)}
+
+
+def _cache_value(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return cache_view(value)
+    if isinstance(value, (list, tuple)):
+        return [_cache_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _cache_value(v) for k, v in value.items()}
+    return to_jsonable_python(value)
 
 class RayConfig(StrictModel):
     """Where stages run. ``address=None`` and no ``RAY_ADDRESS`` starts a local Ray instance."""
@@ -139,7 +162,7 @@ class CurateConfig(StrictModel):
     )
     split_seed: int = Field(0, description="Salt of the split hash; same seed, same split.")
     rows_per_shard: int = Field(50_000, ge=1, description="Prompts per Parquet shard.")
-    batch_size: int = Field(4096, ge=1, description="Rows per Ray Data batch.")
+    batch_size: int = speed_only(4096, ge=1, description="Rows per Ray Data batch.")
 
     @field_validator("blocklist")
     @classmethod
@@ -186,10 +209,19 @@ class TeacherConfig(StrictModel):
 
 class SampleTeacherConfig(StrictModel):
     """Teacher trajectories into WebDataset shards: per prompt ``samples_per_prompt`` noise
-    seeds, each sampled with ``teacher.steps`` Euler steps; the latent at ``sigma_mid`` (the
+    seeds, each sampled by the run's teacher (:class:`TeacherConfig`, the top-level
+    ``teacher`` section) with ``teacher.steps`` Euler steps; the latent at ``sigma_mid`` (the
     student's step boundary) and the final latent are kept."""
 
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "teacher" in data:
+            raise ValueError("the teacher is a run-level setting now: move sample_teacher."
+                             "teacher to a top-level `teacher:` section (--set teacher.FIELD="
+                             "VALUE)")
+        return data
+
     sigma_mid: float = Field(
         0.75, gt=0.0, lt=1.0, description="The student's step boundary; must be a sigma of the "
         "teacher's schedule for `teacher.steps` (toy, 8 steps: 0.9545, 0.9, 0.8333, 0.75, "
@@ -207,11 +239,11 @@ class SampleTeacherConfig(StrictModel):
                                    "shard of a split may hold fewer).")
     storage_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the stored latents and caption features.")
-    batch_size: int = Field(64, ge=1, description="Samples per teacher batch (speed only).")
-    num_actors: int = Field(
-        1, ge=1, description="Sampling actors when the cluster has no GPU (speed only). With "
-        "GPUs there is one actor per GPU.")
-    cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per actor.")
+    batch_size: int = speed_only(64, ge=1, description="Samples per teacher batch.")
+    num_actors: int = speed_only(
+        1, ge=1, description="Sampling actors when the cluster has no GPU. With GPUs there is "
+        "one actor per GPU.")
+    cpus_per_actor: int = speed_only(1, ge=1, description="CPUs (and torch threads) per actor.")
 
 
 class OptimizerConfig(StrictModel):
@@ -230,11 +262,12 @@ class TrainCommonConfig(StrictModel):
     steps: int = Field(200, ge=1, description="Optimizer steps (phase 2: generator steps).")
     batch_size: int = Field(32, ge=1, description="Global batch; split evenly over workers.")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks).")
-    cpus_per_worker: int = Field(2, ge=1, description="CPUs (and torch threads) per worker.")
+    cpus_per_worker: int = speed_only(2, ge=1, description="CPUs (and torch threads) per "
+                                      "worker.")
     use_gpu: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: one GPU per worker when the cluster has GPUs.")
     bf16: bool = Field(True, description="bf16 autocast on GPU (CPU runs stay float32).")
-    gradient_checkpointing: bool = Field(
+    gradient_checkpointing: bool = speed_only(
         False, description="Recompute transformer blocks in backward (GPU memory for time).")
     seed: int = Field(0, description="Seeds initial noise draws, shuffling and any sampling.")
     shuffle_buffer: int = Field(256, ge=0, description="Reader shuffle buffer (samples).")
@@ -244,11 +277,12 @@ class TrainCommonConfig(StrictModel):
                            "d^2 the mean squared error per sample.")
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0, description="EMA of the generator weights "
                              "(warm-up: min(decay, (1 + step) / (10 + step))).")
-    log_every: int = Field(10, ge=1, description="Steps between MLflow metric flushes.")
-    checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
-    sample_every: int = Field(100, ge=1, description="Steps between sample grids in MLflow.")
-    sample_prompts: int = Field(8, ge=1, description="Eval prompts in each sample grid.")
-    stop_after: int | None = Field(
+    log_every: int = speed_only(10, ge=1, description="Steps between MLflow metric flushes.")
+    checkpoint_every: int = speed_only(100, ge=1, description="Steps between checkpoints.")
+    sample_every: int = speed_only(100, ge=1, description="Steps between sample grids in "
+                                   "MLflow.")
+    sample_prompts: int = speed_only(8, ge=1, description="Eval prompts in each sample grid.")
+    stop_after: int | None = speed_only(
         None, ge=1, description="End this invocation after N steps with a checkpoint (time-"
         "limited jobs); the stage then fails with 'stopped', and a rerun resumes.")
 
@@ -329,7 +363,7 @@ class FIDConfig(StrictModel):
     kid_subsets: int = Field(100, ge=1, description="KID: number of random subsets.")
     kid_subset_size: int = Field(1000, ge=2, description="KID: subset size (capped at the "
                                  "number of images).")
-    batch_size: int = Field(64, ge=1, description="Feature batch (speed only).")
+    batch_size: int = speed_only(64, ge=1, description="Feature batch.")
 
 
 class CLIPScoreConfig(StrictModel):
@@ -338,7 +372,7 @@ class CLIPScoreConfig(StrictModel):
     path: str = Field(description="Local folder of a Hugging Face CLIPModel (config.json, "
                       "safetensors weights, tokenizer), e.g. openai/clip-vit-large-patch14 "
                       "saved with save_pretrained.")
-    batch_size: int = Field(64, ge=1, description="Scoring batch (speed only).")
+    batch_size: int = speed_only(64, ge=1, description="Scoring batch.")
 
 
 class RealMetricsConfig(StrictModel):
@@ -361,15 +395,17 @@ class EvaluateConfig(StrictModel):
         default_factory=dict, description="More students to compare: name -> folder of a "
         "finished train_init/train_e2e stage.")
     grid_prompts: int = Field(8, ge=1, description="Rows of the image grid.")
-    batch_size: int = Field(128, ge=1, description="Generation batch (speed only).")
+    batch_size: int = speed_only(128, ge=1, description="Generation batch.")
     latency_repeats: int = Field(3, ge=1, description="Timed repeats of one batch per "
-                                 "generator for the latency table (speed only).")
+                                 "generator for the latency table (they change only the "
+                                 "latency numbers).")
     latency_batch: int = Field(1, ge=1, description="Batch size of the latency measurement.")
     real_metrics: RealMetricsConfig = Field(default_factory=RealMetricsConfig)
 
 
 class DistillConfig(StrictModel):
-    """The whole run. Later stages add their sections here as they land."""
+    """The whole run: the run-level settings (``teacher``, and ``workspace``, ``ray`` and
+    ``tracking``, which never change a result) and one section per stage."""
 
     name: str = Field("run", min_length=1, description="Run name (the preset name by default).")
     workspace: str | None = Field(
@@ -377,6 +413,9 @@ class DistillConfig(StrictModel):
     )
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig, description="The teacher every stage that needs one "
+        "loads (sample_teacher, both training phases, evaluate); part of their cache keys.")
     curate: CurateConfig
     sample_teacher: SampleTeacherConfig = Field(default_factory=SampleTeacherConfig)
     train_init: TrainInitConfig = Field(default_factory=TrainInitConfig)

@@ -45,6 +45,9 @@ class Manifest(StrictModel):
     created_at: datetime
     code_version: str = Field(..., description="twostep version plus git commit when known.")
     config: dict[str, Any] = Field(..., description="The stage's config section, as run.")
+    run_config: dict[str, Any] = Field(
+        default_factory=dict, description="The run-level sections the stage read, as run "
+        "(``teacher`` for the stages that load one).")
     inputs: list[InputRef] = Field(default_factory=list)
     external_inputs: dict[str, str] = Field(
         default_factory=dict,

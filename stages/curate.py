@@ -299,5 +299,4 @@ STAGE: StageSpec[PromptSetManifest] = StageSpec(
     check=check,
     version=1,
     fingerprint=lambda cfg: fingerprint_sources(resolve_sources(cfg.curate.sources)),
-    key_exclude=("batch_size",),
 )

@@ -1,22 +1,25 @@
-"""The implemented stages, in pipeline order, and the plan for a run (``--only``)."""
+"""The stages, in pipeline order (the one list: ``--only``, the per-stage flows and their
+deployments, ``distill status`` and the workspace folders all come from it), and the plan and
+pre-flight of a run."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pipeline.config import load_config, workspace_of
 from pipeline.errors import ConfigError
 from pipeline.ray_runtime import check_ray_address
 from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key, run_stage
 from pipeline.store import ArtifactStore
-from schemas.config import STAGE_NAMES, DistillConfig
+from schemas.config import DistillConfig
 from schemas.manifest import Manifest
 from stages import curate, evaluate, sample_teacher, train_e2e, train_init
 
 STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (curate.STAGE, sample_teacher.STAGE,
                                                   train_init.STAGE, train_e2e.STAGE,
                                                   evaluate.STAGE)}
-"""Implemented stages by name, in execution order (a subset of ``STAGE_NAMES``)."""
+"""Every stage by name, in execution order."""
 
 
 @dataclass(frozen=True)
@@ -35,12 +38,8 @@ def plan_run(only: list[str] | None = None) -> list[PlannedStage]:
     if not only:
         return [PlannedStage(spec, True) for spec in STAGES.values()]
     for name in only:
-        if name not in STAGE_NAMES:
-            raise ConfigError(f"unknown stage {name!r} (stages: {', '.join(STAGE_NAMES)})")
         if name not in STAGES:
-            raise ConfigError(
-                f"stage {name!r} is not implemented yet (implemented: {', '.join(STAGES)})"
-            )
+            raise ConfigError(f"unknown stage {name!r} (stages: {', '.join(STAGES)})")
     needed = set(only)
     for spec in reversed(list(STAGES.values())):
         if spec.name in needed:
@@ -78,3 +77,23 @@ def execute(
     inputs = {u: outputs[u] for u in step.spec.upstream}
     return run_stage(step.spec, cfg, store, inputs, force=force and step.compute,
                      allow_compute=step.compute, progress=progress)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A validated run: its config, its plan and its workspace."""
+
+    config: DistillConfig
+    plan: list[PlannedStage]
+    store: ArtifactStore
+
+
+def prepare_run(config: str, overrides: list[str] | None, workspace: str | None,
+                only: list[str] | None) -> PreparedRun:
+    """Load and validate the config, plan the stages and run the pre-flight checks; every
+    user mistake is one :class:`~pipeline.errors.TwostepError` here, before any work."""
+    cfg = load_config(config, overrides, workspace)
+    plan = plan_run(only)
+    store = ArtifactStore(workspace_of(cfg))
+    preflight(cfg, store, plan)
+    return PreparedRun(cfg, plan, store)

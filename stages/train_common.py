@@ -5,21 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.stage import StageContext, StageResult
-from pipeline.student.launch import (
-    check_samples,
-    local_dir,
-    mlflow_artifact_root,
-    mlflow_uri,
-    run_training,
-)
+from pipeline.student.launch import check_samples, run_training
 from pipeline.student.train import TrainJob
+from pipeline.tracking import mlflow_artifact_root, mlflow_uri
 from schemas.config import TrainCommonConfig
 from schemas.manifest import TeacherSamplesManifest
-
-# Fields that change speed or logging, never the result: left out of the cache key.
-# (num_workers stays in: the shard split, hence the data order, depends on it.)
-SPEED_ONLY = ("cpus_per_worker", "gradient_checkpointing", "log_every",
-              "checkpoint_every", "sample_every", "sample_prompts", "stop_after")
 
 PHASE2_CHOICES = {
     "discriminator_backbone": "frozen copy of the teacher transformer (float32)",
@@ -42,29 +32,25 @@ def build_job(ctx: StageContext, phase: int, parameterization: str,
               init_weights: Path | None) -> TrainJob:
     cfg = ctx.config
     samples = ctx.inputs["sample_teacher"]
-    assert isinstance(samples, TeacherSamplesManifest)
-    check_samples(ctx.store, samples, cfg.sample_teacher.teacher)
-    section = ctx.section
-    assert isinstance(section, TrainCommonConfig)
+    assert isinstance(samples, TeacherSamplesManifest) and ctx.teacher is not None
+    check_samples(ctx.store, samples, ctx.teacher)
     return TrainJob(
         phase=phase,
-        config=section.model_dump(mode="json"),
-        teacher=cfg.sample_teacher.teacher.model_dump(mode="json"),
+        config=ctx.section,
+        teacher=ctx.teacher,
         store_root=ctx.store.root_uri,
         samples_dir=f"{samples.stage}/{samples.key}",
-        train_shards=[s.model_dump() for s in samples.splits["train"].shards],
-        eval_shards=[s.model_dump() for s in samples.splits["eval"].shards]
-        if "eval" in samples.splits else [],
+        train_shards=samples.splits["train"].shards,
+        eval_shards=samples.splits["eval"].shards if "eval" in samples.splits else [],
         sigma_mid=samples.teacher.sigma_mid,
         parameterization=parameterization,
-        out_dir=str(local_dir(ctx.store, ctx.out_dir)),
+        out_dir=str(ctx.store.local_path(ctx.out_dir)),
         init_weights=str(init_weights) if init_weights else None,
-        mlflow_uri=mlflow_uri(cfg, ctx.store),
-        mlflow_artifacts=mlflow_artifact_root(cfg, ctx.store),
+        mlflow_uri=mlflow_uri(cfg.tracking, ctx.store),
+        mlflow_artifacts=mlflow_artifact_root(cfg.tracking, ctx.store),
         mlflow_experiment=cfg.tracking.experiment,
         run_name=f"{ctx.name}-{ctx.key}",
         tags={"twostep.stage": ctx.name, "twostep.key": ctx.key, "twostep.run": cfg.name},
-        stop_after=section.stop_after,
     )
 
 

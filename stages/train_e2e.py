@@ -5,10 +5,10 @@ teacher images (or data), with the step-1 regularization, from the phase-1 weigh
 from __future__ import annotations
 
 from pipeline.stage import StageContext, StageResult, StageSpec
-from pipeline.student.launch import check_student_weights, local_dir
+from pipeline.student.launch import check_student_weights
 from schemas.config import DistillConfig, TrainE2EConfig
 from schemas.manifest import StudentCheckpointManifest
-from stages.train_common import PHASE2_CHOICES, SPEED_ONLY, build_job, train
+from stages.train_common import PHASE2_CHOICES, build_job, train
 
 
 def train_e2e(ctx: StageContext) -> StageResult:
@@ -16,9 +16,9 @@ def train_e2e(ctx: StageContext) -> StageResult:
     assert isinstance(cfg, TrainE2EConfig)
     phase1 = ctx.inputs["train_init"]
     assert isinstance(phase1, StudentCheckpointManifest)
-    weights = local_dir(ctx.store, ctx.input_dirs["train_init"]) / (
+    weights = ctx.store.local_path(ctx.input_dirs["train_init"]) / (
         "ema.safetensors" if cfg.init_from == "ema" else "student.safetensors")
-    check_student_weights(weights, ctx.config.sample_teacher.teacher, phase1.parameterization)
+    check_student_weights(weights, ctx.teacher, phase1.parameterization)
     job = build_job(ctx, phase=2, parameterization=phase1.parameterization,
                     init_weights=weights)
     choices = {**PHASE2_CHOICES, "gan_real": cfg.gan_real, "end_to_end": cfg.end_to_end,
@@ -37,13 +37,13 @@ def check(cfg: DistillConfig) -> None:
     from pipeline.student.discriminator import resolve_layers
     from pipeline.teachers.describe import describe_teacher
 
-    folder = describe_teacher(cfg.sample_teacher.teacher).folder
+    folder = describe_teacher(cfg.teacher).folder
     n_layers = json.loads((folder / "transformer" / "config.json").read_text())["n_layers"]
     try:
         resolve_layers(cfg.train_e2e.discriminator.layers, n_layers)
     except ValueError as exc:
         raise ConfigError(f"train_e2e.discriminator.layers: {exc}") from None
-    if cfg.train_e2e.gan_real == "data" and cfg.sample_teacher.teacher.kind != "toy":
+    if cfg.train_e2e.gan_real == "data" and cfg.teacher.kind != "toy":
         raise ConfigError("train_e2e.gan_real=data is implemented for the toy world (ground-"
                           "truth renders); for other teachers use gan_real=teacher")
 
@@ -56,5 +56,5 @@ STAGE: StageSpec[StudentCheckpointManifest] = StageSpec(
     run=train_e2e,
     check=check,
     version=1,
-    key_exclude=SPEED_ONLY,
+    uses_teacher=True,
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pipeline.stage import StageContext, StageResult, StageSpec
 from schemas.config import DistillConfig, TrainInitConfig
 from schemas.manifest import StudentCheckpointManifest
-from stages.train_common import SPEED_ONLY, build_job, train
+from stages.train_common import build_job, train
 
 
 def train_init(ctx: StageContext) -> StageResult:
@@ -22,7 +22,7 @@ def train_init(ctx: StageContext) -> StageResult:
 def check(cfg: DistillConfig) -> None:
     from pipeline.teachers.describe import describe_teacher
 
-    describe_teacher(cfg.sample_teacher.teacher)
+    describe_teacher(cfg.teacher)
 
 
 STAGE: StageSpec[StudentCheckpointManifest] = StageSpec(
@@ -33,5 +33,5 @@ STAGE: StageSpec[StudentCheckpointManifest] = StageSpec(
     run=train_init,
     check=check,
     version=1,
-    key_exclude=SPEED_ONLY,
+    uses_teacher=True,
 )

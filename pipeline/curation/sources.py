@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import SourceError
+from pipeline.store import is_local_fs
 from schemas.config import FileSource, PromptSource, ToySource
 
 ROW_SCHEMA = pa.schema(
@@ -83,7 +84,6 @@ def _expand(source: FileSource, where: str) -> list[str]:
         fs, path = fsspec.core.url_to_fs(source.path)
     except (ImportError, ValueError) as exc:
         raise SourceError(f"{where}.path: cannot open {source.path!r}: {exc}") from None
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if any(ch in path for ch in "*?["):
         matches = sorted(fs.glob(path))
         if not matches:
@@ -95,7 +95,7 @@ def _expand(source: FileSource, where: str) -> list[str]:
             raise SourceError(f"{where}.path: {source.path} is a directory; use a glob such "
                               f"as {source.path.rstrip('/')}/*.txt")
         matches = [path]
-    if protocol in ("file", "local"):
+    if is_local_fs(fs):
         return matches
     return [fs.unstrip_protocol(m) for m in matches]
 

@@ -19,7 +19,6 @@ A decoded sample is a dict: ``key`` (str), ``meta`` (the sample's JSON record), 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import random
@@ -33,7 +32,7 @@ from PIL import Image
 
 from pipeline.errors import ArtifactError
 from pipeline.samples.format import decode_npy
-from pipeline.store import ArtifactStore
+from pipeline.store import ArtifactStore, verify_content
 from schemas.manifest import SAMPLE_FIELDS, SampleShard, TeacherSamplesManifest
 
 TENSOR_FIELDS = ("caption", "noise", "x_mid", "x0")
@@ -123,13 +122,9 @@ class TeacherSampleReader(torch.utils.data.IterableDataset):
         try:
             data = store.read_bytes(self.stage_dir, shard.path)
         except FileNotFoundError:
-            raise ArtifactError(f"{where}: shard missing") from None
+            raise ArtifactError(f"{where}: listed in the manifest but missing") from None
         if self.verify:
-            if len(data) != shard.size:
-                raise ArtifactError(f"{where}: {len(data)} bytes, the manifest says "
-                                    f"{shard.size} (truncated or replaced)")
-            if hashlib.sha256(data).hexdigest() != shard.sha256:
-                raise ArtifactError(f"{where}: sha256 does not match the manifest (corrupt)")
+            verify_content(where, data, shard)
         count = 0
         try:
             for key, members in _group_by_key(data):

@@ -141,3 +141,20 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module],
     for name, g in generators.items():
         g.set_state(rng[name])
     return json.loads((folder / "state.json").read_text())
+
+
+def student_tensors(student) -> dict[str, torch.Tensor]:
+    """A :class:`~pipeline.student.model.TwoStepStudent`'s weights, keyed
+    ``<generator prefix>.<name>`` (``g1.``/``g2.``, or ``g.`` when shared)."""
+    out: dict[str, torch.Tensor] = {}
+    for prefix, module in student.generators().items():
+        out.update(module_tensors(module, f"{prefix}."))
+    return out
+
+
+def load_student_weights(student, path: Path) -> None:
+    """Load a ``student.safetensors``/``ema.safetensors`` into ``student``, or raise an
+    :class:`ArtifactError` naming the first tensor that does not fit."""
+    tensors = load_weights(path)
+    for prefix, module in student.generators().items():
+        load_into(module, tensors, str(path), prefix=f"{prefix}.")

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from pipeline.student.flow import noised, transformer_velocity
+from pipeline.flow import noised, transformer_velocity
 from pipeline.student.model import _as_dtype
 
 

@@ -12,24 +12,14 @@ from typing import Any
 
 from pipeline.errors import ArtifactError, ConfigError, TwostepError
 from pipeline.store import ArtifactStore
-from pipeline.student.train import STATUS_FILE, TrainJob, job_dict, train_worker
+from pipeline.student.train import STATUS_FILE, TrainJob, train_worker
 from pipeline.teachers.describe import describe_teacher
-from schemas.config import DistillConfig, TeacherConfig
+from schemas.config import TeacherConfig
 from schemas.manifest import TeacherSamplesManifest
 
 
 class TrainingError(TwostepError):
     """Training stopped: a non-finite loss, a stop request, or a worker failure."""
-
-
-def local_dir(store: ArtifactStore, stage_dir: str) -> Path:
-    """Training writes checkpoints with local file IO: the workspace must be a local path or
-    a mounted shared filesystem (NFS) on a cluster."""
-    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
-    if protocol not in ("file", "local"):
-        raise ConfigError(f"workspace {store.root_uri!r}: training needs a local or mounted "
-                          f"(NFS) workspace, not {protocol}://")
-    return Path(store.path(stage_dir))
 
 
 def check_samples(store: ArtifactStore, samples: TeacherSamplesManifest,
@@ -41,13 +31,8 @@ def check_samples(store: ArtifactStore, samples: TeacherSamplesManifest,
     if train is None or not train.shards or train.num_samples == 0:
         raise ArtifactError(f"{store.uri(stage_dir)}: the teacher sample set has no train "
                             f"samples")
-    for split in samples.splits.values():
-        for shard in split.shards:
-            where = store.uri(stage_dir, shard.path)
-            if not store.exists(stage_dir, shard.path):
-                raise ArtifactError(f"{where}: shard missing")
-            if store.fs.size(store.path(stage_dir, shard.path)) != shard.size:
-                raise ArtifactError(f"{where}: size differs from the manifest (truncated?)")
+    store.verify_files(stage_dir, [s for split in samples.splits.values() for s in split.shards],
+                       full=False)
     desc = describe_teacher(teacher)
     if desc.teacher_id != samples.teacher.teacher_id:
         raise ConfigError(f"the teacher samples were made by {samples.teacher.teacher_id}, the "
@@ -81,28 +66,6 @@ def check_student_weights(path: Path, teacher: TeacherConfig, parameterization: 
                                     f"architecture needs {shape} (another architecture?)")
 
 
-MLFLOW_DB = "mlflow.db"
-MLFLOW_ARTIFACTS = "mlartifacts"
-
-
-def mlflow_uri(cfg: DistillConfig, store: ArtifactStore) -> str:
-    """The configured tracking URI, else a SQLite store inside the workspace (MLflow 3 no
-    longer accepts a plain file store)."""
-    if cfg.tracking.mlflow_uri:
-        return cfg.tracking.mlflow_uri
-    root = local_dir(store, "")
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / MLFLOW_DB}"
-
-
-def mlflow_artifact_root(cfg: DistillConfig, store: ArtifactStore) -> str | None:
-    """Where a new experiment keeps its artifacts: inside the workspace for the default local
-    store (MLflow would otherwise use ./mlruns of the current directory)."""
-    if cfg.tracking.mlflow_uri:
-        return None
-    return (local_dir(store, "") / MLFLOW_ARTIFACTS).as_uri()
-
-
 def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
                  use_gpu: str) -> dict[str, Any]:
     """Run ``train_worker`` on ``num_workers`` Ray Train workers; return ``train_state.json``
@@ -130,7 +93,7 @@ def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
     with tempfile.TemporaryDirectory(prefix="twostep-raytrain-") as storage:
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config=job_dict(job),
+            train_loop_config={"job": job},
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu,
                                          resources_per_worker=resources),

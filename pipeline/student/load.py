@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.student.checkpoint import load_student_weights
 from pipeline.student.model import TwoStepStudent
-from pipeline.student.train import load_student_weights
 from pipeline.teachers.base import TeacherAdapter
 from schemas.manifest import StudentCheckpointManifest
 

@@ -14,7 +14,7 @@ import torch
 from diffusers import ZImageTransformer2DModel
 from torch import nn
 
-from pipeline.student.flow import transformer_velocity
+from pipeline.flow import transformer_velocity
 
 
 def _as_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -29,15 +29,16 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
+from pydantic import Field, model_validator
 
 from pipeline.errors import TwostepError
+from pipeline.flow import ema_update
 from pipeline.samples.reader import TeacherSampleReader, collate_samples
 from pipeline.student import checkpoint as ckpt
 from pipeline.student.discriminator import Discriminator
@@ -48,6 +49,10 @@ from pipeline.student.losses import (
     regression,
 )
 from pipeline.student.model import TwoStepStudent
+from pipeline.tracking import RunTracker
+from schemas.base import StrictModel
+from schemas.config import OptimizerConfig, TeacherConfig, TrainE2EConfig, TrainInitConfig
+from schemas.manifest import SampleShard
 
 STATUS_FILE = "train_status.json"
 LOSSES_FILE = "losses.jsonl"
@@ -63,120 +68,55 @@ class StoppedEarly(TwostepError):
     pass
 
 
-@dataclass
-class TrainJob:
-    """Everything a worker needs (plain data: it travels to Ray workers)."""
+class TrainJob(StrictModel):
+    """Everything a worker needs, typed all the way to the Ray Train worker (pickled with the
+    pydantic sections inside)."""
 
-    phase: int
-    config: dict[str, Any]  # TrainInitConfig or TrainE2EConfig, dumped
-    teacher: dict[str, Any]  # TeacherConfig, dumped
+    phase: Literal[1, 2]
+    config: TrainInitConfig | TrainE2EConfig = Field(description="The stage's section.")
+    teacher: TeacherConfig
     store_root: str
-    samples_dir: str  # sample_teacher stage folder, relative to the store
-    train_shards: list[dict[str, Any]]
-    eval_shards: list[dict[str, Any]]
+    samples_dir: str = Field(description="sample_teacher stage folder, relative to the store.")
+    train_shards: list[SampleShard]
+    eval_shards: list[SampleShard]
     sigma_mid: float
-    parameterization: str
-    out_dir: str  # local path of this stage's folder
-    init_weights: str | None = None  # phase 2: the phase-1 student.safetensors
+    parameterization: Literal["decoupled", "shared"]
+    out_dir: str = Field(description="Local path of this stage's folder.")
+    init_weights: str | None = Field(None, description="Phase 2: the phase-1 weights file.")
     mlflow_uri: str | None = None
-    mlflow_artifacts: str | None = None  # artifact location of a newly created experiment
+    mlflow_artifacts: str | None = Field(
+        None, description="Artifact location of a newly created experiment.")
     mlflow_experiment: str = "twostep"
     run_name: str = "train"
-    tags: dict[str, str] = field(default_factory=dict)
-    stop_after: int | None = None  # end this invocation (with a checkpoint) after N steps
-    use_gpu: bool = False  # resolved by the driver (it placed the workers accordingly)
+    tags: dict[str, str] = Field(default_factory=dict)
+    use_gpu: bool = Field(False, description="Resolved by the driver, which placed the "
+                          "workers accordingly.")
+
+    @model_validator(mode="after")
+    def _phase_matches_section(self) -> TrainJob:
+        wanted = TrainInitConfig if self.phase == 1 else TrainE2EConfig
+        if type(self.config) is not wanted:
+            raise ValueError(f"phase {self.phase} needs a {wanted.__name__}")
+        return self
 
 
-def load_student_weights(student: TwoStepStudent, path: Path) -> None:
-    tensors = ckpt.load_weights(path)
-    for prefix, module in student.generators().items():
-        ckpt.load_into(module, tensors, str(path), prefix=f"{prefix}.")
+def _optimizer(params, cfg: OptimizerConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                             weight_decay=cfg.weight_decay)
 
 
-def student_tensors(student: TwoStepStudent) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for prefix, module in student.generators().items():
-        out.update(ckpt.module_tensors(module, f"{prefix}."))
-    return out
-
-
-class _Tracker:
-    """MLflow on rank 0 (nothing elsewhere): params once, metrics in batches, image grids."""
-
-    def __init__(self, job: TrainJob, run_id: str | None, active: bool) -> None:
-        self.active = active and job.mlflow_uri is not None
-        self.pending: list[tuple[str, float, int]] = []
-        self.run_id = run_id
-        if not self.active:
-            return
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(job.mlflow_uri)
-        if self.run_id is None:
-            exp = self.client.get_experiment_by_name(job.mlflow_experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(
-                job.mlflow_experiment, artifact_location=job.mlflow_artifacts)
-            run = self.client.create_run(exp_id, run_name=job.run_name, tags=job.tags)
-            self.run_id = run.info.run_id
-            from mlflow.entities import Param
-
-            params = [Param(k, str(v)[:500]) for k, v in _flatten(
-                {"phase": job.phase, "parameterization": job.parameterization,
-                 "sigma_mid": job.sigma_mid, **job.config}).items()]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
-
-    def metric(self, step: int, values: dict[str, float]) -> None:
-        if self.active:
-            self.pending += [(k, v, step) for k, v in values.items()]
-
-    def flush(self) -> None:
-        if self.active and self.pending:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            metrics = [Metric(k, v, now, s) for k, v, s in self.pending]
-            for i in range(0, len(metrics), 1000):
-                self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
-            self.pending = []
-
-    def image(self, image, name: str) -> None:
-        if self.active:
-            self.client.log_image(self.run_id, image, name)
-
-    def finish(self, status: str) -> None:
-        if self.active:
-            self.flush()
-            self.client.set_terminated(self.run_id, status=status)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _optimizer(params, cfg: dict[str, Any]) -> torch.optim.AdamW:
-    return torch.optim.AdamW(params, lr=cfg["lr"], betas=tuple(cfg["betas"]),
-                             weight_decay=cfg["weight_decay"])
-
-
-def _set_lr(opt: torch.optim.Optimizer, cfg: dict[str, Any], step: int) -> None:
-    warm = cfg["warmup_steps"]
+def _set_lr(opt: torch.optim.Optimizer, cfg: OptimizerConfig, step: int) -> None:
+    warm = cfg.warmup_steps
     scale = min(1.0, (step + 1) / warm) if warm else 1.0
     for group in opt.param_groups:
-        group["lr"] = cfg["lr"] * scale
+        group["lr"] = cfg.lr * scale
 
 
-def _clip(params, cfg: dict[str, Any]) -> float:
+def _clip(params, cfg: OptimizerConfig) -> float:
     params = [p for p in params if p.grad is not None]
-    if cfg["grad_clip"] is None:
+    if cfg.grad_clip is None:
         return float(torch.norm(torch.stack([p.grad.norm() for p in params])))
-    return float(torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"]))
+    return float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
 
 
 def _all_reduce_mean(values: dict[str, float], world: int, device) -> dict[str, float]:
@@ -208,55 +148,51 @@ class Worker:
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu \
             else torch.device("cpu")
         self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
-                             enabled=use_gpu and self.cfg["bf16"])
+                             enabled=use_gpu and self.cfg.bf16)
         from pipeline.teachers import load_teacher
 
-        t = job.teacher
-        self.teacher = load_teacher(t["kind"], t["path"], device=str(self.device))
+        self.teacher = load_teacher(job.teacher.kind, job.teacher.path, device=str(self.device))
         transformer = self.teacher.transformer
         self.student = TwoStepStudent.from_teacher(transformer, job.parameterization,
                                                    job.sigma_mid).to(self.device)
         if job.init_weights:
-            load_student_weights(self.student, Path(job.init_weights))
-        if self.cfg["gradient_checkpointing"]:
+            ckpt.load_student_weights(self.student, Path(job.init_weights))
+        if self.cfg.gradient_checkpointing:
             for g in self.student.generators().values():
                 g.enable_gradient_checkpointing()
         self.ema = TwoStepStudent.from_teacher(transformer, job.parameterization, job.sigma_mid)
         self.ema.load_state_dict(self.student.state_dict())
         self.ema.to(self.device).eval().requires_grad_(False)
-        self.opt_g = _optimizer(self.student.parameters(), self.cfg["optimizer"])
+        self.opt_g = _optimizer(self.student.parameters(), self.cfg.optimizer)
         self.modules: dict[str, torch.nn.Module] = {"student": self.student, "ema": self.ema}
         self.optimizers: dict[str, torch.optim.Optimizer] = {"student": self.opt_g}
         if job.phase == 2:
-            d = self.cfg["discriminator"]
+            d = self.cfg.discriminator
             backbone = torch.bfloat16 if self.autocast["enabled"] else torch.float32
-            self.disc = Discriminator(transformer, d["layers"], d["hidden"],
+            self.disc = Discriminator(transformer, d.layers, d.hidden,
                                       backbone_dtype=backbone).to(self.device)
-            self.opt_d = _optimizer(self.disc.parameters(), d["optimizer"])
+            self.opt_d = _optimizer(self.disc.parameters(), d.optimizer)
             self.modules["discriminator"] = self.disc
             self.optimizers["discriminator"] = self.opt_d
-        self.gen = torch.Generator().manual_seed(self.cfg["seed"])
+        self.gen = torch.Generator().manual_seed(self.cfg.seed)
         self.model = self.student
         if world > 1:
             c = self.cfg
             # Parameters that get no gradient make DDP fail at the next step unless declared.
             unused = job.phase == 2 and (
-                (not c["end_to_end"] and c["step1_weight"] == 0)
-                or (c["adv_weight"] == 0 and c["final_weight"] == 0))
+                (not c.end_to_end and c.step1_weight == 0)
+                or (c.adv_weight == 0 and c.final_weight == 0))
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.student, find_unused_parameters=unused)
-        self.local_batch = self.cfg["batch_size"] // world
+        self.local_batch = self.cfg.batch_size // world
 
     # -- data ------------------------------------------------------------------------------
-    def _reader(self, shards, **kw) -> TeacherSampleReader:
-        from schemas.manifest import SampleShard
-
-        return TeacherSampleReader(self.job.store_root, self.job.samples_dir,
-                                   [SampleShard(**s) for s in shards], **kw)
+    def _reader(self, shards: list[SampleShard], **kw) -> TeacherSampleReader:
+        return TeacherSampleReader(self.job.store_root, self.job.samples_dir, shards, **kw)
 
     def _batches(self, start_step: int) -> Iterator[dict[str, Any]]:
         reader = self._reader(self.job.train_shards, rank=self.rank, world_size=self.world,
-                              shuffle_buffer=self.cfg["shuffle_buffer"], seed=self.cfg["seed"],
+                              shuffle_buffer=self.cfg.shuffle_buffer, seed=self.cfg.seed,
                               loop=True)
         stream = islice(iter(reader), start_step * self.local_batch, None)
         while True:
@@ -274,11 +210,11 @@ class Worker:
                 batch["x0"].to(self.device))
 
     def _reg(self, pred, target) -> torch.Tensor:
-        return regression(pred, target, self.cfg["loss"], self.cfg["huber_c"])
+        return regression(pred, target, self.cfg.loss, self.cfg.huber_c)
 
     def phase1_step(self, step: int, batch: dict[str, Any]) -> dict[str, float]:
         caps, noise, x_mid_t, x0_t = self._to(batch)
-        _set_lr(self.opt_g, self.cfg["optimizer"], step)
+        _set_lr(self.opt_g, self.cfg.optimizer, step)
         with torch.autocast(**self.autocast):
             x_mid, x0 = self.model(noise, caps, x_mid_in=x_mid_t)
         loss_1, loss_2 = self._reg(x_mid, x_mid_t), self._reg(x0, x0_t)
@@ -286,26 +222,26 @@ class Worker:
         self._check(loss, step)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        norm = _clip(self.student.parameters(), self.cfg["optimizer"])
+        norm = _clip(self.student.parameters(), self.cfg.optimizer)
         self.opt_g.step()
         self._ema(step)
         return {"loss": loss.item(), "loss_step1": loss_1.item(), "loss_step2": loss_2.item(),
                 "grad_norm_g": norm}
 
     def _real_images(self, batch: dict[str, Any], x0_t: torch.Tensor) -> torch.Tensor:
-        if self.cfg["gan_real"] == "teacher":
+        if self.cfg.gan_real == "teacher":
             return x0_t
         from pipeline.toy.render import render_toy_prompts
 
-        seeds = self._mine(torch.randint(0, 2**31 - 1, (self.cfg["batch_size"],),
+        seeds = self._mine(torch.randint(0, 2**31 - 1, (self.cfg.batch_size,),
                                          generator=self.gen))
         images = render_toy_prompts(batch["prompt"], seeds.tolist())
         return self.teacher.encode_images(images).to(self.device)
 
     def _disc_draws(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        d = self.cfg["discriminator"]
-        n = self.cfg["batch_size"]
-        sigma = d["sigma_min"] + (d["sigma_max"] - d["sigma_min"]) * torch.rand(
+        d = self.cfg.discriminator
+        n = self.cfg.batch_size
+        sigma = d.sigma_min + (d.sigma_max - d.sigma_min) * torch.rand(
             n, generator=self.gen)
         noise = torch.randn((n, *like.shape[1:]), generator=self.gen)
         return self._mine(sigma).to(self.device), self._mine(noise).to(self.device)
@@ -315,43 +251,43 @@ class Worker:
         caps, noise, x_mid_t, x0_t = self._to(batch)
         real = self._real_images(batch, x0_t)
         # Generator step.
-        _set_lr(self.opt_g, cfg["optimizer"], step)
+        _set_lr(self.opt_g, cfg.optimizer, step)
         sigma_g, noise_g = self._disc_draws(x0_t)
         self.disc.requires_grad_(False)
         with torch.autocast(**self.autocast):
-            x_mid, x0 = self.model(noise, caps, detach_mid=not cfg["end_to_end"])
+            x_mid, x0 = self.model(noise, caps, detach_mid=not cfg.end_to_end)
             fake_logits = self.disc(x0, caps, sigma_g, noise_g)
-        adv = generator_adversarial(fake_logits.float(), cfg["adv_loss"])
+        adv = generator_adversarial(fake_logits.float(), cfg.adv_loss)
         step1 = self._reg(x_mid, x_mid_t)
         final = self._reg(x0, x0_t)
-        ramp = min(1.0, step / cfg["adv_warmup_steps"]) if cfg["adv_warmup_steps"] else 1.0
-        loss_g = ramp * cfg["adv_weight"] * adv + cfg["step1_weight"] * step1 + \
-            cfg["final_weight"] * final
+        ramp = min(1.0, step / cfg.adv_warmup_steps) if cfg.adv_warmup_steps else 1.0
+        loss_g = ramp * cfg.adv_weight * adv + cfg.step1_weight * step1 + \
+            cfg.final_weight * final
         self._check(loss_g, step)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        norm_g = _clip(self.student.parameters(), cfg["optimizer"])
+        norm_g = _clip(self.student.parameters(), cfg.optimizer)
         self.opt_g.step()
         self._ema(step)
         # Discriminator step: real vs the generator's (detached) output.
-        d = cfg["discriminator"]
+        d = cfg.discriminator
         self.disc.requires_grad_(True)
-        _set_lr(self.opt_d, d["optimizer"], step)
+        _set_lr(self.opt_d, d.optimizer, step)
         sigma_d, noise_d = self._disc_draws(x0_t)
-        r1_now = d["r1_weight"] > 0 and step % d["r1_every"] == 0
+        r1_now = d.r1_weight > 0 and step % d.r1_every == 0
         real_in = real.detach().requires_grad_(r1_now)
         with torch.autocast(**self.autocast):
             logits = self.disc(torch.cat([real_in, x0.detach()]), caps + caps,
                                torch.cat([sigma_d, sigma_d]), torch.cat([noise_d, noise_d]))
         real_logits, fake_logits_d = logits.float().chunk(2)
-        loss_d = discriminator_adversarial(real_logits, fake_logits_d, cfg["adv_loss"])
+        loss_d = discriminator_adversarial(real_logits, fake_logits_d, cfg.adv_loss)
         r1 = r1_penalty(real_logits, real_in) if r1_now else torch.zeros(())
-        total_d = loss_d + d["r1_weight"] * d["r1_every"] * r1
+        total_d = loss_d + d.r1_weight * d.r1_every * r1
         self._check(total_d, step)
         self.opt_d.zero_grad(set_to_none=True)
         total_d.backward()
         _average_grads(self.disc.parameters(), self.world)
-        norm_d = _clip(self.disc.parameters(), d["optimizer"])
+        norm_d = _clip(self.disc.parameters(), d.optimizer)
         self.opt_d.step()
         return {"loss_g": loss_g.item(), "loss_adv_g": adv.item(), "loss_step1": step1.item(),
                 "loss_final": final.item(), "loss_d": loss_d.item(), "r1": r1.item(),
@@ -369,12 +305,8 @@ class Worker:
                                 f"stopped, the last good checkpoint is kept (lower the "
                                 f"learning rate or enable gradient clipping)")
 
-    @torch.no_grad()
     def _ema(self, step: int) -> None:
-        # Warm-up (as in the toy teacher's EMA): short runs are not dominated by the init.
-        decay = min(self.cfg["ema_decay"], (1 + step) / (10 + step))
-        for pe, pm in zip(self.ema.parameters(), self.student.parameters(), strict=True):
-            pe.lerp_(pm.detach(), 1 - decay)
+        ema_update(self.ema, self.student, self.cfg.ema_decay, step)
 
     # -- outputs ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -386,7 +318,7 @@ class Worker:
 
         reader = self._reader(self.job.eval_shards or self.job.train_shards,
                               decode_images=True)
-        batch = collate_samples(list(islice(iter(reader), self.cfg["sample_prompts"])))
+        batch = collate_samples(list(islice(iter(reader), self.cfg.sample_prompts)))
         caps = [c.to(self.device) for c in batch["caption"]]
         with torch.autocast(**self.autocast):
             x0 = self.ema.sample(batch["noise"].to(self.device), caps)
@@ -404,8 +336,8 @@ class Worker:
 
         # No safetensors metadata: its header order is not stable, and the next stage's cache
         # key hashes these bytes. Phase, parameterization and sigma_mid are in the manifest.
-        save_file(student_tensors(self.student), str(self.out / "student.safetensors"))
-        save_file(student_tensors(self.ema), str(self.out / "ema.safetensors"))
+        save_file(ckpt.student_tensors(self.student), str(self.out / "student.safetensors"))
+        save_file(ckpt.student_tensors(self.ema), str(self.out / "ema.safetensors"))
         if self.job.phase == 2:
             save_file(ckpt.module_tensors(self.disc), str(self.out / "discriminator.safetensors"))
         (self.out / "transformer_config.json").write_text(self.student.g1.to_json_string())
@@ -430,15 +362,19 @@ class Worker:
             start_step, run_id = state["step"], state.get("mlflow_run_id")
         if lead:
             _truncate_losses(self.out / LOSSES_FILE, start_step)
-        tracker = _Tracker(job, run_id, active=lead)
+        tracker = RunTracker(
+            job.mlflow_uri, job.mlflow_experiment, run_name=job.run_name, tags=job.tags,
+            params={"phase": job.phase, "parameterization": job.parameterization,
+                    "sigma_mid": job.sigma_mid, **cfg.model_dump(mode="json")},
+            run_id=run_id, artifact_location=job.mlflow_artifacts, active=lead)
         step_fn = self.phase1_step if job.phase == 1 else self.phase2_step
         batches = self._batches(start_step)
         last: dict[str, float] = {}
         step = start_step
         began, status = time.perf_counter(), "FINISHED"
         try:
-            while step < cfg["steps"]:
-                if job.stop_after is not None and step - start_step >= job.stop_after:
+            while step < cfg.steps:
+                if cfg.stop_after is not None and step - start_step >= cfg.stop_after:
                     break
                 values = _all_reduce_mean(step_fn(step, next(batches)), self.world,
                                           self.device)
@@ -448,28 +384,28 @@ class Worker:
                     with (self.out / LOSSES_FILE).open("a") as handle:
                         handle.write(json.dumps({"step": step, **values}) + "\n")
                     tracker.metric(step, values)
-                    if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-                        rate = (step - start_step) * cfg["batch_size"] / (
+                    if step % cfg.log_every == 0 or step == cfg.steps:
+                        rate = (step - start_step) * cfg.batch_size / (
                             time.perf_counter() - began)
                         tracker.metric(step, {"samples_per_s": rate})
                         tracker.flush()
-                        print(f"phase {job.phase} step {step}/{cfg['steps']}: " + ", ".join(
+                        print(f"phase {job.phase} step {step}/{cfg.steps}: " + ", ".join(
                             f"{k} {v:.4g}" for k, v in values.items()) +
                             f" ({rate:.1f} samples/s)", flush=True)
-                    if step % cfg["sample_every"] == 0 or step == cfg["steps"]:
+                    if step % cfg.sample_every == 0 or step == cfg.steps:
                         tracker.image(self.sample_grid(), f"samples/step-{step:07d}.png")
-                if step % cfg["checkpoint_every"] == 0 and step < cfg["steps"]:
+                if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     self._checkpoint(step, tracker.run_id)
         except NonFiniteLoss:
             status = "FAILED"
             raise
         finally:
             if lead:
-                tracker.finish(status if step >= cfg["steps"] or status == "FAILED"
+                tracker.finish(status if step >= cfg.steps or status == "FAILED"
                                else "KILLED")
-        if step < cfg["steps"]:
+        if step < cfg.steps:
             self._checkpoint(step, tracker.run_id)
-            raise StoppedEarly(f"stopped after step {step} of {cfg['steps']} (stop_after); "
+            raise StoppedEarly(f"stopped after step {step} of {cfg.steps} (stop_after); "
                                f"rerun to resume from the checkpoint")
         if lead:
             self.save_final(step, last)
@@ -496,9 +432,9 @@ def _truncate_losses(path: Path, step: int) -> None:
     path.write_text("".join(f"{line}\n" for line in keep))
 
 
-def train_worker(job_dict: dict[str, Any]) -> None:
-    """Ray Train entry point (``train_loop_per_worker``)."""
-    job = TrainJob(**job_dict)
+def train_worker(loop_config: dict[str, TrainJob]) -> None:
+    """Ray Train entry point (``train_loop_per_worker``; ``loop_config = {"job": TrainJob}``)."""
+    job = loop_config["job"]
     try:
         import ray.train
 
@@ -506,8 +442,8 @@ def train_worker(job_dict: dict[str, Any]) -> None:
         rank, world = context.get_world_rank(), context.get_world_size()
     except (ImportError, RuntimeError, AttributeError):
         rank, world = 0, 1
-    torch.set_num_threads(job.config["cpus_per_worker"])
-    torch.manual_seed(job.config["seed"])
+    torch.set_num_threads(job.config.cpus_per_worker)
+    torch.manual_seed(job.config.seed)
     status_path = Path(job.out_dir) / STATUS_FILE
     try:
         run_id = Worker(job, rank, world).run()
@@ -518,7 +454,3 @@ def train_worker(job_dict: dict[str, Any]) -> None:
         raise
     if rank == 0:
         status_path.write_text(json.dumps({"status": "done", "mlflow_run_id": run_id}))
-
-
-def job_dict(job: TrainJob) -> dict[str, Any]:
-    return asdict(job)

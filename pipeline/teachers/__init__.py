@@ -1,5 +1,6 @@
 """Teacher adapters: one interface over the toy teacher and Z-Image Turbo (diffusers)."""
 
-from pipeline.teachers.base import SampleResult, TeacherAdapter, load_teacher
+from pipeline.teachers.base import TeacherAdapter
+from pipeline.teachers.load import load_teacher
 
-__all__ = ["SampleResult", "TeacherAdapter", "load_teacher"]
+__all__ = ["TeacherAdapter", "load_teacher"]

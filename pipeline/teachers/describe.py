@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ArtifactError, ConfigError
+from pipeline.flow import shifted_sigmas
 from pipeline.hashing import files_fingerprint
 from schemas.config import TeacherConfig
 
@@ -54,8 +55,6 @@ def describe_teacher(cfg: TeacherConfig) -> TeacherDescription:
     patch = int(transformer.get("all_patch_size", [2])[0])
     channels = int(transformer["in_channels"])
     if cfg.kind == "toy":
-        from pipeline.toy.teacher import shifted_sigmas
-
         if (cfg.height, cfg.width) != (32, 32):
             raise ConfigError(f"teacher.height/width {cfg.height}x{cfg.width}: the toy teacher "
                               f"makes 32x32 images")
@@ -89,15 +88,3 @@ def describe_teacher(cfg: TeacherConfig) -> TeacherDescription:
         kind=cfg.kind, folder=folder, teacher_id=f"{cfg.kind}:{folder.name}@{digest}",
         sigmas=sigmas, latent_shape=latent, caption_dim=int(transformer["cap_feat_dim"]),
         fingerprint=fingerprint)
-
-
-def sigma_index(sigma: float, sigmas: list[float]) -> int:
-    """Index of ``sigma`` on the schedule; :class:`ConfigError` listing the grid otherwise."""
-    from pipeline.teachers.base import find_sigma
-
-    index = find_sigma(sigma, sigmas)
-    if index is not None:
-        return index
-    grid = ", ".join(f"{s:.4f}" for s in sigmas[1:-1])
-    raise ConfigError(f"sigma_mid {sigma} is not on the teacher's {len(sigmas) - 1}-step "
-                      f"schedule (choose one of {grid})")

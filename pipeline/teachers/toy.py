@@ -19,11 +19,11 @@ from diffusers import ZImageTransformer2DModel
 from torch import nn
 
 from pipeline.errors import ArtifactError, ConfigError
+from pipeline.flow import SHIFT, shifted_sigmas, transformer_velocity
 from pipeline.teachers.base import TeacherAdapter
 from pipeline.toy.autoencoder import ToyAutoencoder
 from pipeline.toy.prompts import parse_prompt
-from pipeline.toy.teacher import ASSET_DIR, shifted_sigmas, to_images
-from pipeline.toy.teacher import velocity as toy_velocity
+from pipeline.toy.teacher import ASSET_DIR, to_images
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class ToyTeacher(TeacherAdapter):
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor,
                  captions: list[torch.Tensor]) -> torch.Tensor:
         caps = [c.to(self.device) for c in captions]
-        return toy_velocity(self.model, x.to(self.device), sigma.to(self.device), caps)
+        return transformer_velocity(self.model, x.to(self.device), sigma.to(self.device), caps)
 
     def schedule(self, steps: int, latent_shape: tuple[int, int, int] | None = None,
                  ) -> list[float]:
@@ -143,8 +143,6 @@ def toy_zimage_pipeline(teacher: ToyTeacher):
     the final state, which :meth:`ToyTeacher.decode` turns into images).
     The stock sampling loop, used as the naive baseline in ``benchmarks/sample_teacher.py``."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
-
-    from pipeline.toy.teacher import SHIFT
 
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=SHIFT,
                                                 use_dynamic_shifting=False)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ArtifactError
+from pipeline.flow import transformer_velocity
 from pipeline.teachers.base import TeacherAdapter
 
 _REQUIRED = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -78,9 +79,6 @@ class ZImageTeacher(TeacherAdapter):
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor,
                  captions: list[torch.Tensor]) -> torch.Tensor:
-        # t = (1000 - 1000 sigma) / 1000 in float32, as ZImagePipeline passes it (also in bf16).
-        from pipeline.student.flow import transformer_velocity
-
         return transformer_velocity(self.pipe.transformer, x.to(self.device), sigma,
                                     [c.to(self.device) for c in captions])
 

@@ -10,10 +10,8 @@ The build ends with guidance distillation (:func:`distill_guidance`): classifier
 with the all-unnamed prompt as the unconditional branch is baked into the weights, so the
 teacher is sampled, like Z-Image Turbo, with one velocity call per step.
 
-Conventions (as everywhere in twostep): ``x_sigma = (1 - sigma) x0 + sigma eps``,
-``v = eps - x0``; the Z-Image transformer takes ``t = 1 - sigma`` and returns ``x0 - eps = -v``.
-Sampling: Euler on the shifted schedule ``sigma(s) = shift s / (1 + (shift - 1) s)``,
-``s = linspace(1, 0, N + 1)`` (shift 3, N = 8 gives 1, .9545, .9, .8333, .75, .6429, .5, .3, 0).
+The flow-matching conventions, the transformer call, Euler sampling on the shifted schedule and
+the EMA update come from :mod:`pipeline.flow`, as for the student and Z-Image.
 """
 
 from __future__ import annotations
@@ -30,6 +28,16 @@ import numpy as np
 import torch
 from diffusers import ZImageTransformer2DModel
 
+from pipeline.flow import (
+    SHIFT,
+    ema_update,
+    euler,
+    noised,
+    shift_sigma,
+    shifted_sigmas,
+    transformer_output,
+    transformer_velocity,
+)
 from pipeline.toy.autoencoder import (
     AutoencoderConfig,
     AutoencoderTrainConfig,
@@ -41,18 +49,11 @@ from pipeline.toy.render import render, sample_scene
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "teacher"
 PATCH = 4
-SHIFT = 3.0
 TOY_TEACHER_CONFIG: dict[str, object] = dict(
     all_patch_size=(PATCH,), all_f_patch_size=(1,), in_channels=3, dim=128, n_layers=4,
     n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=384, axes_dims=[8, 12, 12],
     axes_lens=[96, 16, 16],
 )
-
-
-def shifted_sigmas(steps: int, shift: float = SHIFT) -> list[float]:
-    """``steps + 1`` sigmas from 1 to 0 on the shifted schedule."""
-    s = np.linspace(1.0, 0.0, steps + 1)
-    return [float(v) for v in shift * s / (1.0 + (shift - 1.0) * s)]
 
 
 def teacher_config(patch: int = PATCH, dim: int = 128, n_layers: int = 4,
@@ -68,21 +69,6 @@ def teacher_config(patch: int = PATCH, dim: int = 128, n_layers: int = 4,
             "axes_dims": [head - 2 * rows, rows, rows]}
 
 
-def velocity(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor,
-             caps: list[torch.Tensor]) -> torch.Tensor:
-    """``v = eps - x0`` predicted at ``x`` ``(B, C, H, W)`` (the teacher's space),
-    ``sigma`` ``(B,)``."""
-    return -_transformer_output(model, x, sigma, caps)
-
-
-def _transformer_output(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.Tensor,
-                        caps: list[torch.Tensor]) -> torch.Tensor:
-    """The transformer's raw output ``(B, C, H, W)`` in fp32 (it takes ``t = 1 - sigma``)."""
-    patch = model.config.all_patch_size[0]
-    out = model(list(x.unsqueeze(2)), 1.0 - sigma, caps, patch_size=patch, return_dict=False)[0]
-    return torch.stack(out).squeeze(2).float()
-
-
 X0_SIGMA_FLOOR = 0.05
 
 
@@ -91,12 +77,13 @@ def x0_velocity(model: ZImageTransformer2DModel, x: torch.Tensor, sigma: torch.T
     """Experimental x0 parameterisation (Li & He 2025, "Back to Basics"): the transformer's
     output is read as the clean image ``x0_hat`` and ``v = (x - x0_hat) / sigma`` (sigma
     floored at 0.05, as they floor 1 - t). Not what the shipped teacher or the Z-Image
-    pipeline use; ``benchmarks/toy_teacher_scaling.py`` compares it with :func:`velocity`."""
-    x0_hat = _transformer_output(model, x, sigma, caps)
+    pipeline use; ``research/toy_teacher_scaling.py`` compares it with
+    :func:`~pipeline.flow.transformer_velocity`."""
+    x0_hat = transformer_output(model, x, sigma, caps)
     return (x - x0_hat) / sigma.clamp(min=X0_SIGMA_FLOOR).view(-1, 1, 1, 1)
 
 
-VELOCITY_FNS = {"v": velocity, "x0": x0_velocity}
+VELOCITY_FNS = {"v": transformer_velocity, "x0": x0_velocity}
 
 
 @torch.no_grad()
@@ -134,12 +121,8 @@ def sample(model: ZImageTransformer2DModel, caps: list[torch.Tensor], noise: tor
     """Euler sampling from ``noise`` (``(B, C, H, W)``, sigma = 1) to the final state in the
     teacher's space (unclamped; :func:`to_images` turns it into images)."""
     velocity_fn = VELOCITY_FNS[prediction]
-    x = noise
-    sigmas = shifted_sigmas(steps)
-    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
-        sigma = torch.full((x.shape[0],), a, device=x.device)
-        x = x + (b - a) * velocity_fn(model, x, sigma, caps)
-    return x
+    return euler(lambda x, sigma: velocity_fn(model, x, sigma, caps), noise,
+                 shifted_sigmas(steps)).final
 
 
 @torch.no_grad()
@@ -411,9 +394,8 @@ def _regress_velocity(
         # Half the batch at shifted sigmas (where the 8-step sampler spends its steps), half
         # uniform, so the low-noise steps that make edges crisp get enough training too.
         shifted = torch.rand(cfg.batch, generator=gen) < 0.5
-        sigma = torch.where(shifted, SHIFT * u / (1 + (SHIFT - 1) * u), u).to(device)
-        s = sigma.view(-1, 1, 1, 1)
-        x = (1 - s) * x0 + s * eps
+        sigma = torch.where(shifted, shift_sigma(u, SHIFT), u).to(device)
+        x = noised(x0, eps, sigma)
         batch_caps = [caps[int(i)] for i in cap_ids[idx.numpy()]]
         with autocast:
             wanted = target(x, sigma, x0, eps, batch_caps).float()
@@ -423,10 +405,7 @@ def _regress_velocity(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        with torch.no_grad():
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
+        ema_update(ema, model, ema_decay, step)
         losses.append(loss.item())
         step += 1
         if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:

@@ -72,3 +72,27 @@ def test_parse_override_values():
     assert parse_override("a=true") == (["a"], True)
     assert parse_override("a='007'") == (["a"], "007")
     assert parse_override("a=null") == (["a"], None)
+
+
+def test_an_old_config_with_sample_teacher_teacher_is_told_where_it_moved():
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", ["sample_teacher.teacher.dtype=float32"])
+    message = str(err.value)
+    assert message.count("\n") == 0
+    assert "sample_teacher" in message and "top-level `teacher:`" in message
+    assert load_config("smoke", ["teacher.dtype=float32"]).teacher.dtype == "float32"
+
+
+def test_cache_view_leaves_out_speed_only_fields_at_every_depth():
+    from schemas.config import TrainE2EConfig, cache_view
+
+    view = cache_view(TrainE2EConfig())
+    assert "cpus_per_worker" not in view and "log_every" not in view
+    assert "steps" in view and view["discriminator"]["layers"] == [1, 3]
+    cfg = load_config("smoke", ["evaluate.real_metrics.clip={path: x}"])
+    nested = cache_view(cfg.evaluate)
+    assert "batch_size" not in nested and "batch_size" not in nested["real_metrics"]["clip"]
+    # Without speed-only fields the view is exactly the JSON dump (keys stay stable).
+    plain = cfg.curate.model_dump(mode="json")
+    plain.pop("batch_size")
+    assert cache_view(cfg.curate) == plain

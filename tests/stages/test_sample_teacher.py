@@ -91,12 +91,12 @@ def test_config_problems_are_found_before_work(tmp_path):
     cfg = load_config("smoke", ["sample_teacher.sigma_mid=0.7"], workspace=str(tmp_path))
     with pytest.raises(ConfigError, match=r"sigma_mid 0.7 is not on .* 0\.7500"):
         STAGES["sample_teacher"].check(cfg)
-    cfg = load_config("smoke", [f"sample_teacher.teacher.path={tmp_path / 'nope'}"],
+    cfg = load_config("smoke", [f"teacher.path={tmp_path / 'nope'}"],
                       workspace=str(tmp_path))
     with pytest.raises(ArtifactError, match="folder not found"):
         STAGES["sample_teacher"].check(cfg)
     with pytest.raises(ConfigError, match="teacher.path is required"):
-        load_config("smoke", ["sample_teacher.teacher.kind=zimage"])
+        load_config("smoke", ["teacher.kind=zimage"])
 
 
 @pytest.mark.slow

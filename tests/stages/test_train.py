@@ -149,16 +149,16 @@ def test_problems_are_found_before_training(samples_workspace, tmp_path):
     empty.splits["train"].shards = []
     empty.splits["train"].num_samples = 0
     with pytest.raises(ArtifactError, match="no train samples"):
-        check_samples(store, empty, cfg.sample_teacher.teacher)
+        check_samples(store, empty, cfg.teacher)
     # phase-1 weights of another architecture
     bad = tmp_path / "bad.safetensors"
     save_file({"g1.x_pad_token": torch.zeros(1, 64)}, str(bad))
     with pytest.raises(ArtifactError, match=r"bad.safetensors: g1\..* (is missing|is shape)"):
-        check_student_weights(bad, cfg.sample_teacher.teacher, "decoupled")
+        check_student_weights(bad, cfg.teacher, "decoupled")
     # a shard that is not where the manifest says
     shard = samples.splits["train"].shards[0]
     Path(store.path(f"sample_teacher/{samples.key}", shard.path)).unlink()
-    with pytest.raises(ArtifactError, match=f"{shard.path}: shard missing"):
+    with pytest.raises(ArtifactError, match=f"{shard.path}: listed in the manifest but missing"):
         run_stage(train_init.STAGE, cfg, store, {"sample_teacher": samples})
     assert not list(Path(ws).glob("train_init/*/losses.jsonl"))  # nothing trained
 

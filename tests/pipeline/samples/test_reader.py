@@ -87,7 +87,7 @@ def test_truncated_shard_is_named(sample_set):
     path = store.path("sample_teacher/k", shard.path)
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(ArtifactError, match=f"{shard.path}: .* bytes, the manifest says"):
+    with pytest.raises(ArtifactError, match=f"{shard.path}: size .* bytes, manifest says"):
         _keys(TeacherSampleReader.from_manifest(store, manifest, "train"))
 
 
@@ -95,7 +95,7 @@ def test_missing_shard_and_empty_split_are_clear(sample_set):
     store, manifest = sample_set
     shard = manifest.splits["train"].shards[0]
     store.fs.rm(store.path("sample_teacher/k", shard.path))
-    with pytest.raises(ArtifactError, match=f"{shard.path}: shard missing"):
+    with pytest.raises(ArtifactError, match=f"{shard.path}: listed in the manifest but missing"):
         _keys(TeacherSampleReader.from_manifest(store, manifest, "train"))
     with pytest.raises(ArtifactError, match="no split 'eval'"):
         TeacherSampleReader.from_manifest(store, manifest, "eval")

@@ -30,7 +30,7 @@ def test_early_exit_features_equal_a_full_forward(tiny_transformer, captions):
         seen["out"] = output[:, :64]
 
     handle = disc.backbone.layers[0].register_forward_hook(grab)
-    from pipeline.student.flow import transformer_velocity
+    from pipeline.flow import transformer_velocity
 
     transformer_velocity(disc.backbone, x, sigma, captions)
     handle.remove()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.student.flow import noised, transformer_velocity
+from pipeline.flow import noised, transformer_velocity
 from pipeline.student.model import TwoStepStudent
 
 

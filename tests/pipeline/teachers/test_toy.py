@@ -27,7 +27,7 @@ def test_sampling_records_sigma_mid_and_is_deterministic():
     assert torch.equal(a.final, b.final) and torch.equal(a.recorded[0.75], b.recorded[0.75])
     images = teacher.decode(a.final)
     assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
-    with pytest.raises(ValueError, match="not on the teacher's schedule"):
+    with pytest.raises(ConfigError, match="not on the teacher's 8-step schedule"):
         teacher.sample(caps, noise, 8, record_sigmas=(0.7,))
 
 

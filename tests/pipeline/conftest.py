@@ -1,3 +1,5 @@
+"""Tiny models shared by the library tests."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,0 +1,145 @@
+"""The evaluation report: an image grid (one row per prompt, one column per generator), the
+training curves of both phases, and the Markdown that ties them to the metrics tables."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from schemas.manifest import GeneratorScores, StudentCheckpointManifest
+
+METRIC_ORDER = ("fd_teacher", "fd_data", "mean_accuracy", "size", "color", "shape", "position",
+                "background", "valid_rate", "psnr", "ssim", "diversity", "fid_teacher",
+                "kid_teacher", "fid_data", "kid_data", "clip_score")
+"""Columns of the metrics table, in this order, where any generator has them."""
+
+
+def grid_png(columns: dict[str, torch.Tensor], rows: list[int]) -> bytes:
+    """PNG of sample ``rows`` of each generator's images ``(N, 3, H, W)`` in [0, 1], a
+    generator per column, upscaled to about 96 px tiles."""
+    from pipeline.generate import contact_sheet, to_uint8
+
+    tiles = [img for r in rows for img in (to_uint8(c[r:r + 1])[0] for c in columns.values())]
+    first = next(iter(columns.values()))
+    sheet = contact_sheet(np.stack(tiles), columns=len(columns),
+                          scale=max(1, 96 // first.shape[-1]))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def first_row_per_prompt(prompt_ids: list[str], limit: int) -> list[int]:
+    """Indices of the first sample of each distinct prompt, at most ``limit``."""
+    rows, seen = [], set()
+    for i, pid in enumerate(prompt_ids):
+        if pid not in seen and len(rows) < limit:
+            seen.add(pid)
+            rows.append(i)
+    return rows
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One finished training phase: its stage name, manifest and local folder."""
+
+    stage: str
+    manifest: StudentCheckpointManifest
+    folder: Path
+
+
+def curves_png(runs: list[TrainingRun]) -> tuple[bytes, dict[str, str]]:
+    """Loss curves of each run side by side (log scale), from its MLflow run, or from its
+    ``losses.jsonl`` if MLflow cannot be reached; the PNG and an MLflow link per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    links: dict[str, str] = {}
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.5), squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        manifest = run.manifest
+        series = _mlflow_series(manifest)
+        if series is None:
+            series = _jsonl_series(run.folder / "losses.jsonl")
+        else:
+            links[run.stage] = f"{manifest.mlflow_uri} run {manifest.mlflow_run_id}"
+        for key, (steps, values) in sorted(series.items()):
+            if key.startswith("loss"):
+                ax.plot(steps, values, label=key, linewidth=1)
+        ax.set_title(f"{run.stage} (phase {manifest.phase})")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue(), links
+
+
+def _mlflow_series(manifest: StudentCheckpointManifest):
+    if not (manifest.mlflow_uri and manifest.mlflow_run_id):
+        return None
+    try:
+        from pipeline.tracking import metric_series
+
+        return metric_series(manifest.mlflow_uri, manifest.mlflow_run_id)
+    except Exception:  # noqa: BLE001 - any tracking problem falls back to losses.jsonl
+        return None
+
+
+def _jsonl_series(path: Path):
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keys = {k for r in records for k in r if k != "step"}
+    return {k: ([r["step"] for r in records if k in r], [r[k] for r in records if k in r])
+            for k in keys}
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the report says about the run beside the scores."""
+
+    key: str
+    num_samples: int
+    num_prompts: int
+    device: str
+    latency_batch: int
+    grid_columns: list[str]
+    grid_prompts: list[str]
+    links: dict[str, str]
+
+
+def render_report(info: ReportContext, generators: list[GeneratorScores]) -> str:
+    """The Markdown report: metrics table, latency table, the grid and curves images."""
+    present = [k for k in METRIC_ORDER if any(k in g.metrics for g in generators)]
+    lines = [f"# Evaluation `{info.key}`", "",
+             f"{info.num_samples} eval samples ({info.num_prompts} prompts), the same noise "
+             f"for every generator; device: {info.device}. FD: toy Frechet distance (feature "
+             f"network); accuracy: over the prompts naming each attribute; psnr/ssim: against "
+             f"the teacher's image from the same noise; diversity: mean pairwise feature "
+             f"distance across seeds of a prompt.", "",
+             "| generator | steps | " + " | ".join(present) + " |",
+             "|---|---|" + "---|" * len(present)]
+    for g in generators:
+        cells = [f"{g.metrics[k]:.4g}" if k in g.metrics else "-" for k in present]
+        lines.append(f"| {g.name} | {g.steps} | " + " | ".join(cells) + " |")
+    lines += ["", "Latency per image (seconds; median of repeats, batch "
+              f"{info.latency_batch}):", "",
+              "| generator | text encoding | denoising | decoding | total | images/s |",
+              "|---|---|---|---|---|---|"]
+    for g in generators:
+        lat = g.latency
+        lines.append(f"| {g.name} | {lat['text_encoding']:.4f} | {lat['denoising']:.4f} | "
+                     f"{lat['decoding']:.4f} | {lat['total']:.4f} | {lat['images_per_s']:.1f} |")
+    lines += ["", f"Columns: {', '.join(info.grid_columns)}. Rows:", ""]
+    lines += [f"{i + 1}. {p}" for i, p in enumerate(info.grid_prompts)]
+    lines += ["", "![grid](grid.png)", "", "![training curves](losses.png)", ""]
+    for stage, link in info.links.items():
+        lines.append(f"- {stage}: MLflow {link}")
+    return "\n".join(lines) + "\n"
