@@ -1,4 +1,4 @@
-"""Reading a curated prompt set (the ``curate`` stage's Parquet shards)."""
+"""Writing and reading a curated prompt set (the ``curate`` stage's Parquet shards)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.store import ArtifactStore
-from schemas.manifest import PromptSetManifest
+from schemas.manifest import PromptSetManifest, PromptShard, PromptSplit
 
 PROMPT_SCHEMA = pa.schema(
     [
@@ -29,3 +29,18 @@ def read_prompts(store: ArtifactStore, manifest: PromptSetManifest, split: str) 
         with store.fs.open(store.path(stage_dir, shard.path), "rb") as handle:
             tables.append(pq.read_table(handle))
     return pa.concat_tables(tables) if tables else PROMPT_SCHEMA.empty_table()
+
+
+def write_split(store: ArtifactStore, out_dir: str, split: str, rows: list[dict[str, object]],
+                rows_per_shard: int) -> PromptSplit:
+    """``rows`` (:data:`PROMPT_SCHEMA` records) as ``<split>-NNNNN.parquet`` shards of
+    ``rows_per_shard`` (zstd), each written atomically; an empty split is one empty shard."""
+    shards = []
+    for shard_index, start in enumerate(range(0, max(len(rows), 1), rows_per_shard)):
+        chunk = rows[start : start + rows_per_shard]
+        table = pa.Table.from_pylist(chunk, schema=PROMPT_SCHEMA)
+        rel = f"{split}-{shard_index:05d}.parquet"
+        with store.open_atomic(out_dir, rel) as handle:
+            pq.write_table(table, handle, compression="zstd")
+        shards.append(PromptShard(path=rel, num_rows=len(chunk)))
+    return PromptSplit(num_prompts=len(rows), shards=shards)
