@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from flows.env import apply_defaults
+
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="twostep-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_TMP / "prefect"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+apply_defaults()  # the same process defaults as the CLI and the flows
 os.environ.pop("RAY_ADDRESS", None)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
