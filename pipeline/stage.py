@@ -185,48 +185,42 @@ def run_stage(
         # A rejected cache (a file missing or changed): the folder is unfinished from now on.
         store.fs.rm(store.path(stage_dir, MANIFEST_FILENAME))
     store.makedirs(stage_dir)
-    section = spec.section(cfg)
-    input_dirs = {name: _dir_of(m) for name, m in inputs.items()}
     ctx = StageContext(
-        name=spec.name,
-        key=key,
-        store=store,
-        out_dir=stage_dir,
-        config=cfg,
-        section=section,
-        teacher=cfg.teacher if spec.uses_teacher else None,
-        inputs=inputs,
-        input_dirs=input_dirs,
+        name=spec.name, key=key, store=store, out_dir=stage_dir, config=cfg,
+        section=spec.section(cfg), teacher=cfg.teacher if spec.uses_teacher else None,
+        inputs=inputs, input_dirs={name: _dir_of(m) for name, m in inputs.items()},
         log=logging.getLogger(f"twostep.stages.{spec.name}"),
         progress=progress or (lambda fraction: None),
     )
     log.info("%s: computing into %s", spec.name, store.uri(stage_dir))
     start = time.perf_counter()
     result = spec.run(ctx)
-    elapsed = time.perf_counter() - start
-    manifest = spec.manifest_type(
+    manifest = _manifest(spec, ctx, result, elapsed=time.perf_counter() - start)
+    store.write_manifest(stage_dir, manifest)
+    _write_latest(store, spec.name, manifest, cached=False)
+    return StageOutcome(manifest, False, stage_dir, store.uri(stage_dir))
+
+
+def _manifest(spec: StageSpec[M], ctx: StageContext, result: StageResult,
+              elapsed: float) -> M:
+    """The finished stage's manifest: lineage, every file (size, sha256), the result."""
+    store = ctx.store
+    return spec.manifest_type(
         stage=spec.name,
-        key=key,
+        key=ctx.key,
         created_at=datetime.now(timezone.utc),
         code_version=code_version(),
-        config=section.model_dump(mode="json"),
-        run_config={"teacher": cfg.teacher.model_dump(mode="json")} if spec.uses_teacher
-        else {},
-        inputs=[
-            InputRef(stage=name, key=m.key, content_sha256=content_hash(m),
-                     uri=store.uri(input_dirs[name]))
-            for name, m in inputs.items()
-        ],
-        external_inputs=spec.fingerprint(cfg),
-        files=store.file_entries(stage_dir, known={f.path: f for f in result.files}),
+        config=ctx.section.model_dump(mode="json"),
+        run_config={"teacher": ctx.teacher.model_dump(mode="json")} if ctx.teacher else {},
+        inputs=[InputRef(stage=name, key=m.key, content_sha256=content_hash(m),
+                         uri=store.uri(ctx.input_dirs[name])) for name, m in ctx.inputs.items()],
+        external_inputs=spec.fingerprint(ctx.config),
+        files=store.file_entries(ctx.out_dir, known={f.path: f for f in result.files}),
         counts=result.counts,
         metrics=result.metrics,
         timings={**result.timings, "total_s": round(elapsed, 3)},
         **result.fields,
     )
-    store.write_manifest(stage_dir, manifest)
-    _write_latest(store, spec.name, manifest, cached=False)
-    return StageOutcome(manifest, False, stage_dir, store.uri(stage_dir))
 
 
 def _dir_of(manifest: Manifest) -> str:

@@ -74,3 +74,29 @@ def test_missing_upstream_is_an_error(tmp_path):
     cfg = load_config("smoke", workspace=str(tmp_path))
     with pytest.raises(StageDependencyError, match="needs the output of produce"):
         run_stage(_spec("consume", ("produce",), []), cfg, ArtifactStore(str(tmp_path)))
+
+
+def test_the_teacher_is_in_the_keys_and_context_of_the_stages_that_use_it(tmp_path):
+    from pipeline.stage import compute_key
+    from stages.registry import STAGES
+
+    base = load_config("smoke", workspace=str(tmp_path))
+    other = load_config("smoke", ["teacher.dtype=bfloat16"], workspace=str(tmp_path))
+    faster = load_config("smoke", ["sample_teacher.num_actors=2", "curate.batch_size=7",
+                                   "train_init.log_every=3"], workspace=str(tmp_path))
+    users = {name for name, spec in STAGES.items() if spec.uses_teacher}
+    assert users == {"sample_teacher", "train_init", "train_e2e", "evaluate"}
+    for name in ("curate", "sample_teacher", "train_init"):
+        spec = STAGES[name]
+        key = compute_key(spec, base, {})
+        assert (compute_key(spec, other, {}) != key) == (name in users)
+        assert compute_key(spec, faster, {}) == key  # speed-only fields are not in keys
+
+    seen = []
+    spec = StageSpec(name="produce", upstream=(), manifest_type=CountManifest,
+                     section=lambda cfg: cfg.curate, uses_teacher=True,
+                     run=lambda ctx: (seen.append(ctx.teacher), StageResult(
+                         fields={"total": 0}))[1])
+    outcome = run_stage(spec, other, ArtifactStore(str(tmp_path)))
+    assert seen[0].dtype == "bfloat16"
+    assert outcome.manifest.run_config == {"teacher": other.teacher.model_dump(mode="json")}
