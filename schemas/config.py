@@ -403,6 +403,21 @@ class EvaluateConfig(StrictModel):
     real_metrics: RealMetricsConfig = Field(default_factory=RealMetricsConfig)
 
 
+class ExportConfig(StrictModel):
+    """The distilled 2-step generator as a diffusers pipeline folder (``export/<key>/pipeline``):
+    the student's two transformers, the teacher's text encoder, tokenizer and decoder, a
+    scheduler with the trained sigmas, the pipeline's code file and a model card."""
+
+    weights: Literal["ema", "student"] = Field("ema", description="Which phase-2 weights "
+                                               "to export (evaluate scores the same choice "
+                                               "by default).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of every exported weight.")
+    max_shard_size: str = Field(
+        "5GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="Largest safetensors shard (e.g. '5GB', '500MB'); larger models are split.")
+
+
 class DistillConfig(StrictModel):
     """The whole run: the run-level settings (``teacher``, and ``workspace``, ``ray`` and
     ``tracking``, which never change a result) and one section per stage."""
@@ -421,3 +436,4 @@ class DistillConfig(StrictModel):
     train_init: TrainInitConfig = Field(default_factory=TrainInitConfig)
     train_e2e: TrainE2EConfig = Field(default_factory=TrainE2EConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)

@@ -214,3 +214,18 @@ class EvalReportManifest(Manifest):
     num_prompts: int
     generators: list[GeneratorScores]
     device: str
+    grid_prompts: list[str] = Field(default_factory=list,
+                                    description="The prompts of the grid's rows, in order.")
+
+
+class ExportManifest(Manifest):
+    """Output of ``export``: ``pipeline/``, a diffusers pipeline folder (see
+    :mod:`pipeline.export.folder`) that ``DiffusionPipeline.from_pretrained(folder,
+    trust_remote_code=True)`` loads, with its model card ``pipeline/README.md``."""
+
+    stage: Literal["export"] = "export"
+    pipeline_dir: str = Field(description="The pipeline folder, relative to the stage folder.")
+    parameterization: Literal["decoupled", "shared"]
+    sigma_mid: float
+    teacher_id: str
+    dtype: str

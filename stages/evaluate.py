@@ -128,7 +128,8 @@ def evaluate(ctx: StageContext) -> StageResult:
                        metrics={f"{g.name}.{k}": v for g in scores for k, v in g.metrics.items()},
                        timings=timings,
                        fields={"num_samples": len(prompts), "num_prompts": n_prompts,
-                               "generators": scores, "device": device})
+                               "generators": scores, "device": device,
+                               "grid_prompts": [prompts[r] for r in rows]})
 
 
 def check(cfg: DistillConfig) -> None:

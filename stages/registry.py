@@ -14,11 +14,11 @@ from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key
 from pipeline.store import ArtifactStore
 from schemas.config import DistillConfig
 from schemas.manifest import Manifest
-from stages import curate, evaluate, sample_teacher, train_e2e, train_init
+from stages import curate, evaluate, export, sample_teacher, train_e2e, train_init
 
 STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (curate.STAGE, sample_teacher.STAGE,
                                                   train_init.STAGE, train_e2e.STAGE,
-                                                  evaluate.STAGE)}
+                                                  evaluate.STAGE, export.STAGE)}
 """Every stage by name, in execution order."""
 
 

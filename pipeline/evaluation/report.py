@@ -115,28 +115,38 @@ class ReportContext:
     links: dict[str, str]
 
 
+def metrics_table(generators: list[GeneratorScores]) -> list[str]:
+    """Markdown lines of the metrics table: a row per generator, the metrics any has."""
+    present = [k for k in METRIC_ORDER if any(k in g.metrics for g in generators)]
+    lines = ["| generator | steps | " + " | ".join(present) + " |",
+             "|---|---|" + "---|" * len(present)]
+    for g in generators:
+        cells = [f"{g.metrics[k]:.4g}" if k in g.metrics else "-" for k in present]
+        lines.append(f"| {g.name} | {g.steps} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def latency_table(generators: list[GeneratorScores]) -> list[str]:
+    """Markdown lines of the latency table (seconds per image, images per second)."""
+    lines = ["| generator | text encoding | denoising | decoding | total | images/s |",
+             "|---|---|---|---|---|---|"]
+    for g in generators:
+        lat = g.latency
+        lines.append(f"| {g.name} | {lat['text_encoding']:.4f} | {lat['denoising']:.4f} | "
+                     f"{lat['decoding']:.4f} | {lat['total']:.4f} | {lat['images_per_s']:.1f} |")
+    return lines
+
+
 def render_report(info: ReportContext, generators: list[GeneratorScores]) -> str:
     """The Markdown report: metrics table, latency table, the grid and curves images."""
-    present = [k for k in METRIC_ORDER if any(k in g.metrics for g in generators)]
     lines = [f"# Evaluation `{info.key}`", "",
              f"{info.num_samples} eval samples ({info.num_prompts} prompts), the same noise "
              f"for every generator; device: {info.device}. FD: toy Frechet distance (feature "
              f"network); accuracy: over the prompts naming each attribute; psnr/ssim: against "
              f"the teacher's image from the same noise; diversity: mean pairwise feature "
-             f"distance across seeds of a prompt.", "",
-             "| generator | steps | " + " | ".join(present) + " |",
-             "|---|---|" + "---|" * len(present)]
-    for g in generators:
-        cells = [f"{g.metrics[k]:.4g}" if k in g.metrics else "-" for k in present]
-        lines.append(f"| {g.name} | {g.steps} | " + " | ".join(cells) + " |")
+             f"distance across seeds of a prompt.", "", *metrics_table(generators)]
     lines += ["", "Latency per image (seconds; median of repeats, batch "
-              f"{info.latency_batch}):", "",
-              "| generator | text encoding | denoising | decoding | total | images/s |",
-              "|---|---|---|---|---|---|"]
-    for g in generators:
-        lat = g.latency
-        lines.append(f"| {g.name} | {lat['text_encoding']:.4f} | {lat['denoising']:.4f} | "
-                     f"{lat['decoding']:.4f} | {lat['total']:.4f} | {lat['images_per_s']:.1f} |")
+              f"{info.latency_batch}):", "", *latency_table(generators)]
     lines += ["", f"Columns: {', '.join(info.grid_columns)}. Rows:", ""]
     lines += [f"{i + 1}. {p}" for i, p in enumerate(info.grid_prompts)]
     lines += ["", "![grid](grid.png)", "", "![training curves](losses.png)", ""]

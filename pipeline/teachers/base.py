@@ -10,11 +10,25 @@ through :func:`pipeline.flow.transformer_velocity`.
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.flow import Trajectory, euler
+
+
+@dataclass(frozen=True)
+class PipelineComponents:
+    """What a teacher contributes to an exported pipeline besides the student's transformers:
+    diffusers/transformers modules with ``save_pretrained``, and how prompts are encoded
+    (``qwen3``: Z-Image's chat-templated Qwen3; ``minilm``: the toy world's MiniLM)."""
+
+    text_encoder: Any
+    tokenizer: Any
+    vae: Any
+    text_encoding: str
 
 
 class TeacherAdapter(abc.ABC):
@@ -52,6 +66,11 @@ class TeacherAdapter(abc.ABC):
     @abc.abstractmethod
     def transformer(self) -> nn.Module:
         """The denoiser, for students to copy."""
+
+    def pipeline_components(self) -> PipelineComponents:
+        """The text encoder, tokenizer and decoder an export carries (see
+        :mod:`pipeline.export.folder`)."""
+        raise NotImplementedError(f"the {self.name} teacher cannot be exported")
 
     @torch.inference_mode()
     def sample(self, captions: list[torch.Tensor], noise: torch.Tensor, steps: int,

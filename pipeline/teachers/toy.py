@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline.errors import ArtifactError, ConfigError
 from pipeline.flow import SHIFT, shifted_sigmas, transformer_velocity
-from pipeline.teachers.base import TeacherAdapter
+from pipeline.teachers.base import PipelineComponents, TeacherAdapter
 from pipeline.toy.autoencoder import ToyAutoencoder
 from pipeline.toy.prompts import parse_prompt
 from pipeline.toy.teacher import ASSET_DIR, to_images
@@ -76,11 +76,7 @@ class ToyTeacher(TeacherAdapter):
             if self.strict:
                 raise ConfigError(message)
             log.warning("%s (they are encoded anyway; the teacher never saw them)", message)
-        if self._encoder is None:
-            from pipeline.toy.text_encoder import MiniLMTextEncoder
-
-            self._encoder = MiniLMTextEncoder(device=self.device)
-        return self._encoder.encode(prompts)
+        return self._text_encoder().encode(prompts)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor,
                  captions: list[torch.Tensor]) -> torch.Tensor:
@@ -108,6 +104,24 @@ class ToyTeacher(TeacherAdapter):
     @property
     def transformer(self) -> nn.Module:
         return self.model
+
+    def _text_encoder(self):
+        if self._encoder is None:
+            from pipeline.toy.text_encoder import MiniLMTextEncoder
+
+            self._encoder = MiniLMTextEncoder(device=self.device)
+        return self._encoder
+
+    def pipeline_components(self) -> PipelineComponents:
+        if self.autoencoder is None:
+            raise ArtifactError("a pixel-space toy teacher (no autoencoder/) has no decoder "
+                                "to export; build a latent one (distill toy build-teacher)")
+        from pipeline.toy.vae import ToyVAE
+
+        encoder = self._text_encoder()
+        return PipelineComponents(text_encoder=encoder.model, tokenizer=encoder.tokenizer,
+                                  vae=ToyVAE.from_autoencoder(self.autoencoder).to(self.device),
+                                  text_encoding="minilm")
 
 
 class _FixedPatch(nn.Module):

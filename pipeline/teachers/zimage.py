@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.errors import ArtifactError
 from pipeline.flow import transformer_velocity
-from pipeline.teachers.base import TeacherAdapter
+from pipeline.teachers.base import PipelineComponents, TeacherAdapter
 
 _REQUIRED = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -108,3 +108,8 @@ class ZImageTeacher(TeacherAdapter):
     @property
     def transformer(self) -> nn.Module:
         return self.pipe.transformer
+
+    def pipeline_components(self) -> PipelineComponents:
+        return PipelineComponents(text_encoder=self.pipe.text_encoder,
+                                  tokenizer=self.pipe.tokenizer, vae=self.pipe.vae,
+                                  text_encoding="qwen3")

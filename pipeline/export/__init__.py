@@ -1,0 +1,1 @@
+"""Export: the distilled 2-step student as a diffusers pipeline folder."""

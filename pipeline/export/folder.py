@@ -1,0 +1,142 @@
+"""Writing and checking an exported pipeline folder.
+
+Layout (a diffusers pipeline folder)::
+
+    model_index.json        "_class_name": ["pipeline_twostep", "TwoStepPipeline"], components,
+                            boundary_sigma, text_encoding, default_height/width
+    pipeline_twostep.py     the pipeline class (diffusers, transformers and torch only)
+    transformer/            G1 (step 1, sigma 1): ZImageTransformer2DModel, safetensors shards
+    transformer_2/          G2 (step 2, sigma boundary_sigma); absent for a shared student
+    text_encoder/ tokenizer/ vae/   the teacher's (for the toy: MiniLM and the toy autoencoder)
+    scheduler/              FlowMatchEulerDiscreteScheduler, shift 1: the sigmas given are used
+    twostep.json            what was exported from where (read by ``distill generate``)
+    README.md, grid.png     the model card
+
+The folder is written beside its final name and renamed into place, so a folder under the
+final name is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import ArtifactError
+from pipeline.student.model import TwoStepStudent
+from pipeline.teachers.base import PipelineComponents, TeacherAdapter
+
+PIPELINE_FILE = "pipeline_twostep.py"
+PIPELINE_CLASS = "TwoStepPipeline"
+INFO_FILE = "twostep.json"
+MODEL_INDEX = "model_index.json"
+WEIGHT_SUFFIXES = (".safetensors",)
+REFUSED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def pipeline_source() -> Path:
+    """The pipeline code file that every export carries."""
+    return Path(__file__).resolve().parent / PIPELINE_FILE
+
+
+def build_pipeline(student: TwoStepStudent, components: PipelineComponents, height: int,
+                   width: int):
+    """A :class:`TwoStepPipeline` in memory over ``student``'s generators."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from pipeline.export.pipeline_twostep import TwoStepPipeline
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0,
+                                                use_dynamic_shifting=False)
+    return TwoStepPipeline(scheduler=scheduler, vae=components.vae,
+                           text_encoder=components.text_encoder,
+                           tokenizer=components.tokenizer, transformer=student.g1,
+                           transformer_2=student.g2, boundary_sigma=student.sigma_mid,
+                           text_encoding=components.text_encoding, default_height=height,
+                           default_width=width)
+
+
+def write_pipeline(student: TwoStepStudent, teacher: TeacherAdapter, out: Path, *,
+                   dtype: torch.dtype, max_shard_size: str, height: int, width: int,
+                   info: dict[str, Any], card: str | None = None,
+                   extra_files: dict[str, bytes] | None = None) -> None:
+    """Write the folder ``out`` (see the module docstring) in ``dtype``; ``info`` goes to
+    ``twostep.json``, ``card`` to ``README.md``, ``extra_files`` (e.g. ``grid.png``) beside
+    them. Replaces an existing ``out`` only once the new folder is complete."""
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipe = build_pipeline(student, teacher.pipeline_components(), height, width)
+    pipe.to(dtype)
+    pipe.save_pretrained(partial, safe_serialization=True, max_shard_size=max_shard_size)
+    index = json.loads((partial / MODEL_INDEX).read_text())
+    index["_class_name"] = [PIPELINE_FILE.removesuffix(".py"), PIPELINE_CLASS]
+    index.pop("_name_or_path", None)
+    (partial / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(pipeline_source(), partial / PIPELINE_FILE)
+    (partial / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    if card is not None:
+        (partial / "README.md").write_text(card, encoding="utf-8")
+    for name, data in (extra_files or {}).items():
+        (partial / name).write_bytes(data)
+    check_export(partial)
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        partial.rename(out)
+        shutil.rmtree(old)
+    else:
+        partial.rename(out)
+
+
+def check_export(folder: Path) -> dict[str, Any]:
+    """``folder`` is a complete twostep export: returns its ``twostep.json``. Raises an
+    :class:`ArtifactError` naming the path otherwise (not an export, a component missing, a
+    weight file that is not safetensors)."""
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such folder")
+    if not (folder / INFO_FILE).is_file():
+        hint = " (a teacher folder? use --teacher-path)" if (folder / MODEL_INDEX).is_file() \
+            else ""
+        raise ArtifactError(f"{folder}: not a twostep export (no {INFO_FILE}){hint}")
+    try:
+        index = json.loads((folder / MODEL_INDEX).read_text())
+        info = json.loads((folder / INFO_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{folder}: unreadable export metadata ({exc})") from None
+    if index.get("_class_name") != [PIPELINE_FILE.removesuffix(".py"), PIPELINE_CLASS] or \
+            not (folder / PIPELINE_FILE).is_file():
+        raise ArtifactError(f"{folder}: not a twostep export ({MODEL_INDEX} does not name "
+                            f"{PIPELINE_FILE})")
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+            continue
+        part = folder / name
+        if not part.is_dir() or not any(part.iterdir()):
+            raise ArtifactError(f"{part}: component {name} missing from the export")
+        for file in part.rglob("*"):
+            if file.suffix in REFUSED_WEIGHTS:
+                raise ArtifactError(f"{file}: weights must be safetensors (pickle-based "
+                                    f"weight files are refused)")
+    return info
+
+
+def load_exported(folder: Path, device: str = "cpu", dtype: torch.dtype | None = None):
+    """The exported pipeline, loaded the way any user loads it."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    check_export(folder)
+    diffusers_logging.disable_progress_bar()
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    try:
+        pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True,
+                                                 local_files_only=True, use_safetensors=True,
+                                                 **kwargs)
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise ArtifactError(f"{folder}: cannot load the exported pipeline: {exc}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

@@ -1,0 +1,82 @@
+"""Stage ``export``: the phase-2 student as a diffusers pipeline folder
+(``export/<key>/pipeline``) with the teacher's text encoder, tokenizer and decoder, a scheduler
+with the trained sigmas, the pipeline's code file and a model card (:mod:`pipeline.export`)."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.errors import ArtifactError
+from pipeline.export.card import model_card
+from pipeline.export.folder import write_pipeline
+from pipeline.stage import StageContext, StageResult, StageSpec, code_version
+from pipeline.student.load import load_student
+from pipeline.teachers.describe import describe_teacher
+from schemas.config import DistillConfig, ExportConfig
+from schemas.manifest import EvalReportManifest, ExportManifest, StudentCheckpointManifest
+
+PIPELINE_DIR = "pipeline"
+FORMAT_VERSION = 1
+
+
+def export(ctx: StageContext) -> StageResult:
+    cfg, t = ctx.section, ctx.teacher
+    assert isinstance(cfg, ExportConfig) and t is not None
+    student_manifest, evaluation = ctx.inputs["train_e2e"], ctx.inputs["evaluate"]
+    assert isinstance(student_manifest, StudentCheckpointManifest)
+    assert isinstance(evaluation, EvalReportManifest)
+    desc = describe_teacher(t)
+    if desc.teacher_id != student_manifest.teacher_id:
+        raise ArtifactError(f"the student was distilled from {student_manifest.teacher_id}, "
+                            f"the configured teacher is {desc.teacher_id}")
+    from pipeline.teachers import load_teacher
+
+    teacher = load_teacher(t.kind, t.path, device="cpu")
+    folder = ctx.store.local_path(ctx.input_dirs["train_e2e"])
+    student = load_student(folder, student_manifest, teacher, cfg.weights)
+    info = {
+        "format_version": FORMAT_VERSION, "name": f"{ctx.config.name}-2step",
+        "teacher": {"kind": t.kind, "path": t.path, "teacher_id": desc.teacher_id,
+                    "steps": t.steps},
+        "sigmas": [1.0, student.sigma_mid, 0.0], "parameterization": student.parameterization,
+        "weights": cfg.weights, "dtype": cfg.dtype, "height": t.height, "width": t.width,
+        "example_prompt": (evaluation.grid_prompts or ["a photo"])[0],
+        "code_version": code_version(),
+        "stages": {"train_e2e": student_manifest.key, "evaluate": evaluation.key,
+                   "export": ctx.key},
+    }
+    stages = {ref.stage: ref.key for ref in student_manifest.inputs}
+    stages |= {"train_e2e": student_manifest.key, "evaluate": evaluation.key, "export": ctx.key}
+    lineage = {"stages": stages,
+               "config": {"teacher": t.model_dump(mode="json"),
+                          "export": cfg.model_dump(mode="json"),
+                          "train_e2e": student_manifest.config}}
+    grid = ctx.store.read_bytes(ctx.input_dirs["evaluate"], "grid.png")
+    out = ctx.store.local_path(ctx.out_dir, PIPELINE_DIR)
+    write_pipeline(student, teacher, out, dtype=getattr(torch, cfg.dtype),
+                   max_shard_size=cfg.max_shard_size, height=t.height, width=t.width,
+                   info=info, card=model_card(info, evaluation, lineage),
+                   extra_files={"grid.png": grid})
+    ctx.log.info("export: wrote %s", out)
+    return StageResult(counts={"transformers": 1 if student.g2 is None else 2},
+                       fields={"pipeline_dir": PIPELINE_DIR,
+                               "parameterization": student.parameterization,
+                               "sigma_mid": student.sigma_mid, "teacher_id": desc.teacher_id,
+                               "dtype": cfg.dtype})
+
+
+def check(cfg: DistillConfig) -> None:
+    """Before any work: the teacher folder is readable."""
+    describe_teacher(cfg.teacher)
+
+
+STAGE: StageSpec[ExportManifest] = StageSpec(
+    name="export",
+    upstream=("train_e2e", "evaluate"),
+    manifest_type=ExportManifest,
+    section=lambda cfg: cfg.export,
+    run=export,
+    check=check,
+    version=1,
+    uses_teacher=True,
+)
