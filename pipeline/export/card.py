@@ -34,7 +34,8 @@ def model_card(info: dict[str, Any], evaluation: EvalReportManifest,
         + f"). Images are {size}; weights are {info['dtype']} safetensors.", "",
         "## Use", "", load_note, "", "```python", "import torch",
         "from diffusers import DiffusionPipeline", "",
-        'pipe = DiffusionPipeline.from_pretrained("PATH/TO/THIS/FOLDER", trust_remote_code=True)',
+        'pipe = DiffusionPipeline.from_pretrained("PATH/TO/THIS/FOLDER", trust_remote_code=True'
+        + ("" if info["dtype"] == "float32" else f", dtype=torch.{info['dtype']}") + ")",
         f'image = pipe("{info["example_prompt"]}", num_inference_steps=2, '
         "generator=torch.Generator().manual_seed(0)).images[0]",
         'image.save("out.png")', "```", "",

@@ -131,7 +131,7 @@ def load_exported(folder: Path, device: str = "cpu", dtype: torch.dtype | None =
 
     check_export(folder)
     diffusers_logging.disable_progress_bar()
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
         pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True,
                                                  local_files_only=True, use_safetensors=True,

@@ -54,7 +54,7 @@ class ToyTeacher(TeacherAdapter):
         diffusers_logging.disable_progress_bar()  # one bar per Ray actor is noise
         try:
             model = ZImageTransformer2DModel.from_pretrained(
-                transformer, use_safetensors=True, torch_dtype=torch.float32)
+                transformer, use_safetensors=True, dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"{transformer}: cannot load the toy teacher: {exc}") from None
         autoencoder = None

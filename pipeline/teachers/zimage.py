@@ -64,7 +64,7 @@ class ZImageTeacher(TeacherAdapter):
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         try:
-            pipe = ZImagePipeline.from_pretrained(folder, torch_dtype=dtype,
+            pipe = ZImagePipeline.from_pretrained(folder, dtype=dtype,
                                                   use_safetensors=True, local_files_only=True)
         except (OSError, ValueError, RuntimeError, TypeError) as exc:
             raise ArtifactError(f"{folder}: cannot load the Z-Image pipeline: {exc}") from None

@@ -1,0 +1,165 @@
+"""Exported pipeline folders: loaded by diffusers alone, they sample exactly what the student
+samples, on the schedule it was trained on; broken folders are refused in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.errors import ArtifactError
+from pipeline.export.folder import check_export, load_exported, write_pipeline
+from pipeline.generate import noise_for_seeds
+from pipeline.student.model import TwoStepStudent
+from pipeline.teachers import load_teacher
+
+PROMPTS = ["a red circle on the left", "a small blue square at the top"]
+INFO = {"format_version": 1}
+
+
+def _perturb(student: TwoStepStudent) -> TwoStepStudent:
+    # A student that is not the teacher's copy: G1 and G2 differ.
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for g in student.generators().values():
+            for p in g.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 1e-2)
+    return student.eval()
+
+
+@pytest.fixture(scope="module")
+def toy_export(tmp_path_factory):
+    teacher = load_teacher("toy")
+    student = _perturb(TwoStepStudent.from_teacher(teacher.transformer, "decoupled", 0.75))
+    out = tmp_path_factory.mktemp("export") / "pipeline"
+    write_pipeline(student, teacher, out, dtype=torch.float32, max_shard_size="5GB",
+                   height=32, width=32, info=INFO, card="# card\n")
+    return teacher, student, out
+
+
+def test_toy_export_samples_exactly_what_the_student_samples(toy_export):
+    teacher, student, out = toy_export
+    pipe = load_exported(out)
+    # The trained schedule, exactly: the scheduler does not shift it again.
+    pipe.scheduler.set_timesteps(sigmas=pipe.sigmas[:-1])
+    assert pipe.scheduler.sigmas.tolist() == [1.0, 0.75, 0.0]
+    assert pipe.scheduler.timesteps.tolist() == [1000.0, 750.0]
+    caps = teacher.encode_prompts(PROMPTS)
+    noise = noise_for_seeds([5, 6], teacher.latent_shape(32, 32))
+    expected = student.sample(noise, caps)
+    seeds = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    latents = pipe(PROMPTS, generator=seeds, output_type="latent").images
+    torch.testing.assert_close(latents, expected, atol=1e-5, rtol=0)
+    images = pipe(PROMPTS, generator=[torch.Generator().manual_seed(s) for s in (5, 6)],
+                  output_type="pt").images
+    torch.testing.assert_close(images, teacher.decode(expected), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="distilled for 2 steps"):
+        pipe(PROMPTS[0], num_inference_steps=8)
+    with pytest.raises(ValueError, match="guidance_scale=0"):
+        pipe(PROMPTS[0], guidance_scale=3.0)
+
+
+def test_export_folder_layout_names_the_code_file(toy_export):
+    _, _, out = toy_export
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_twostep", "TwoStepPipeline"]
+    assert index["transformer"] == index["transformer_2"] == ["diffusers",
+                                                             "ZImageTransformer2DModel"]
+    assert index["boundary_sigma"] == 0.75 and index["text_encoding"] == "minilm"
+    assert (out / "pipeline_twostep.py").is_file() and (out / "README.md").is_file()
+    assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth")]
+    assert check_export(out) == INFO
+
+
+def test_shared_student_bf16_and_sharded_weights(tmp_path):
+    teacher = load_teacher("toy")
+    student = _perturb(TwoStepStudent.from_teacher(teacher.transformer, "shared", 0.75))
+    out = tmp_path / "pipeline"
+    write_pipeline(student, teacher, out, dtype=torch.bfloat16, max_shard_size="1MB",
+                   height=32, width=32, info=INFO)
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["transformer_2"] == [None, None] and not (out / "transformer_2").exists()
+    shards = sorted((out / "transformer").glob("*.safetensors"))
+    assert len(shards) > 1 and (out / "transformer" /
+                                "diffusion_pytorch_model.safetensors.index.json").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(shards[0]), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.bfloat16
+    pipe = load_exported(out, dtype=torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.transformer_2 is None
+    caps = teacher.encode_prompts(PROMPTS[:1])
+    noise = noise_for_seeds([1], teacher.latent_shape(32, 32))
+    bf16 = TwoStepStudent(student.g1.to(torch.bfloat16), None, 0.75).sample(noise, caps)
+    latents = pipe(PROMPTS[:1], generator=[torch.Generator().manual_seed(1)],
+                   output_type="latent").images
+    torch.testing.assert_close(latents, bf16, atol=1e-5, rtol=0)
+
+
+def test_broken_exports_are_refused_in_one_line(toy_export, tmp_path):
+    import shutil
+
+    _, _, out = toy_export
+    with pytest.raises(ArtifactError, match="not a twostep export .*a teacher folder"):
+        check_export(_plain_teacher_folder(tmp_path))
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(ArtifactError, match=r"broken/vae: component vae missing"):
+        check_export(broken)
+    shutil.copytree(out / "text_encoder", broken / "vae")
+    (broken / "transformer" / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ArtifactError, match=r"pytorch_model.bin: weights must be safetensors"):
+        check_export(broken)
+    with pytest.raises(ArtifactError, match="no such folder"):
+        check_export(tmp_path / "nothing")
+
+
+def _plain_teacher_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"_class_name": "ZImagePipeline"}')
+    return folder
+
+
+BLOCK_TWOSTEP = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pipeline", "stages", "flows", "schemas"):
+            raise ImportError(f"twostep is not importable here ({name})")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_zimage_export_loads_without_twostep_and_matches_the_student(zimage_folder, tmp_path):
+    teacher = load_teacher("zimage", str(zimage_folder))
+    student = _perturb(TwoStepStudent.from_teacher(teacher.transformer, "decoupled", 0.75))
+    out = tmp_path / "pipeline"
+    shape = teacher.latent_shape(64, 64)
+    sigma_mid = 0.75
+    write_pipeline(student, teacher, out, dtype=torch.float32, max_shard_size="5GB",
+                   height=64, width=64, info=INFO)
+    caps = teacher.encode_prompts(PROMPTS)
+    noise = noise_for_seeds([7, 8], shape)
+    expected = student.sample(noise, caps)
+    script = BLOCK_TWOSTEP + f"""
+import torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)
+gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
+latents = pipe({PROMPTS!r}, generator=gens, output_type="latent").images
+assert "pipeline" not in sys.modules
+torch.save(latents, {str(tmp_path / 'latents.pt')!r})
+print(type(pipe).__name__, pipe.config.boundary_sigma)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["TwoStepPipeline", str(sigma_mid)]
+    torch.testing.assert_close(torch.load(tmp_path / "latents.pt"), expected, atol=1e-5,
+                               rtol=0)
