@@ -6,7 +6,7 @@ STAMP := $(VENV)/.twostep-installed
 CONSTRAINTS := $(VENV)/torch-constraints.txt
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup demo test lint clean-runs
+.PHONY: setup browser demo test lint clean-runs
 
 setup: $(STAMP)
 
@@ -26,7 +26,14 @@ $(STAMP): pyproject.toml $(BIN)/python
 demo: setup
 	$(BIN)/distill run --config toy
 
-test: setup
+# A real browser for the page checks (report.html, dashboards): Debian's chromium.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: sudo apt-get install chromium (browser tests need it)"; \
+	  exit 1; fi; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q --durations=10
 
 lint: setup

@@ -52,6 +52,12 @@ def publish(outcome: StageOutcome, store: ArtifactStore) -> None:
     create_markdown_artifact("\n".join(lines) + "\n", key=_key(m.stage, "summary"),
                              description=f"{m.stage} summary")
     if m.stage == "evaluate" and store.exists(outcome.stage_dir, "report.md"):
+        from pipeline.evaluation.report import inline_images
+
         report = store.read_bytes(outcome.stage_dir, "report.md").decode()
-        create_markdown_artifact(report, key="evaluate-report",
-                                 description="evaluation report (images in the stage folder)")
+        images = {name: store.read_bytes(outcome.stage_dir, name)
+                  for name in ("grid.png", "losses.png")
+                  if store.exists(outcome.stage_dir, name)}
+        create_markdown_artifact(inline_images(report, images), key="evaluate-report",
+                                 description=f"evaluation report ({outcome.uri}, with "
+                                             f"report.html beside it)")

@@ -206,8 +206,10 @@ class GeneratorScores(StrictModel):
 
 
 class EvalReportManifest(Manifest):
-    """Output of ``evaluate``: ``report.md``, ``grid.png`` (one row per prompt, one column per
-    generator, same seed), ``losses.png`` (training curves), ``metrics.json``."""
+    """Output of ``evaluate``: ``report.md``, ``report.html`` (a self-contained comparison
+    page: each prompt's images from every generator side by side, the metrics table),
+    ``grid.png`` (one row per prompt, one column per generator, same seed), ``losses.png``
+    (training curves), ``metrics.json``."""
 
     stage: Literal["evaluate"] = "evaluate"
     num_samples: int

@@ -21,7 +21,9 @@ from pipeline.evaluation.report import (
     curves_png,
     first_row_per_prompt,
     grid_png,
+    render_html,
     render_report,
+    tile_pngs,
 )
 from pipeline.evaluation.scoring import score_generators
 from pipeline.samples.reader import TeacherSampleReader, collate_samples
@@ -115,9 +117,12 @@ def evaluate(ctx: StageContext) -> StageResult:
                                 for stage in PHASES])
     ctx.store.write_bytes(curves, ctx.out_dir, "losses.png")
     n_prompts = len(set(groups))
-    report = render_report(ReportContext(ctx.key, len(prompts), n_prompts, device,
-                                         cfg.latency_batch, list(images),
-                                         [prompts[r] for r in rows], links), scores)
+    info = ReportContext(ctx.key, len(prompts), n_prompts, device, cfg.latency_batch,
+                         list(images), [prompts[r] for r in rows], links)
+    report = render_report(info, scores)
+    page = render_html(info, scores, {n: tile_pngs(img, rows) for n, img in images.items()},
+                       curves)
+    ctx.store.write_bytes(page.encode(), ctx.out_dir, "report.html")
     metrics_json = {g.name: {"steps": g.steps, **g.metrics, "latency": g.latency}
                     for g in scores}
     ctx.store.write_bytes(json.dumps(metrics_json, indent=2).encode(), ctx.out_dir,

@@ -153,3 +153,85 @@ def render_report(info: ReportContext, generators: list[GeneratorScores]) -> str
     for stage, link in info.links.items():
         lines.append(f"- {stage}: MLflow {link}")
     return "\n".join(lines) + "\n"
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG as a ``data:`` URI, so a page or a Markdown artifact carries its images."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def inline_images(markdown: str, files: dict[str, bytes]) -> str:
+    """``markdown`` with each ``](name)`` image link of ``files`` replaced by a data URI:
+    a report shown away from its folder (a Prefect artifact) still shows its images."""
+    for name, data in files.items():
+        markdown = markdown.replace(f"]({name})", f"]({data_uri(data)})")
+    return markdown
+
+
+def tile_pngs(images: torch.Tensor, rows: list[int], side: int = 96) -> list[bytes]:
+    """PNG bytes of sample ``rows`` of ``images`` ``(N, 3, H, W)`` in [0, 1], each upscaled
+    (nearest) to about ``side`` pixels."""
+    from PIL import Image
+
+    from pipeline.generate import to_uint8
+
+    out = []
+    for r in rows:
+        tile = Image.fromarray(to_uint8(images[r:r + 1])[0])
+        scale = max(1, side // tile.width)
+        buffer = io.BytesIO()
+        tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST).save(
+            buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def render_html(info: ReportContext, generators: list[GeneratorScores],
+                tiles: dict[str, list[bytes]], curves: bytes | None = None) -> str:
+    """A self-contained comparison page: per prompt, every generator's image from the same
+    noise side by side (images as data URIs), then the metrics table."""
+    from html import escape
+
+    names = list(tiles)
+    steps = {g.name: g.steps for g in generators}
+    head = "".join(f"<th>{escape(n)}<br><small>{steps.get(n, '?')} steps</small></th>"
+                   for n in names)
+    rows = []
+    for i, prompt in enumerate(info.grid_prompts):
+        cells = "".join(f'<td><img alt="{escape(n)}: {escape(prompt)}" '
+                        f'src="{data_uri(tiles[n][i])}"></td>' for n in names)
+        rows.append(f"<tr><th class=prompt>{escape(prompt)}</th>{cells}</tr>")
+    present = [k for k in METRIC_ORDER if any(k in g.metrics for g in generators)]
+    metric_head = "".join(f"<th>{escape(k)}</th>" for k in present)
+    metric_rows = "".join(
+        f"<tr><th>{escape(g.name)}</th><td>{g.steps}</td>" + "".join(
+            f"<td>{g.metrics[k]:.4g}</td>" if k in g.metrics else "<td>-</td>"
+            for k in present) + f"<td>{g.latency.get('images_per_s', 0):.1f}</td></tr>"
+        for g in generators)
+    curves_html = (f'<h2>Training curves</h2><img alt="training curves" '
+                   f'src="{data_uri(curves)}">' if curves else "")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>twostep evaluation {escape(info.key)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: center; }}
+th.prompt {{ text-align: left; max-width: 22em; font-weight: normal; }}
+img {{ image-rendering: pixelated; display: block; }}
+</style></head><body>
+<h1>Evaluation <code>{escape(info.key)}</code></h1>
+<p>{info.num_samples} eval samples ({info.num_prompts} prompts), the same noise for every
+generator, on {escape(info.device)}.</p>
+<h2>Same prompt, same noise</h2>
+<table id="samples"><tr><th>prompt</th>{head}</tr>
+{"".join(rows)}
+</table>
+<h2>Metrics</h2>
+<table id="metrics"><tr><th>generator</th><th>steps</th>{metric_head}<th>images/s</th></tr>
+{metric_rows}
+</table>
+{curves_html}
+</body></html>
+"""
