@@ -29,57 +29,69 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.errors import ArtifactError
 from pipeline.toy.prompts import BACKGROUNDS, COLORS
+from schemas.base import StrictModel
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LAYOUT_CHANNELS = 3  # one per shape, in SHAPES order
 
 
-@dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(StrictModel):
     """Architecture: ``grid`` (latent side, 4 or 8), ``channels`` (>= 4 with a layout),
-    ``width`` (conv width)."""
+    ``width`` (conv width). Frozen: it is the shape of a built model."""
 
-    grid: int = 8
-    channels: int = 8
-    width: int = 96
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
+    grid: int = Field(8, description="Latent side: 4 or 8.")
+    channels: int = Field(8, description=f"Latent channels, the first {LAYOUT_CHANNELS} the "
+                          "per-shape layout map (so more than that).")
+    width: int = Field(96, description="Conv width (at least 8).")
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoencoderConfig:
         if self.grid not in (4, 8):
             raise ValueError(f"autoencoder grid {self.grid}: must be 4 or 8")
         if self.channels <= LAYOUT_CHANNELS or self.width < 8:
             raise ValueError(f"autoencoder channels {self.channels} / width {self.width}: need "
                              f"more than {LAYOUT_CHANNELS} channels and a width of at least 8")
+        return self
 
 
-@dataclass
-class AutoencoderTrainConfig:
-    samples: int = 25_000
-    epochs: int = 8
-    batch: int = 128
-    lr: float = 2e-3
-    grad_loss: float = 1.0
-    latent_noise: float = 0.2
-    aux: float = 0.3
-    layout: float = 30.0
-    seed: int = 0
-    eval_renders: int = 2000  # held-out renders for the reconstruction report
+class AutoencoderTrainConfig(StrictModel):
+    """Training of both phases (see :func:`train_autoencoder` and :func:`refine_decoder`)."""
+
+    samples: int = Field(25_000, ge=8, description="Training renders.")
+    epochs: int = Field(8, ge=1, description="Phase 1 (encoder and decoder) epochs.")
+    batch: int = Field(128, ge=1, description="Batch size of both phases.")
+    lr: float = Field(2e-3, gt=0, description="Phase 1 peak learning rate (one-cycle).")
+    grad_loss: float = Field(1.0, ge=0, description="Weight of the L1 loss on image "
+                             "gradients (sharp edges).")
+    latent_noise: float = Field(0.2, ge=0, description="Phase 1 latent noise (x std) the "
+                                "decoder sees.")
+    aux: float = Field(0.3, ge=0, description="Weight of the attribute probes on the latent "
+                       "(0: none).")
+    layout: float = Field(30.0, ge=0, description="Weight of the layout-channel regression "
+                          "(0: none).")
+    seed: int = Field(0, description="Seed of the renders, the initialisation and the noise.")
+    eval_renders: int = Field(2000, ge=1, description="Held-out renders for the "
+                              "reconstruction report.")
     # Phase 2: the decoder alone, on the frozen encoder (so the latent space does not move),
     # at a lower latent noise: sharper small shapes (see refine_decoder).
-    decoder_epochs: int = 3
-    decoder_lr: float = 1e-3
-    decoder_latent_noise: float = 0.0
+    decoder_epochs: int = Field(3, ge=0, description="Phase 2 (decoder alone, frozen encoder) "
+                                "epochs (0: no phase 2).")
+    decoder_lr: float = Field(1e-3, gt=0, description="Phase 2 peak learning rate.")
+    decoder_latent_noise: float = Field(0.0, ge=0, description="Phase 2 latent noise (x std).")
 
 
 class ToyAutoencoder(nn.Module):
@@ -133,7 +145,8 @@ class ToyAutoencoder(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        config = json.dumps(self.config.model_dump(mode="json"), indent=2)
+        (folder / CONFIG_FILE).write_text(config + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> ToyAutoencoder:
@@ -141,10 +154,14 @@ class ToyAutoencoder(nn.Module):
         naming the file and what is wrong otherwise."""
         config_path = folder / CONFIG_FILE
         try:
-            config = AutoencoderConfig(**json.loads(config_path.read_text(encoding="utf-8")))
+            config = AutoencoderConfig.model_validate(
+                json.loads(config_path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise ArtifactError(f"{config_path}: missing (not a toy autoencoder folder)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+        except ValidationError as exc:
+            raise ArtifactError(f"{config_path}: not a toy autoencoder config "
+                                f"({_problems(exc)})") from None
+        except ValueError as exc:  # not JSON, not UTF-8
             raise ArtifactError(f"{config_path}: not a toy autoencoder config ({exc})") from None
         model = cls(config)
         weights = folder / WEIGHTS_FILE
@@ -160,6 +177,15 @@ class ToyAutoencoder(nn.Module):
             first = str(exc).splitlines()[0]
             raise ArtifactError(f"{weights}: does not match {config_path} ({first})") from None
         return model.eval()
+
+
+def _problems(exc: ValidationError) -> str:
+    """A validation error on one line: ``field: message; ...``."""
+    problems = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{'.'.join(map(str, err['loc']))}: {msg}" if err["loc"] else msg)
+    return "; ".join(problems)
 
 
 def layout_target(images: torch.Tensor, color: torch.Tensor, background: torch.Tensor,
@@ -234,7 +260,8 @@ def train_autoencoder(config: AutoencoderConfig, cfg: AutoencoderTrainConfig,
             sched.step()
         log(f"autoencoder epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.4f} "
             f"({time.perf_counter() - start:.0f} s)")
-    info: dict[str, object] = {"architecture": asdict(config), "training": asdict(cfg),
+    info: dict[str, object] = {"architecture": config.model_dump(mode="json"),
+                               "training": cfg.model_dump(mode="json"),
                                "phase_1": reconstruction_report(model, cfg, log)}
     if cfg.decoder_epochs:
         info["phase_2"] = refine_decoder(model, cfg, log, data=data)

@@ -21,12 +21,13 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import ZImageTransformer2DModel
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.flow import (
     SHIFT,
@@ -46,6 +47,7 @@ from pipeline.toy.autoencoder import (
 )
 from pipeline.toy.prompts import generate_prompts
 from pipeline.toy.render import render, sample_scene
+from schemas.base import StrictModel
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "teacher"
 PATCH = 4
@@ -134,37 +136,71 @@ def to_images(x: torch.Tensor, autoencoder: ToyAutoencoder | None) -> torch.Tens
     return x.clamp(-1, 1)
 
 
-@dataclass
-class TeacherTrainConfig:
-    minutes: float = 44.0  # the whole build, autoencoder included
-    max_steps: int = 100_000
-    batch: int = 48
-    lr: float = 2e-3
-    warmup: int = 300
-    ema: float = 0.999
-    grad_clip: float = 1.0
-    pool_prompts: int = 20_000
-    pool_images: int = 50_000
-    seed: int = 0
-    space: str = "latent"  # or "pixel"
-    patch: int = 1  # on the latent grid (pixel space: 4, dividing 32)
-    dim: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    device: str = "cpu"
-    prediction: str = "v"  # "x0" is experimental; the shipped teacher predicts v
-    init: str = "default"  # or "adaln_zero" (DiT's initialisation, see init_adaln_zero)
+class TeacherTrainConfig(StrictModel):
+    """A toy teacher build (``distill toy build-teacher --set FIELD=VALUE`` sets any field)."""
+
+    minutes: float = Field(44.0, gt=0, description="Time budget of the whole build "
+                           "(autoencoder included).")
+    max_steps: int = Field(100_000, ge=1, description="Step cap of each training phase.")
+    batch: int = Field(48, ge=1, description="Batch size.")
+    lr: float = Field(2e-3, ge=0, description="Peak AdamW learning rate.")
+    warmup: int = Field(300, ge=0, description="Linear warmup steps.")
+    ema: float = Field(0.999, ge=0, lt=1, description="EMA decay of the weights kept.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    pool_prompts: int = Field(20_000, ge=1, description="Prompts drawn for the training pool.")
+    pool_images: int = Field(50_000, ge=1, description="Renders in the training pool.")
+    seed: int = Field(0, description="Seed of the pool, the initialisation and the noise.")
+    space: str = Field("latent", description="latent (the toy autoencoder's latent, trained "
+                       "first) or pixel (3x32x32).")
+    patch: int | None = Field(None, validate_default=True, description="Patch size on the "
+                              "latent grid or in pixels (default: 1 latent, 4 pixel).")
+    dim: int = Field(128, description="Transformer width.")
+    n_layers: int = Field(4, ge=1, description="Main transformer layers.")
+    n_heads: int = Field(4, ge=1, description="Attention heads (head dim a multiple of 8).")
+    device: str = Field("cpu", description="Training device.")
+    prediction: str = Field("v", description="What the transformer predicts: v, or x0 "
+                            "(experimental; the shipped teacher predicts v).")
+    init: str = Field("default", description="Weight initialisation: default (PyTorch's) or "
+                      "adaln_zero (DiT's, see init_adaln_zero).")
     # Guidance distillation (see distill_guidance): the classifier-free-guidance weight baked
     # into the teacher in the last guidance_minutes of the budget; 1 skips the phase.
-    guidance: float = 2.0
-    guidance_minutes: float = 5.0
-    guidance_lr: float = 3e-4
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    autoencoder_training: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    guidance: float = Field(2.0, description="Classifier-free guidance weight distilled into "
+                            "the teacher (1: no guidance phase).")
+    guidance_minutes: float = Field(5.0, description="Minutes of the budget for guidance "
+                                    "distillation (the last ones).")
+    guidance_lr: float = Field(3e-4, gt=0, description="Learning rate of guidance "
+                               "distillation.")
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig,
+                                           description="Latent space: the autoencoder's shape.")
+    autoencoder_training: AutoencoderTrainConfig = Field(
+        default_factory=AutoencoderTrainConfig, validate_default=True,
+        description="Latent space: how the autoencoder is trained first (its seed, unless "
+        "set, is the build's seed).")
 
-    def __post_init__(self) -> None:
+    @field_validator("patch")
+    @classmethod
+    def _space_default_patch(cls, patch: int | None, info: ValidationInfo) -> int:
+        if patch is None:
+            return 1 if info.data.get("space") == "latent" else PATCH
+        return patch
+
+    @field_validator("autoencoder_training")
+    @classmethod
+    def _autoencoder_seed_follows_seed(cls, cfg: AutoencoderTrainConfig,
+                                       info: ValidationInfo) -> AutoencoderTrainConfig:
+        if "seed" in cfg.model_fields_set or "seed" not in info.data:
+            return cfg
+        return cfg.model_copy(update={"seed": info.data["seed"]})
+
+    @model_validator(mode="after")
+    def _check(self) -> TeacherTrainConfig:
         if self.space not in SPACES:
             raise ValueError(f"space {self.space!r}: must be one of {', '.join(SPACES)}")
+        if self.init not in INITS:
+            raise ValueError(f"init {self.init!r}: must be one of {', '.join(INITS)}")
+        if self.prediction not in VELOCITY_FNS:
+            raise ValueError(f"prediction {self.prediction!r}: must be one of "
+                             f"{', '.join(VELOCITY_FNS)}")
         side = self.autoencoder.grid if self.space == "latent" else 32
         if self.patch < 1 or side % self.patch:
             raise ValueError(f"patch {self.patch} must divide the {self.space} side {side}")
@@ -175,6 +211,7 @@ class TeacherTrainConfig:
             raise ValueError(f"guidance_minutes {self.guidance_minutes} must be above 0 and "
                              f"below the build's {self.minutes} minutes (or guidance 1: no "
                              f"guidance phase)")
+        return self
 
     @property
     def flow_matching_minutes(self) -> float:
@@ -415,7 +452,7 @@ def _regress_velocity(
                 f"({time.perf_counter() - start:.0f} s)")
     info = {"steps": step, "final_loss": float(np.mean(losses[-200:])) if losses else None,
             "train_seconds": round(time.perf_counter() - start, 1),
-            "config": asdict(cfg),
+            "config": cfg.model_dump(mode="json"),
             "torch": torch.__version__}
     return ema.eval().cpu(), info
 

@@ -191,9 +191,65 @@ def test_refine_decoder_keeps_the_latent_space_and_refuses_pixel_teachers(tmp_pa
     assert "not a latent toy teacher" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
 def test_build_teacher_refuses_a_guidance_phase_longer_than_the_build(tmp_path):
-    result = distill("toy", "build-teacher", "--out", str(tmp_path / "t"), "--minutes", "3")
+    result = distill("toy", "build-teacher", "--out", str(tmp_path / "t"), "--set", "minutes=3")
     assert result.returncode == 2
-    assert "guidance_minutes 5.0 must be above 0 and below the build's 3.0 minutes" in (
-        result.stderr)
-    assert "Traceback" not in result.stderr and not (tmp_path / "t").exists()
+    line = _one_error_line(result)
+    assert "guidance_minutes 5.0 must be above 0 and below the build's 3.0 minutes" in line
+    assert "(or guidance 1: no guidance phase)" in line  # the way out
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("minuts=5", "build-teacher --set: minuts: unknown field (got 5)"),
+        ("autoencoder.widht=64", "build-teacher --set: autoencoder.widht: unknown field"),
+        ("minutes=lots", "build-teacher --set: minutes: Input should be a valid number"),
+        ("space=voxel", "space 'voxel': must be one of latent, pixel"),
+        ("minutes", "override 'minutes' must look like"),
+    ],
+)
+def test_build_teacher_set_mistakes_are_one_line_before_any_training(item, message, tmp_path):
+    result = distill("toy", "build-teacher", "--out", str(tmp_path / "t"), "--set", "guidance=1",
+                     "--set", item)
+    assert result.returncode == 2
+    assert message in _one_error_line(result)
+    assert result.stdout == "" and not (tmp_path / "t").exists()  # no training log, no folder
+
+
+def test_build_teacher_set_items_are_parsed_as_distill_run_overrides():
+    from flows.cli.toy import teacher_build_config
+
+    cfg = teacher_build_config(["minutes=5", "space=pixel", "autoencoder.width=64",
+                                "autoencoder_training.epochs=2", "guidance=1", "seed=3"])
+    assert (cfg.minutes, cfg.space, cfg.guidance, cfg.seed) == (5.0, "pixel", 1.0, 3)
+    assert cfg.patch == 4  # the pixel default (latent: 1)
+    assert cfg.autoencoder.width == 64 and cfg.autoencoder_training.epochs == 2
+    assert cfg.autoencoder_training.seed == 3  # follows seed unless set
+    assert teacher_build_config(["seed=3", "autoencoder_training.seed=9"]
+                                ).autoencoder_training.seed == 9
+    assert teacher_build_config([]).model_dump() == teacher_build_config(
+        ["space=latent", "patch=null"]).model_dump()
+
+
+@pytest.mark.slow
+def test_build_teacher_with_set_items_builds_and_records_them(tmp_path):
+    import json
+
+    sets = ["space=pixel", "dim=32", "n_layers=1", "n_heads=2", "max_steps=2", "pool_prompts=40",
+            "pool_images=16", "batch=4", "warmup=1", "guidance=1", "minutes=10"]
+    result = distill("toy", "build-teacher", "--out", str(tmp_path / "t"),
+                     *[arg for item in sets for arg in ("--set", item)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    build = json.loads((tmp_path / "t" / "build.json").read_text())
+    assert build["steps"] == 2 and set(build["accuracy_2_step"]) >= {"shape", "color"}
+    assert build["config"]["space"] == "pixel" and build["config"]["patch"] == 4
+    assert "--set dim=32" in build["command"]

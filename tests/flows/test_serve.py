@@ -68,7 +68,8 @@ def test_serve_trigger_rerun_and_fail(tmp_path):
         full = _prefect(env, "deployment", "run", "distill/full", "--param",
                         f"workspace={ws}", "--watch")
         assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
-        for stage in ("curate", "sample_teacher", "train_init", "train_e2e", "evaluate"):
+        for stage in ("curate", "sample_teacher", "train_init", "train_e2e", "evaluate",
+                      "export"):
             latest = json.loads((ws / stage / "latest.json").read_text())
             assert latest["cached"] is False
             assert (ws / stage / latest["key"] / "manifest.json").is_file()
@@ -76,6 +77,7 @@ def test_serve_trigger_rerun_and_fail(tmp_path):
         for key in ("evaluate-report", "train-e2e-summary", "curate-numbers",
                     "sample-teacher-progress"):
             assert key in artifacts.stdout, artifacts.stdout[-2000:]
+        _report_images_render_in_the_ui(port)
 
         rerun = _prefect(env, "deployment", "run", "evaluate/evaluate", "--param",
                          f"workspace={ws}", "--watch")
@@ -99,3 +101,21 @@ def test_serve_trigger_rerun_and_fail(tmp_path):
             left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True,
                                   text=True).stdout.split()
             assert not left, f"processes left behind: {left}"
+
+
+def _report_images_render_in_the_ui(port: int) -> None:
+    """The evaluate-report artifact's page in the Prefect UI, in headless Chromium: its grid
+    and training-curve images load (they are inlined, not links relative to nothing)."""
+    from tests.browser import evaluate_in_page
+
+    query = json.dumps({"artifacts": {"key": {"any_": ["evaluate-report"]}}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/artifacts/filter",
+                                     data=query, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    artifact = json.loads(urllib.request.urlopen(request, timeout=30).read())[0]
+    widths = evaluate_in_page(f"http://127.0.0.1:{port}/artifacts/artifact/{artifact['id']}",
+                              "Array.from(document.images).map(i => i.naturalWidth)",
+                              wait_for="document.images.length >= 2 && "
+                                       "Array.from(document.images).every(i => i.complete)",
+                              timeout=120)
+    assert len(widths) >= 2 and min(widths) > 0, widths

@@ -70,6 +70,9 @@ def test_bad_autoencoder_folders_get_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"grid": 5}))
     with pytest.raises(ArtifactError, match="grid 5"):
         ToyAutoencoder.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"grid": 8, "depth": 2}))
+    with pytest.raises(ArtifactError, match=r"config \(depth: Extra inputs are not permitted\)$"):
+        ToyAutoencoder.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"grid": 8, "channels": 4, "width": 8}))
     with pytest.raises(ArtifactError, match="model.safetensors: missing"):
         ToyAutoencoder.load(tmp_path)

@@ -85,6 +85,30 @@ def test_invalid_build_configs_fail_before_training():
         TeacherTrainConfig(patch=3)
     with pytest.raises(ValueError, match="head dim"):
         TeacherTrainConfig(dim=100, n_heads=4)
+    with pytest.raises(ValueError, match="init 'dit': must be one of default, adaln_zero"):
+        TeacherTrainConfig(init="dit")
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        TeacherTrainConfig(minuts=5)
+
+
+def test_patch_and_autoencoder_seed_default_from_space_and_seed():
+    assert TeacherTrainConfig().patch == 1 and TeacherTrainConfig(space="pixel").patch == 4
+    assert TeacherTrainConfig(space="pixel", patch=8).patch == 8
+    assert TeacherTrainConfig(seed=3).autoencoder_training.seed == 3
+    given = AutoencoderTrainConfig(samples=64)
+    assert TeacherTrainConfig(seed=3, autoencoder_training=given).autoencoder_training.seed == 3
+    assert given.seed == 0  # copied, not changed
+    explicit = AutoencoderTrainConfig(seed=9)
+    assert TeacherTrainConfig(seed=3, autoencoder_training=explicit).autoencoder_training.seed == 9
+
+
+def test_the_shipped_build_record_reads_back_as_the_same_config():
+    import json
+
+    from pipeline.toy.teacher import ASSET_DIR
+
+    recorded = json.loads((ASSET_DIR / "build.json").read_text(encoding="utf-8"))["config"]
+    assert TeacherTrainConfig.model_validate(recorded).model_dump(mode="json") == recorded
 
 
 def test_latent_build_trains_the_autoencoder_and_loads_through_the_adapter(tmp_path):

@@ -1,0 +1,36 @@
+"""The ``distill`` command line: the typer app, its commands registered from one module per
+group (:mod:`flows.cli.pipeline`: run, ablate, serve, dashboard, status;
+:mod:`flows.cli.generate`; the sub-apps :mod:`flows.cli.toy` and :mod:`flows.cli.metrics`)
+and :func:`main`, the ``distill`` entry point. The shared options, consoles and ``fail`` are
+in :mod:`flows.cli.common`, which applies the Prefect/Ray environment defaults first."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from flows.cli import generate, metrics, pipeline, toy
+from flows.cli.common import err_console
+from pipeline.errors import TwostepError
+
+app = typer.Typer(
+    name="distill",
+    help="twostep: distill an 8-step text-to-image teacher into a 2-step student.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for command in pipeline.COMMANDS:
+    app.command()(command)
+app.command()(generate.generate)
+app.add_typer(toy.app, name="toy")
+app.add_typer(metrics.app, name="metrics")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except TwostepError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)

@@ -1,0 +1,37 @@
+"""What every ``distill`` command shares: the consoles, the common options and ``fail``.
+
+Importing it applies :func:`flows.env.apply_defaults` first, so the Prefect and Ray defaults
+are in place before any command imports either."""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from flows.env import apply_defaults
+from pipeline.errors import TwostepError
+
+apply_defaults()
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    str, typer.Option("--config", "-c", help="Preset name (toy, smoke, ...) or a YAML file.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config field: section.field=value (repeat)."),
+]
+WorkspaceOpt = Annotated[
+    str | None,
+    typer.Option("--workspace", "-w", help="Artifact root (default: ./runs/<preset>)."),
+]
+
+
+def fail(problem: TwostepError | str, code: int = 2) -> NoReturn:
+    """Print one ``error:`` line and exit (2: a user mistake, 1: the run itself failed)."""
+    err_console.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=code)

@@ -1,0 +1,189 @@
+"""The pipeline commands: ``run``, ``ablate``, ``serve``, ``dashboard`` and ``status``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flows.cli.common import ConfigOpt, SetOpt, WorkspaceOpt, console, fail
+from pipeline.errors import TwostepError
+
+
+def run(
+    config: ConfigOpt = "toy",
+    set_: SetOpt = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Compute only this stage (repeat); upstream must be cached."),
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute, ignore the cache.")] = False,
+) -> None:
+    """Run the pipeline (or some stages) locally: ephemeral Prefect, local Ray."""
+    from stages.registry import prepare_run
+
+    try:
+        # Validate everything before Prefect and Ray start: a user mistake is one line.
+        prepare_run(config, set_, workspace, only)
+        from flows.distill import distill
+
+        state = distill(config=config, overrides=set_ or [], workspace=workspace,
+                        only=only or None, force=force, return_state=True)
+    except TwostepError as exc:
+        fail(exc)
+    if not state.is_completed():
+        fail(state.message or "the run failed", code=1)
+    summary = state.result()
+    table = Table(title=f"distill run ({config})")
+    for column in ("stage", "key", "result", "counts", "folder"):
+        table.add_column(column, overflow="fold")
+    for stage, info in summary.items():
+        counts = ", ".join(f"{k}={v}" for k, v in info["counts"].items())
+        table.add_row(stage, str(info["key"]), "cached" if info["cached"] else "computed",
+                      counts, str(info["uri"]))
+    console.print(table)
+
+
+def ablate(
+    config: ConfigOpt = "toy",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option("--variant", help="Only these variants (repeat; default: all)."),
+    ] = None,
+) -> None:
+    """Train and evaluate the full method and its ablation variants (parameterization=shared,
+    gan_real=data, end_to_end=false, step1_weight=0) from the same teacher shards; write the
+    claims table to <workspace>/ablation/ablation.md."""
+    from pipeline.ablation import VARIANTS
+    from stages.registry import prepare_run
+
+    unknown = [v for v in variant or [] if v not in VARIANTS]
+    if unknown:
+        fail(f"unknown variant {unknown[0]!r} (variants: {', '.join(VARIANTS)})")
+    try:
+        for name in variant or list(VARIANTS):
+            prepare_run(config, [*(set_ or []), *VARIANTS[name]], workspace, None)
+        from flows.distill import ablate as ablate_flow
+
+        state = ablate_flow(config=config, overrides=set_ or [], workspace=workspace,
+                            variants=variant or None, return_state=True)
+    except TwostepError as exc:
+        fail(exc)
+    if not state.is_completed():
+        fail(state.message or "the ablation failed", code=1)
+
+
+def serve(
+    config: ConfigOpt = "toy",
+    limit: Annotated[int | None, typer.Option(help="Flow runs at a time (default: no cap).")]
+    = None,
+) -> None:
+    """Register and serve the deployments distill/full, <stage>/<stage> and
+    distill-ablate/ablate on the Prefect server at PREFECT_API_URL (start one with
+    `prefect server start --host 127.0.0.1`); trigger with `prefect deployment run distill/full`."""
+    import os
+
+    from pipeline.config import load_config
+
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        try:
+            from prefect.settings import PREFECT_API_URL
+
+            api = PREFECT_API_URL.value()
+        except Exception:  # noqa: BLE001 - unset or unreadable profile: same answer
+            api = None
+    if not api:
+        fail("no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api after "
+             "`prefect server start --host 127.0.0.1 --port 4200`)")
+    try:
+        load_config(config)  # the default preset must at least be valid
+    except TwostepError as exc:
+        fail(exc)
+    from flows.serve import serve_all
+
+    console.print(f"serving twostep deployments on {api} (Ctrl-C to stop)")
+    serve_all(config, limit)
+
+
+def dashboard(
+    config: ConfigOpt = "toy",
+    workspace: WorkspaceOpt = None,
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Bind address (127.0.0.1: this machine only).")]
+    = "127.0.0.1",
+) -> None:
+    """Serve the MLflow UI for the workspace's tracking store (training curves, sample grids)."""
+    import subprocess
+
+    from pipeline.config import load_config, workspace_of
+    from pipeline.store import ArtifactStore
+    from pipeline.tracking import MLFLOW_ARTIFACTS, MLFLOW_DB, mlflow_uri
+
+    try:
+        cfg = load_config(config, None, workspace)
+        store = ArtifactStore(workspace_of(cfg))
+        if cfg.tracking.mlflow_uri:
+            fail(f"tracking.mlflow_uri is {cfg.tracking.mlflow_uri}: open that server's UI")
+        if not store.exists(MLFLOW_DB):
+            fail(f"no MLflow store at {store.uri(MLFLOW_DB)}; run the training stages first")
+        uri = mlflow_uri(cfg.tracking, store)
+    except TwostepError as exc:
+        fail(exc)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--default-artifact-root", store.path(MLFLOW_ARTIFACTS),
+               "--host", host, "--port", str(port)]
+    console.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
+    try:
+        raise typer.Exit(subprocess.call(command))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+def _short_time(iso: str) -> str:
+    return iso.replace("T", " ").removesuffix("+00:00") + " UTC"
+
+
+def status(
+    config: ConfigOpt = "toy",
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Show each stage's latest result in the workspace."""
+    from pipeline.config import load_config, workspace_of
+    from pipeline.stage import read_latest
+    from pipeline.store import ArtifactStore
+    from stages.registry import STAGES
+
+    try:
+        root = workspace if workspace else workspace_of(load_config(config))
+    except TwostepError as exc:
+        fail(exc)
+    if "://" not in root and not Path(root).exists():
+        fail(f"workspace {root} does not exist (nothing has run)")
+    store = ArtifactStore(root)
+    table = Table(title=f"workspace {root}")
+    for column in ("stage", "key", "finished", "last run", "counts"):
+        table.add_column(column, overflow="fold")
+    for stage in STAGES:
+        try:
+            latest = read_latest(store, stage)
+        except TwostepError as exc:
+            fail(exc)
+        if latest is None:
+            table.add_row(stage, "-", "-", "never run", "")
+            continue
+        counts = ", ".join(f"{k}={v}" for k, v in latest["counts"].items())
+        table.add_row(stage, latest["key"], _short_time(latest["created_at"]),
+                      f"{'cached' if latest['cached'] else 'computed'} "
+                      f"{_short_time(latest['at'])}", counts)
+    console.print(table)
+
+
+# In the order ``distill --help`` lists them.
+COMMANDS = (run, ablate, serve, dashboard, status)
