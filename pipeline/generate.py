@@ -49,6 +49,30 @@ def generate(
     return torch.cat(out)
 
 
+def generate_with_pipeline(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    height: int | None,
+    width: int | None,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Images ``(N, 3, H, W)`` in [0, 1] from a 2-step pipeline (an export, or a student in
+    memory), image ``i`` from ``torch.Generator().manual_seed(seeds[i])``: the same image as
+    ``pipe(prompts[i], generator=torch.Generator().manual_seed(seeds[i]))``."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        end = min(start + batch_size, len(prompts))
+        generators = [torch.Generator().manual_seed(s) for s in seeds[start:end]]
+        images = pipe(prompts[start:end], height=height, width=width, generator=generators,
+                      output_type="pt").images
+        out.append(images.float().cpu())
+        if progress:
+            progress(end - start)
+    return torch.cat(out)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """``(N, 3, H, W)`` in [0, 1] -> ``(N, H, W, 3)`` uint8."""
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

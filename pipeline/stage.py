@@ -261,3 +261,19 @@ def read_latest(store: ArtifactStore, stage: str) -> dict[str, Any] | None:
         raise ArtifactError(f"{store.uri(stage, LATEST_FILENAME)}: unreadable ({exc}); "
                             f"delete it, the next run rewrites it") from None
     return record if isinstance(record, dict) else None
+
+
+def latest_result(store: ArtifactStore, stage: str, model: type[M]) -> tuple[M, str]:
+    """The manifest and folder of the stage's last run in this workspace, which must be
+    finished (its manifest valid and its files present); an :class:`ArtifactError` naming the
+    workspace and the way out otherwise."""
+    record = read_latest(store, stage)
+    if record is None:
+        raise ArtifactError(f"{store.uri(stage)}: no {stage} has run in workspace "
+                            f"{store.root_uri} (run distill run first)")
+    stage_dir = f"{stage}/{record['key']}"
+    manifest = cached_manifest(store, stage_dir, model)
+    if manifest is None:
+        raise ArtifactError(f"{store.uri(stage_dir)}: the last {stage} of workspace "
+                            f"{store.root_uri} did not finish (rerun distill run)")
+    return manifest, stage_dir

@@ -1,4 +1,5 @@
-"""``distill generate``: images from a teacher, or the toy world's ground-truth renders."""
+"""``distill generate``: images from a teacher, a distilled student (an exported folder, or the
+latest training of a workspace), or the toy world's ground-truth renders."""
 
 from __future__ import annotations
 
@@ -34,30 +35,40 @@ def generate(
     prompts_file: Annotated[Path | None, typer.Option(help="Text file, one prompt a line "
                                                       "(blank lines are skipped).")] = None,
     generator: Annotated[str, typer.Option(
-        help="What generates: teacher, or ground-truth (toy renders of what each prompt "
-        "names; the student lands with training).",
-        **one_of("--generator", "teacher", "ground-truth"))] = "teacher",
+        help="What generates: teacher, student (the latest finished train_e2e of "
+        "--workspace, 2 steps), or ground-truth (toy renders of what each prompt names). "
+        "--model DIR implies the exported student.",
+        **one_of("--generator", "teacher", "student", "ground-truth"))] = "teacher",
+    model: Annotated[Path | None, typer.Option(help="An exported twostep pipeline folder "
+                                               "(export/<key>/pipeline): 2 steps.")] = None,
+    workspace: Annotated[str | None, typer.Option(
+        "--workspace", "-w", help="Workspace whose latest train_e2e is --generator "
+        "student.")] = None,
     teacher: Annotated[str, typer.Option(help="Teacher kind.",
                                          **one_of("--teacher", "toy", "zimage"))] = "toy",
     teacher_path: Annotated[str | None, typer.Option(help="Teacher folder (toy: default the "
                                                      "shipped one; zimage: required).")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 8,
+    steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps (teacher: default "
+                                              "8; a student: 2, the only choice).")] = None,
     seed: int = 0,
     num_images: Annotated[int, typer.Option(min=1, help="Images per prompt.")] = 1,
-    height: int = 32,
-    width: int = 32,
+    height: Annotated[int | None, typer.Option(help="Image height (default: 32 for the "
+                                               "teacher, the export's own size).")] = None,
+    width: Annotated[int | None, typer.Option(help="Image width (default as --height).")]
+    = None,
     device: str = "cpu",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
-    """Generate images; image i uses seed SEED + i, so a run is reproducible."""
+    """Generate images; image i uses seed SEED + i (torch.Generator().manual_seed(SEED + i)
+    for a student), so a run is reproducible."""
     from pipeline.generate import write_outputs
 
     prompts = [p for p in read_prompts(prompt, prompts_file) for _ in range(num_images)]
     seeds = [seed + i for i in range(len(prompts))]
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: exists and is not a folder")
-    if generator == "ground-truth" and ((height, width) != (32, 32) or teacher != "toy"):
-        fail("--generator ground-truth renders the toy world: 32x32 images, --teacher toy")
+    generator = "student" if model is not None else generator
+    check_choices(generator, model, workspace, teacher, steps, height, width)
     check_device(device)
     if generator == "ground-truth":
         from pipeline.toy.render import render_toy_prompts
@@ -67,11 +78,33 @@ def generate(
         console.print(f"wrote {len(prompts)} renders, prompts.jsonl and contact_sheet.png "
                       f"to {out}")
         return
-    images = sample_teacher(teacher, teacher_path, device, prompts, seeds, steps, height,
-                            width, batch_size)
-    write_outputs(out, images, prompts, seeds,
-                  {"generator": f"{generator}:{teacher}", "steps": steps})
+    if generator == "student":
+        images, meta = sample_student(model, workspace, teacher, teacher_path, device,
+                                      prompts, seeds, height, width, batch_size)
+    else:
+        steps = steps or 8
+        images = sample_teacher(teacher, teacher_path, device, prompts, seeds, steps,
+                                height or 32, width or 32, batch_size)
+        meta = {"generator": f"teacher:{teacher}", "steps": steps}
+    write_outputs(out, images, prompts, seeds, meta)
     console.print(f"wrote {len(prompts)} images, prompts.jsonl and contact_sheet.png to {out}")
+
+
+def check_choices(generator: str, model: Path | None, workspace: str | None, teacher: str,
+                  steps: int | None, height: int | None, width: int | None) -> None:
+    """Options that do not go together, each one ``error:`` line."""
+    if generator == "ground-truth" and ((height or 32, width or 32) != (32, 32)
+                                        or teacher != "toy"):
+        fail("--generator ground-truth renders the toy world: 32x32 images, --teacher toy")
+    if generator == "student":
+        if model is not None and workspace is not None:
+            fail("give either --model (an export) or --workspace (its latest training)")
+        if model is None and workspace is None:
+            fail("--generator student needs --workspace WS (or --model DIR, an export)")
+        if steps not in (None, 2):
+            fail(f"--steps {steps}: a distilled student samples in 2 steps")
+    elif workspace is not None:
+        fail("--workspace is for --generator student")
 
 
 def read_prompts(prompt: list[str] | None, prompts_file: Path | None) -> list[str]:
@@ -125,3 +158,51 @@ def sample_teacher(kind: str, path: str | None, device: str, prompts: list[str],
         fail(exc)
     except torch.cuda.OutOfMemoryError:
         fail(f"out of GPU memory at --batch-size {batch_size}; try a smaller one", code=1)
+
+
+def sample_student(model: Path | None, workspace: str | None, teacher: str,
+                   teacher_path: str | None, device: str, prompts: list[str],
+                   seeds: list[int], height: int | None, width: int | None,
+                   batch_size: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """2-step images from an exported folder, or from the latest training of a workspace
+    (the same pipeline class either way, so the same seeds give the same images)."""
+    import torch
+    from rich.progress import Progress
+
+    from pipeline.generate import generate_with_pipeline
+
+    try:
+        if model is not None:
+            from pipeline.export.folder import load_exported
+
+            pipe = load_exported(model, device=device)
+            meta = {"generator": f"student:{model}", "steps": 2}
+        else:
+            pipe = _workspace_student(workspace, teacher, teacher_path, device, height, width)
+            meta = {"generator": f"student:{workspace}", "steps": 2}
+        with Progress(console=err_console, transient=True) as bar:
+            task = bar.add_task("2-step sampling", total=len(prompts))
+            images = generate_with_pipeline(pipe, prompts, seeds, height, width, batch_size,
+                                            progress=lambda n: bar.advance(task, n))
+    except (TwostepError, ValueError) as exc:
+        fail(exc)
+    except torch.cuda.OutOfMemoryError:
+        fail(f"out of GPU memory at --batch-size {batch_size}; try a smaller one", code=1)
+    return images, meta
+
+
+def _workspace_student(workspace: str, teacher: str, teacher_path: str | None, device: str,
+                       height: int | None, width: int | None):
+    from pipeline.export.folder import workspace_student_pipeline
+    from pipeline.store import ArtifactStore
+    from pipeline.teachers import load_teacher
+    from pipeline.teachers.describe import describe_teacher
+    from schemas.config import TeacherConfig
+
+    size = 32 if teacher == "toy" else 1024
+    cfg = TeacherConfig(kind=teacher, path=teacher_path, height=height or size,
+                        width=width or size)
+    teacher_id = describe_teacher(cfg).teacher_id
+    return workspace_student_pipeline(ArtifactStore(workspace),
+                                      load_teacher(teacher, teacher_path, device=device),
+                                      teacher_id, cfg.height, cfg.width)

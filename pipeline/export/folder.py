@@ -35,6 +35,8 @@ INFO_FILE = "twostep.json"
 MODEL_INDEX = "model_index.json"
 WEIGHT_SUFFIXES = (".safetensors",)
 REFUSED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+KNOWN_LIBRARIES = ("diffusers", "transformers")
+COMPONENT_SHIM = "twostep_component"
 
 
 def pipeline_source() -> Path:
@@ -74,6 +76,10 @@ def write_pipeline(student: TwoStepStudent, teacher: TeacherAdapter, out: Path, 
     index = json.loads((partial / MODEL_INDEX).read_text())
     index["_class_name"] = [PIPELINE_FILE.removesuffix(".py"), PIPELINE_CLASS]
     index.pop("_name_or_path", None)
+    for name, value in index.items():
+        if isinstance(value, list) and value[0] not in (None, *KNOWN_LIBRARIES) \
+                and not name.startswith("_"):
+            index[name] = _component_shim(partial / name, *value)
     (partial / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     shutil.copyfile(pipeline_source(), partial / PIPELINE_FILE)
     (partial / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -90,6 +96,16 @@ def write_pipeline(student: TwoStepStudent, teacher: TeacherAdapter, out: Path, 
         shutil.rmtree(old)
     else:
         partial.rename(out)
+
+
+def _component_shim(folder: Path, module: str, class_name: str) -> list[str]:
+    """A component whose class lives outside diffusers and transformers (the toy decoder):
+    diffusers loads such a class only from a code file in the component's folder (with
+    ``trust_remote_code``), so the folder gets one that imports it from its module."""
+    (folder / f"{COMPONENT_SHIM}.py").write_text(
+        f'"""Loads {class_name} from {module} (the twostep package must be installed)."""\n\n'
+        f"from {module} import {class_name}\n\n__all__ = [{class_name!r}]\n")
+    return [COMPONENT_SHIM, class_name]
 
 
 def check_export(folder: Path) -> dict[str, Any]:
@@ -140,3 +156,23 @@ def load_exported(folder: Path, device: str = "cpu", dtype: torch.dtype | None =
         raise ArtifactError(f"{folder}: cannot load the exported pipeline: {exc}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def workspace_student_pipeline(store, teacher: TeacherAdapter, teacher_id: str,
+                               height: int, width: int, weights: str = "ema"):
+    """The latest finished ``train_e2e`` student of the workspace ``store`` as a
+    :class:`TwoStepPipeline` in memory, over ``teacher`` (whose ``teacher_id`` must be the
+    one it was distilled from): the same pipeline an export of it loads as."""
+    from pipeline.stage import latest_result
+    from pipeline.student.load import load_student
+    from schemas.manifest import StudentCheckpointManifest
+
+    manifest, stage_dir = latest_result(store, "train_e2e", StudentCheckpointManifest)
+    if manifest.teacher_id != teacher_id:
+        raise ArtifactError(f"{store.uri(stage_dir)}: the student was distilled from "
+                            f"{manifest.teacher_id}, the teacher given is {teacher_id} (pass "
+                            f"that teacher's --teacher and --teacher-path)")
+    student = load_student(store.local_path(stage_dir), manifest, teacher, weights)
+    pipe = build_pipeline(student, teacher.pipeline_components(), height, width)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(teacher.device)
