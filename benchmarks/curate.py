@@ -2,21 +2,21 @@
 
 Generates synthetic prompts (8 files per size) with 5% exact duplicates and 5% near
 duplicates (case / punctuation / one-character edits), runs the real ``curate`` stage on a
-local Ray, and reports prompts/s, wall time and peak resident memory of the driver plus every
-Ray process. The 1M run should cost at most ~12x the 100k run (near-linear scaling).
+local Ray (2 CPUs by default), and reports prompts/s, wall time and peak resident memory of
+the driver plus every Ray process. The ratio is the largest size against the smallest, measured
+in the same run on one Ray instance: the 1M run should cost at most ~12x the 100k run
+(near-linear scaling).
 
-    .venv/bin/python benchmarks/curate.py                 # 100k and 1M
-    .venv/bin/python benchmarks/curate.py --sizes 20000   # quick check
+    .venv/bin/python benchmarks/curate.py --out benchmarks/results/curate.json   # 100k and 1M
+    .venv/bin/python benchmarks/curate.py --tiny                       # 1k and 10k, ~15 s
 
-Writes ``benchmarks/results/curate.json``.
+Writes its JSON report only to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import tempfile
 import threading
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import psutil
+from machine import describe_machine, print_machine, print_ratio
 
 from flows.env import apply_defaults
 
@@ -34,8 +35,6 @@ from pipeline.ray_runtime import ray_session  # noqa: E402
 from pipeline.stage import run_stage  # noqa: E402
 from pipeline.store import ArtifactStore  # noqa: E402
 from stages.curate import STAGE  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "curate.json"
 
 
 def make_vocabulary(rng: random.Random, size: int = 6000) -> list[str]:
@@ -110,14 +109,14 @@ class PeakRss:
         self._thread.join()
 
 
-def bench(n: int, root: Path) -> dict[str, object]:
+def bench(n: int, root: Path, cpus: int) -> dict[str, object]:
     data = root / f"data-{n}"
     data.mkdir()
     write_prompts(n, data)
     cfg = load_config(
         "smoke",
         [f"curate.sources=[{{path: '{data}/*.txt'}}]", "curate.eval_fraction=0.01",
-         "curate.rows_per_shard=100000", "curate.batch_size=8192", "ray.num_cpus=2"],
+         "curate.rows_per_shard=100000", "curate.batch_size=8192", f"ray.num_cpus={cpus}"],
         workspace=str(root / f"ws-{n}"),
     )
     with PeakRss() as rss:
@@ -140,37 +139,48 @@ def bench(n: int, root: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000],
+                        help="Prompt counts, smallest first (at least two: the first is the "
+                        "baseline of the ratio).")
+    parser.add_argument("--tiny", action="store_true", help="--sizes 1000 10000")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance.")
+    parser.add_argument("--out", type=Path, default=None, help="Write the JSON report here.")
     args = parser.parse_args()
+    sizes = [1_000, 10_000] if args.tiny else sorted(args.sizes)
+    if len(sizes) < 2:
+        parser.error("--sizes: give at least two sizes (the smallest is the baseline)")
+    machine = describe_machine("cpu")
+    print_machine(machine)
     results = []
     with tempfile.TemporaryDirectory(prefix="twostep-bench-") as tmp:
-        cfg = load_config("smoke", ["ray.num_cpus=2"])
+        cfg = load_config("smoke", [f"ray.num_cpus={args.cpus}"])
         with ray_session(cfg.ray):  # one Ray instance for all sizes: start-up is not measured
-            for n in args.sizes:
-                r = bench(n, Path(tmp))
+            for n in sizes:
+                r = bench(n, Path(tmp), args.cpus)
                 results.append(r)
-                print(json.dumps(r))
+                print(json.dumps(r), flush=True)
+    small, large = results[0], results[-1]
+    size_ratio = large["prompts"] / small["prompts"]
+    time_ratio = large["wall_s"] / small["wall_s"]
     report: dict[str, object] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"{round(psutil.virtual_memory().total / 2**30)} GiB",
-        "results": results,
+        "machine": machine, "ray_cpus": args.cpus, "results": results,
+        "ratios": {
+            "size": size_ratio,
+            "time": round(time_ratio, 2),
+            "memory": round(large["peak_rss_total_mb"] / small["peak_rss_total_mb"], 2),
+            "time_per_prompt": round(time_ratio / size_ratio, 3),
+        },
+        "target_time_ratio_max": 12 * size_ratio / 10,
     }
-    if len(results) >= 2:
-        small, large = results[0], results[-1]
-        size_ratio = large["prompts"] / small["prompts"]
-        cost_ratio = large["wall_s"] / small["wall_s"]
-        report["scaling"] = {
-            "size_ratio": size_ratio,
-            "time_ratio": round(cost_ratio, 2),
-            "memory_ratio": round(large["peak_rss_total_mb"] / small["peak_rss_total_mb"], 2),
-            "target_time_ratio_max": 12 * size_ratio / 10,
-        }
-        print(f"{large['prompts']:,} vs {small['prompts']:,} prompts: time x{cost_ratio:.2f} "
-              f"(target <= x{12 * size_ratio / 10:.0f}), peak memory "
-              f"{small['peak_rss_total_mb']} -> {large['peak_rss_total_mb']} MB")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print_ratio("time", time_ratio,
+                f"{large['prompts']:,} vs {small['prompts']:,} prompts, "
+                f"target <= {12 * size_ratio / 10:.0f}x")
+    print_ratio("memory", report["ratios"]["memory"],  # type: ignore[index]
+                f"peak RSS {small['peak_rss_total_mb']} -> {large['peak_rss_total_mb']} MB")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,143 +1,198 @@
-"""CUDA-path check on a lent GPU: bf16 sampling of a Z-Image-Turbo-sized transformer (2-step
-vs 8-step), the toy teacher's bf16 training step, and a 6B fwd+bwd memory probe.
+"""CUDA-path check on a lent GPU: 2-step versus 8-step sampling (bf16) of the shipped toy
+teacher and of a Z-Image-Turbo-sized transformer, the toy teacher's bf16 training step, and a
+6B fwd+bwd memory probe.
 
-Runs with random weights (no download): timings of the denoiser do not depend on the weights.
-Usage on a GPU machine (diffusers must be importable):
+The ratio is 8-step time over 2-step time, both measured in the same run on the same inputs
+(the 2 steps are the student's schedule, sigma 1 -> 0.75 -> 0; 8 steps the teacher's shifted
+schedule). Z-Image Turbo runs with random weights (no download; ``zimage_turbo.CONFIG``):
+timings of the denoiser do not depend on the weights. Caption features are random (no text
+encoder on the GPU machine).
 
-    python benchmarks/device_check.py --out benchmarks/results/device_check.json
+    python benchmarks/device_check.py --out $OUT/device_check.json     # on a GPU
+    .venv/bin/python benchmarks/device_check.py --tiny                 # CPU dry run, ~15 s
+
+``--tiny`` runs every path at toy sizes (and a scaled-down Z-Image, ``tiny_config()``): on a
+CPU it checks that the script runs, its numbers mean nothing. Without a GPU only ``--tiny``
+runs. Writes its JSON report only to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
-from diffusers import ZImageTransformer2DModel
+from machine import describe_machine, print_machine, print_ratio
+from zimage_turbo import CAPTION_TOKENS, CONFIG, VAE_SCALE, tiny_config
 
-# Z-Image Turbo transformer/config.json (6.15B parameters).
-ZIMAGE_TURBO = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840,
-                    n_layers=30, n_refiner_layers=2, n_heads=30, n_kv_heads=30,
-                    cap_feat_dim=2560, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])
-# The toy teacher as planned: pixel space 3x32x32, patch 4, MiniLM captions.
-TOY = dict(all_patch_size=(4,), all_f_patch_size=(1,), in_channels=3, dim=128, n_layers=4,
-           n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=384,
-           axes_dims=[8, 12, 12], axes_lens=[96, 16, 16])
-TEACHER_SIGMAS = [1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3, 0.0]
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the pipeline package without an install (a bare GPU machine)
+    sys.path.insert(1, str(ROOT))
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 STUDENT_SIGMAS = [1.0, 0.75, 0.0]
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeats: int) -> float:
     fn()
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - start) / repeats
 
 
 @torch.inference_mode()
-def euler(model, x, caps, sigmas, patch):
-    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
-        t = torch.full((x.shape[0],), 1.0 - a, device=x.device, dtype=x.dtype)
-        out = model(list(x.unsqueeze(2)), t, caps, patch_size=patch, return_dict=False)[0]
-        v = -torch.stack(out).squeeze(2)  # the model predicts x0 - eps = -v
-        x = x + (b - a) * v
-    return x
+def denoise(model, x, caps, sigmas):
+    from pipeline.flow import euler, transformer_velocity
+
+    return euler(lambda x, sigma: transformer_velocity(model, x, sigma, caps), x, sigmas).final
 
 
-def sampling(model, batch, hw, channels, cap_len, cap_dim, patch, repeats):
-    dev = "cuda"
-    x = torch.randn(batch, channels, hw, hw, device=dev, dtype=torch.bfloat16)
-    caps = [torch.randn(cap_len, cap_dim, device=dev, dtype=torch.bfloat16) for _ in range(batch)]
-    t8 = timed(lambda: euler(model, x, caps, TEACHER_SIGMAS, patch), repeats)
-    t2 = timed(lambda: euler(model, x, caps, STUDENT_SIGMAS, patch), repeats)
-    return {"batch": batch, "latent": [channels, hw, hw], "caption_tokens": cap_len,
-            "8_step_s": round(t8, 4), "2_step_s": round(t2, 4), "speedup": round(t8 / t2, 3),
-            "per_forward_s": round(t8 / 8, 4)}
+def sampling(model, batch: int, latent: tuple[int, int, int], cap_len: int, repeats: int,
+             name: str) -> dict[str, object]:
+    from pipeline.flow import shifted_sigmas
+
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(batch, *latent, device=DEV)
+    cap_dim = model.config.cap_feat_dim
+    caps = [torch.randn(cap_len, cap_dim, device=DEV, dtype=dtype) for _ in range(batch)]
+    t8 = timed(lambda: denoise(model, x, caps, shifted_sigmas(8)), repeats)
+    t2 = timed(lambda: denoise(model, x, caps, STUDENT_SIGMAS), repeats)
+    result = {"batch": batch, "latent": list(latent), "caption_tokens": cap_len,
+              "8_step_s": round(t8, 4), "2_step_s": round(t2, 4), "speedup": round(t8 / t2, 3),
+              "per_forward_s": round(t8 / 8, 4)}
+    print(json.dumps(result), flush=True)
+    print_ratio(name, t8 / t2, f"8-step vs 2-step denoising, batch {batch}, latent "
+                f"{'x'.join(map(str, latent))}; bound 4x")
+    return result
 
 
-def toy_checks(report: dict[str, object]) -> None:
-    # 1. Toy teacher: bf16 autocast training step (fwd + bwd + AdamW), then sampling speed.
-    toy = ZImageTransformer2DModel(**TOY).cuda()
+def toy_checks(report: dict[str, object], tiny: bool) -> None:
+    """The shipped toy teacher: bf16 autocast training step (fwd + bwd + AdamW), then 8- vs
+    2-step sampling of a bf16 copy, both in the teacher's latent."""
+    from pipeline.flow import noised, transformer_velocity
+    from pipeline.teachers.toy import ToyTeacher
+
+    teacher = ToyTeacher.load(device=DEV)
+    latent = teacher.latent_shape(32, 32)
+    toy = copy.deepcopy(teacher.model).train().requires_grad_(True)
     opt = torch.optim.AdamW(toy.parameters(), lr=1e-4)
-    batch = 256
-    x0 = torch.rand(batch, 3, 32, 32, device="cuda") * 2 - 1
-    caps = [torch.randn(16, 384, device="cuda") for _ in range(batch)]
+    batch = 4 if tiny else 256
+    x0 = torch.randn(batch, *latent, device=DEV)
+    caps = [torch.randn(16, toy.config.cap_feat_dim, device=DEV) for _ in range(batch)]
 
     def train_step():
-        sigma = torch.rand(batch, device="cuda")
+        sigma = torch.rand(batch, device=DEV)
         eps = torch.randn_like(x0)
-        xs = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = toy(list(xs.unsqueeze(2)), 1 - sigma, caps, patch_size=4, return_dict=False)[0]
-            pred_v = -torch.stack(out).squeeze(2).float()
+        with torch.autocast(DEV, dtype=torch.bfloat16):
+            pred_v = transformer_velocity(toy, noised(x0, eps, sigma), sigma, caps)
         loss = torch.nn.functional.mse_loss(pred_v, eps - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss
 
-    step_s = timed(train_step, 20)
-    report["toy_train_step"] = {"batch": batch, "step_s": round(step_s, 4),
+    step_s = timed(train_step, 2 if tiny else 20)
+    report["toy_train_step"] = {"batch": batch, "latent": list(latent),
+                                "step_s": round(step_s, 4),
                                 "images_per_s": round(batch / step_s),
                                 "loss_finite": bool(torch.isfinite(train_step()).item()),
                                 "params_m": round(sum(p.numel() for p in toy.parameters()) / 1e6,
                                                   2)}
     print(json.dumps(report["toy_train_step"]), flush=True)
     toy_bf16 = toy.to(torch.bfloat16).eval()
-    report["toy_sampling"] = sampling(toy_bf16, 256, 32, 3, 16, 384, 4, 10)
-    print(json.dumps(report["toy_sampling"]), flush=True)
+    report["toy_sampling"] = sampling(toy_bf16, 4 if tiny else 256, latent, 16,
+                                      2 if tiny else 10, "toy_8_vs_2_step")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="benchmarks/results/device_check.json")
-    args = parser.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    report: dict[str, object] = {"device": torch.cuda.get_device_name(),
-                                 "torch": torch.__version__}
+def zimage_checks(report: dict[str, object], tiny: bool) -> None:
+    """Z-Image-Turbo-sized transformer, bf16, random weights: 2-step vs 8-step at 1024 px
+    (latent 16x128x128 = 4096 image tokens) and 512 px; then the memory of one bf16 fwd+bwd
+    (gradient checkpointing, no optimizer): the per-student figure behind the FSDP2 plan."""
+    from diffusers import ZImageTransformer2DModel
 
-    toy_checks(report)
-    torch.cuda.empty_cache()
-
-    # 2. Z-Image-Turbo-sized transformer, bf16, random weights: 2-step vs 8-step at 1024 px
-    #    (latent 16x128x128 = 4096 image tokens) and 512 px.
+    config = tiny_config() if tiny else CONFIG
+    channels = config["in_channels"]
     start = time.perf_counter()
-    with torch.device("cuda"):
-        big = ZImageTransformer2DModel(**ZIMAGE_TURBO).to(torch.bfloat16).eval()
+    with torch.device(DEV):
+        big = ZImageTransformer2DModel(**config).to(torch.bfloat16).eval()
+    report["zimage_config"] = "tiny_config()" if tiny else "CONFIG (Z-Image Turbo)"
     report["zimage_params_b"] = round(sum(p.numel() for p in big.parameters()) / 1e9, 3)
     report["zimage_init_s"] = round(time.perf_counter() - start, 1)
-    report["zimage_weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    if DEV == "cuda":
+        report["zimage_weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    cap_len = 16 if tiny else CAPTION_TOKENS
+    settings = ((1, 128),) if tiny else ((1, 1024), (4, 1024), (1, 512))
     results = []
-    for batch, hw in ((1, 128), (4, 128), (1, 64)):
-        r = sampling(big, batch, hw, 16, 128, 2560, 2, 3)
-        results.append(r)
-        print(json.dumps(r), flush=True)
+    for batch, px in settings:
+        side = px // VAE_SCALE
+        results.append(sampling(big, batch, (channels, side, side), cap_len, 2 if tiny else 3,
+                                f"zimage_8_vs_2_step_{px}px_batch_{batch}"))
     report["zimage_sampling"] = results
 
-    # 3. Memory of one bf16 fwd+bwd of the 6B model (gradient checkpointing, no optimizer):
-    #    the per-student figure behind the FSDP2 plan.
     big.train()
     big.enable_gradient_checkpointing()
-    torch.cuda.reset_peak_memory_stats()
-    x = torch.randn(1, 16, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
-    caps = [torch.randn(128, 2560, device="cuda", dtype=torch.bfloat16)]
-    t = torch.full((1,), 0.5, device="cuda", dtype=torch.bfloat16)
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    side = (128 if tiny else 1024) // VAE_SCALE
+    x = torch.randn(1, channels, 1, side, side, device=DEV, dtype=torch.bfloat16)
+    caps = [torch.randn(cap_len, config["cap_feat_dim"], device=DEV, dtype=torch.bfloat16)]
+    t = torch.full((1,), 0.5, device=DEV, dtype=torch.bfloat16)
 
     def fwd_bwd():
         out = big(list(x), t, caps, return_dict=False)[0]
         torch.stack(out).float().pow(2).mean().backward()
         big.zero_grad(set_to_none=False)
 
-    report["zimage_fwd_bwd_s"] = round(timed(fwd_bwd, 2), 3)
-    report["zimage_fwd_bwd_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    print(json.dumps({k: v for k, v in report.items() if k.startswith("zimage_")}), flush=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    print("wrote", args.out)
+    report["zimage_fwd_bwd_s"] = round(timed(fwd_bwd, 1 if tiny else 2), 3)
+    if DEV == "cuda":
+        report["zimage_fwd_bwd_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(json.dumps({k: v for k, v in report.items() if k.startswith("zimage_")
+                      and k != "zimage_sampling"}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true",
+                        help="toy sizes and a scaled-down Z-Image (a CPU dry run)")
+    parser.add_argument("--skip-zimage", action="store_true",
+                        help="only the toy teacher's checks")
+    parser.add_argument("--out", type=Path, default=None, help="Write the JSON report here.")
+    args = parser.parse_args()
+    if DEV != "cuda" and not args.tiny:
+        parser.error("no GPU here: the full check needs CUDA; --tiny is the CPU dry run")
+    if DEV == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    machine = describe_machine(DEV)
+    print_machine(machine)
+    report: dict[str, object] = {"device": DEV, "machine": machine, "tiny": args.tiny}
+    try:
+        toy_checks(report, args.tiny)
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+        if not args.skip_zimage:
+            zimage_checks(report, args.tiny)
+        ratios = {"toy_8_vs_2_step": report["toy_sampling"]["speedup"]}  # type: ignore[index]
+        for r in report.get("zimage_sampling", []):  # type: ignore[union-attr]
+            px = r["latent"][1] * VAE_SCALE
+            ratios[f"zimage_8_vs_2_step_{px}px_batch_{r['batch']}"] = r["speedup"]
+        report["ratios"] = ratios
+    finally:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+            print("wrote", args.out)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 1. teacher sampling as ``sample_teacher`` does it (batched Euler, latent recorded at
    sigma_mid, decode, PNG and .npy encoding) versus a naive ``ZImagePipeline.__call__`` loop,
-   one prompt at a time, on the shipped toy teacher (bf16 autocast for both);
-2. end-to-end generation latency, 2-step student versus 8-step teacher (toy), batch 1 and 64;
+   one prompt at a time, on the shipped toy teacher (its 8x8x8 latent; bf16 autocast for
+   both): ratio stage loop / naive loop;
+2. end-to-end generation latency, 2-step student versus 8-step teacher (toy), batch 1 and 64:
+   ratio teacher time / student time;
 3. the phase-2 training step on the toy architecture (two generators, teacher-backbone
    discriminator), bf16 autocast: samples/s;
 4. a memory probe for the 6B case: one phase-2 generator forward + backward with two
@@ -11,9 +13,15 @@
    gradient checkpointing, batch 1 (no optimizer states: those are sharded by FSDP2).
 
 Caption features are random (no text encoder on the GPU machine); weights of the 6B models
-are random (timings and memory do not depend on them).
+are random (``zimage_turbo.CONFIG``; timings and memory do not depend on them). Each ratio's
+baseline is measured in the same run.
 
-    python benchmarks/device_check_student.py --out $OUT/device_check_student.json
+    python benchmarks/device_check_student.py --out $OUT/device_check_student.json   # GPU
+    .venv/bin/python benchmarks/device_check_student.py --tiny     # CPU dry run, ~10 s
+
+``--tiny`` runs every path at toy sizes and the memory probe on a scaled-down Z-Image
+(``zimage_turbo.tiny_config()``): on a CPU it checks that the script runs, its numbers mean
+nothing. Without a GPU only ``--tiny`` runs. Writes its JSON report only to ``--out``.
 """
 
 from __future__ import annotations
@@ -21,16 +29,19 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
+from machine import describe_machine, print_machine, print_ratio
+from zimage_turbo import CAPTION_TOKENS, CONFIG, VAE_SCALE, tiny_config
 
-ZIMAGE_TURBO = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840,
-                    n_layers=30, n_refiner_layers=2, n_heads=30, n_kv_heads=30,
-                    cap_feat_dim=2560, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the pipeline package without an install (a bare GPU machine)
+    sys.path.insert(1, str(ROOT))
 
-
-DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of the script (--quick)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of the script (--tiny)
 QUICK = False
 
 
@@ -56,7 +67,10 @@ def toy_parts(report: dict) -> None:
     from pipeline.teachers.toy import ToyTeacher, toy_zimage_pipeline
 
     teacher = ToyTeacher.load(device=DEV)
-    bf16 = dict(device_type=DEV, dtype=torch.bfloat16)
+    latent = teacher.latent_shape(32, 32)
+    side = 8 * latent[1]  # ZImagePipeline's latent is H / 8
+    # bf16 autocast on the GPU; off in a CPU dry run (slow on CPUs without AVX512-BF16).
+    bf16 = dict(device_type=DEV, dtype=torch.bfloat16, enabled=DEV == "cuda")
     gen = torch.Generator().manual_seed(0)
 
     def caps(n: int) -> list[torch.Tensor]:
@@ -66,19 +80,19 @@ def toy_parts(report: dict) -> None:
     pipe = toy_zimage_pipeline(teacher)
     pipe.set_progress_bar_config(disable=True)
     n_naive = 4 if QUICK else 64
-    c1, z1 = caps(n_naive), noise_for_seeds(list(range(n_naive)), (3, 32, 32)).to(DEV)
+    c1, z1 = caps(n_naive), noise_for_seeds(list(range(n_naive)), latent).to(DEV)
 
     def naive() -> None:
         for i in range(n_naive):
             with torch.autocast(**bf16):
-                x0 = pipe(prompt_embeds=[c1[i]], height=256, width=256, num_inference_steps=8,
+                x0 = pipe(prompt_embeds=[c1[i]], height=side, width=side, num_inference_steps=8,
                           guidance_scale=0.0, latents=z1[i:i + 1], output_type="latent").images
             png_bytes(to_uint8(teacher.decode(x0).cpu())[0])
 
     naive_s = timed(naive, repeats=1)
     rates = {}
     for batch in (8,) if QUICK else (64, 256, 1024):
-        cb, zb = caps(batch), noise_for_seeds(list(range(batch)), (3, 32, 32)).to(DEV)
+        cb, zb = caps(batch), noise_for_seeds(list(range(batch)), latent).to(DEV)
 
         def batched(cb=cb, zb=zb) -> None:
             with torch.autocast(**bf16):
@@ -94,14 +108,17 @@ def toy_parts(report: dict) -> None:
     report["toy_sampling"] = {
         "naive_pipeline_images_per_s": round(n_naive / naive_s, 1),
         "stage_loop_images_per_s": {str(b): round(r, 1) for b, r in rates.items()},
+        "latent": list(latent),
         "speedup_vs_naive": round(max(rates.values()) / (n_naive / naive_s), 2)}
     print(report["toy_sampling"], flush=True)
+    print_ratio("stage_loop_vs_naive_pipeline", report["toy_sampling"]["speedup_vs_naive"],
+                "batched Euler + encoding (best batch) vs ZImagePipeline one prompt at a time")
 
     # 2. generation latency: student 2 steps vs teacher 8 steps (denoise + decode)
     student = TwoStepStudent.from_teacher(teacher.transformer, "decoupled", 0.75).to(DEV).eval()
     latency = {}
     for batch in (1, 4) if QUICK else (1, 64):
-        cb, zb = caps(batch), torch.randn(batch, 3, 32, 32, device=DEV)
+        cb, zb = caps(batch), torch.randn(batch, *latent, device=DEV)
 
         def run_teacher(cb=cb, zb=zb) -> None:
             with torch.autocast(**bf16):
@@ -111,9 +128,12 @@ def toy_parts(report: dict) -> None:
             with torch.autocast(**bf16), torch.no_grad():
                 teacher.decode(student.sample(zb, cb))
 
-        t8, t2 = timed(run_teacher, 5), timed(run_student, 5)
+        repeats = 2 if QUICK else 5
+        t8, t2 = timed(run_teacher, repeats), timed(run_student, repeats)
         latency[str(batch)] = {"teacher_8_step_s": round(t8, 5), "student_2_step_s": round(t2, 5),
                                "speedup": round(t8 / t2, 2)}
+        print_ratio(f"student_vs_teacher_batch_{batch}", t8 / t2,
+                    "8-step teacher vs 2-step student, denoise + decode")
     report["toy_generate_latency"] = latency
     print(latency, flush=True)
 
@@ -131,7 +151,7 @@ def toy_parts(report: dict) -> None:
     opt_d = torch.optim.AdamW(disc.parameters(), 2e-4, betas=(0.0, 0.99))
     batch = 4 if QUICK else 256
     cb = caps(batch)
-    noise, x_mid_t, x0_t = (torch.randn(batch, 3, 32, 32, device=DEV) for _ in range(3))
+    noise, x_mid_t, x0_t = (torch.randn(batch, *latent, device=DEV) for _ in range(3))
 
     def train_step() -> None:
         sigma = torch.rand(batch, device=DEV) * 0.65 + 0.05
@@ -153,27 +173,30 @@ def toy_parts(report: dict) -> None:
         loss_d.backward()
         opt_d.step()
 
-    step_s = timed(train_step, 5)
+    step_s = timed(train_step, 2 if QUICK else 5)
     report["toy_phase2_step"] = {"batch": batch, "step_s": round(step_s, 4),
                                  "samples_per_s": round(batch / step_s, 1)}
     print(report["toy_phase2_step"], flush=True)
 
 
 def big_probe(report: dict, hw: int) -> None:
-    """Phase-2 generator fwd+bwd for two 6B generators and a frozen 6B discriminator."""
+    """Phase-2 generator fwd+bwd for two 6B generators and a frozen 6B discriminator (with
+    ``--tiny``: the scaled-down config)."""
     from diffusers import ZImageTransformer2DModel
 
     from pipeline.student.discriminator import Discriminator
     from pipeline.student.model import TwoStepStudent
 
-    torch.cuda.reset_peak_memory_stats()
+    config = tiny_config() if QUICK else CONFIG
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     with torch.device(DEV):
-        g1 = ZImageTransformer2DModel(**ZIMAGE_TURBO)
-        g2 = ZImageTransformer2DModel(**ZIMAGE_TURBO)
-        backbone = ZImageTransformer2DModel(**ZIMAGE_TURBO)
+        g1 = ZImageTransformer2DModel(**config)
+        g2 = ZImageTransformer2DModel(**config)
+        backbone = ZImageTransformer2DModel(**config)
     torch.set_default_dtype(previous)
     student = TwoStepStudent(g1, g2, 0.75)
     for g in (g1, g2):
@@ -181,16 +204,18 @@ def big_probe(report: dict, hw: int) -> None:
     backbone.requires_grad_(False)
     disc = Discriminator.__new__(Discriminator)  # no copy: the backbone is built for it
     torch.nn.Module.__init__(disc)
-    disc.layers = [9, 19, 29]
+    n = config["n_layers"]
+    disc.layers = sorted({max(0, n * k // 3 - 1) for k in (1, 2, 3)})  # 30 layers: 9, 19, 29
     disc.__dict__["backbone"] = backbone.eval()
     from pipeline.student.discriminator import Head
 
-    disc.heads = torch.nn.ModuleList(Head(3840, 2560, 256) for _ in disc.layers).to(DEV)
+    disc.heads = torch.nn.ModuleList(Head(config["dim"], config["cap_feat_dim"], 256)
+                                     for _ in disc.layers).to(DEV)
     init_s = time.perf_counter() - start
-    weights_gib = torch.cuda.memory_allocated() / 2**30
-    lat = hw // 8
-    caps = [torch.randn(128, 2560, device=DEV) for _ in range(1)]
-    noise = torch.randn(1, 16, lat, lat, device=DEV)
+    weights_gib = torch.cuda.memory_allocated() / 2**30 if DEV == "cuda" else None
+    lat = hw // VAE_SCALE
+    caps = [torch.randn(16 if QUICK else CAPTION_TOKENS, config["cap_feat_dim"], device=DEV)]
+    noise = torch.randn(1, config["in_channels"], lat, lat, device=DEV)
     target = torch.randn_like(noise)
 
     def step() -> None:
@@ -204,37 +229,51 @@ def big_probe(report: dict, hw: int) -> None:
 
     try:
         step_s = timed(step, 2)
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        peak = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else None
         report[f"zimage_phase2_gen_step_{hw}px"] = {
-            "init_s": round(init_s, 1), "weights_gib": round(weights_gib, 2),
-            "step_s": round(step_s, 3), "peak_gib": round(peak, 2),
+            "config": "tiny_config()" if QUICK else "CONFIG (Z-Image Turbo)",
+            "init_s": round(init_s, 1),
+            "weights_gib": None if weights_gib is None else round(weights_gib, 2),
+            "step_s": round(step_s, 3), "peak_gib": None if peak is None else round(peak, 2),
             "params_per_model_b": round(sum(p.numel() for p in g1.parameters()) / 1e9, 3)}
     except torch.cuda.OutOfMemoryError as exc:
         report[f"zimage_phase2_gen_step_{hw}px"] = {"oom": str(exc).splitlines()[0]}
     print(report[f"zimage_phase2_gen_step_{hw}px"], flush=True)
     student = disc = g1 = g2 = backbone = None  # free the GPU memory before the next size
     gc.collect()
-    torch.cuda.empty_cache()
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--skip-big", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU dry run)")
+    parser.add_argument("--out", type=Path, default=None, help="Write the JSON report here.")
+    parser.add_argument("--skip-big", action="store_true", help="no 6B memory probe")
+    parser.add_argument("--tiny", "--quick", action="store_true",
+                        help="tiny sizes and a scaled-down Z-Image (a CPU dry run)")
     args = parser.parse_args()
+    if DEV != "cuda" and not args.tiny:
+        parser.error("no GPU here: the full check needs CUDA; --tiny is the CPU dry run")
     global QUICK
-    QUICK = args.quick
-    report: dict = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
-                    "torch": torch.__version__}
+    QUICK = args.tiny
+    machine = describe_machine(DEV)
+    print_machine(machine)
+    report: dict = {"device": DEV, "machine": machine, "tiny": args.tiny,
+                    "toy_autocast": "bfloat16" if DEV == "cuda" else "off (CPU dry run)"}
     try:
         toy_parts(report)
         if not args.skip_big:
-            for hw in (512, 1024):
+            for hw in (128,) if QUICK else (512, 1024):
                 big_probe(report, hw)
+        report["ratios"] = {
+            "stage_loop_vs_naive_pipeline": report["toy_sampling"]["speedup_vs_naive"],
+            **{f"student_vs_teacher_batch_{b}": r["speedup"]
+               for b, r in report["toy_generate_latency"].items()}}
     finally:
-        with open(args.out, "w") as handle:
-            json.dump(report, handle, indent=2)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+            print("wrote", args.out)
     print(json.dumps(report, indent=2))
 
 

@@ -5,24 +5,27 @@ The physical bound on the denoiser is 4x (8 versus 2 transformer calls); text en
 decoding are shared, so the whole pipeline gets less. The student's weights do not change its
 speed: without ``--student`` a student is built from the teacher's architecture.
 
-    .venv/bin/python benchmarks/generate.py                                   # toy, CPU
-    python benchmarks/generate.py --teacher zimage --teacher-path /models/Z-Image-Turbo \\
-        --height 1024 --width 1024 --batches 1 4                              # GPU
+The baseline is the 8-step teacher, timed in the same run on the same inputs (median of
+``--repeats``, after one warm-up); the toy teacher samples its 8x8x8 latent and decodes it to
+32x32 images.
 
-Writes ``benchmarks/results/generate_<teacher>_<device>.json``.
+    .venv/bin/python benchmarks/generate.py --out benchmarks/results/generate_toy_cpu.json
+    .venv/bin/python benchmarks/generate.py --tiny             # batch 1, 2 repeats, ~10 s
+    python benchmarks/generate.py --teacher zimage --teacher-path /models/Z-Image-Turbo \\
+        --height 1024 --width 1024 --batches 1 4 --out generate_zimage_cuda.json   # GPU
+
+Writes its JSON report only to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from machine import describe_machine, print_machine, print_ratio
 
 
 def main() -> None:
@@ -34,13 +37,19 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--tiny", action="store_true", help="--batches 1 --repeats 2")
+    parser.add_argument("--out", type=Path, default=None, help="Write the JSON report here.")
     args = parser.parse_args()
+    if args.tiny:
+        args.batches, args.repeats = [1], 2
 
     from pipeline.student.model import TwoStepStudent
     from pipeline.teachers import load_teacher
     from pipeline.toy.prompts import generate_prompts
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    machine = describe_machine(device)
+    print_machine(machine)
     teacher = load_teacher(args.teacher, args.teacher_path, device=device)
     if args.student:
         from pipeline.student.load import load_student
@@ -79,9 +88,9 @@ def main() -> None:
     samplers = {"teacher_8_step": lambda c, n: teacher.sample(c, n, 8).final,
                 "student_2_step": lambda c, n: student.sample(n, c)}
     report: dict[str, object] = {
-        "teacher": args.teacher, "device": torch.cuda.get_device_name() if device == "cuda"
-        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} "
-             f"threads", "torch": torch.__version__, "image": [args.height, args.width]}
+        "teacher": args.teacher, "device": device, "machine": machine,
+        "image": [args.height, args.width], "latent": list(shape)}
+    ratios: dict[str, float] = {}
     for batch in args.batches:
         prompts = [p.text for p in generate_prompts(batch, seed=7)]
         rows = {}
@@ -98,9 +107,17 @@ def main() -> None:
         rows["speedup_end_to_end"] = round(t8["total"] / t2["total"], 2)
         report[f"batch_{batch}"] = rows
         print(f"batch {batch}:", json.dumps(rows), flush=True)
-    out = ROOT / "benchmarks" / "results" / f"generate_{args.teacher}_{device}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print("wrote", out)
+        ratios[f"end_to_end_batch_{batch}"] = rows["speedup_end_to_end"]
+        ratios[f"denoising_batch_{batch}"] = rows["speedup_denoising"]
+        print_ratio(f"end_to_end_batch_{batch}", rows["speedup_end_to_end"],
+                    "8-step teacher time / 2-step student time, text encoding to decoded image")
+        print_ratio(f"denoising_batch_{batch}", rows["speedup_denoising"],
+                    "8-step teacher / 2-step student, denoiser only; bound 4x")
+    report["ratios"] = ratios
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print("wrote", args.out)
 
 
 if __name__ == "__main__":

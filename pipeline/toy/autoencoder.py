@@ -5,7 +5,7 @@ Why it exists: a pixel-space toy teacher learns size, colour and position but ha
 the shape word (shape accuracy near chance; docs/toy-world.md). In a latent whose first three
 channels are a per-shape *layout* map (the shape's coverage pooled to the grid, in the
 channel of its shape), shape is an explicit, large feature, and the same transformer recipe
-learns it (``benchmarks/toy_latent_teacher_probe.py`` found the recipe).
+learns it (``research/toy_latent_teacher_probe.py`` found the recipe).
 
 Training losses (:class:`AutoencoderTrainConfig`):
 

@@ -9,13 +9,20 @@ Two modes, because the device machine cannot import the MiniLM package (its weig
 large to carry):
 
     # here: caption features of the training pool and the eval prompts, fp16 safetensors
-    python benchmarks/toy_teacher_scaling.py prepare --cache .scaling_cache --pool-prompts 6000
+    python research/toy_teacher_scaling.py prepare --cache .scaling_cache --pool-prompts 6000
     # on the GPU machine, one process per variant (they share the GPU)
-    python benchmarks/toy_teacher_scaling.py run --cache .scaling_cache --variant v \\
-        --minutes 6 --device cuda --out benchmarks/results/toy_teacher_scaling_v.json
+    python research/toy_teacher_scaling.py run --cache .scaling_cache --variant v \\
+        --minutes 6 --device cuda --out research/results/toy_teacher_scaling_v.json
+
+    # a check that it runs (~1 min on 2 CPUs): a small pool, a few steps, 16 eval prompts
+    python research/toy_teacher_scaling.py prepare --cache /tmp/sc --pool-prompts 200
+    python research/toy_teacher_scaling.py run --cache /tmp/sc --variant v --max-steps 4 \\
+        --batch 8 --every 2 --pool-images 256 --eval-prompts 16 --out /tmp/sc/v.json
 
 Accuracy is scored by the toy feature network on the same 500 prompts (seed 4242) and noise as
-``benchmarks/toy_teacher_quality.py``; each attribute over the prompts that name it.
+``research/toy_teacher_quality.py``; each attribute over the prompts that name it. This is a
+study of the pixel-space recipe (patch 4 on 3x32x32 images), the shipped teacher before the
+latent one; the shipped teacher samples an 8x8x8 latent.
 """
 
 from __future__ import annotations
@@ -75,12 +82,13 @@ def prepare(cache: Path, pool_prompts: int) -> None:
 
 
 def accuracy(model, eval_caps, noise, steps: int, prediction: str, feature_net) -> dict:
-    prompts = generate_prompts(EVAL_PROMPTS, seed=EVAL_SEED)
+    n = len(noise)
+    prompts = generate_prompts(EVAL_PROMPTS, seed=EVAL_SEED)[:n]
     device = noise.device
     images = torch.cat([
         sample(model, [c.to(device) for c in eval_caps[i : i + 250]], noise[i : i + 250], steps,
                prediction).clamp(-1, 1)
-        for i in range(0, EVAL_PROMPTS, 250)])
+        for i in range(0, n, 250)])
     with torch.no_grad():
         predictions = feature_net.predict(images.float())
     return named_attribute_accuracy(prompts, predictions)
@@ -92,16 +100,20 @@ def run(args: argparse.Namespace) -> None:
     # The scaling study is of the pixel-space recipe (patch 4 on 32x32 images).
     cfg = TeacherTrainConfig(minutes=args.minutes, batch=args.batch, lr=args.lr,
                              space="pixel", patch=4, guidance=1.0,  # flow matching only
-                             pool_prompts=meta["pool_prompts"], device=args.device,
+                             pool_prompts=meta["pool_prompts"], pool_images=args.pool_images,
+                             max_steps=args.max_steps, device=args.device,
                              **overrides)  # type: ignore[arg-type]
     device = torch.device(args.device)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     caps = unpack(load_file(str(args.cache / "pool_caps.safetensors")))
     eval_caps = unpack(load_file(str(args.cache / "eval_caps.safetensors")))
+    eval_caps = eval_caps[:args.eval_prompts]
     x0_pool, cap_ids, caps = image_pool(cfg, print, caps=caps)
-    noise = torch.randn((EVAL_PROMPTS, 3, 32, 32),
-                        generator=torch.Generator().manual_seed(EVAL_SEED)).to(device)
+    # The same noise as the 500-prompt runs (the first n of it with --eval-prompts n).
+    noise = torch.randn((EVAL_PROMPTS, 3, 32, 32),  # pixel space: the images themselves
+                        generator=torch.Generator().manual_seed(EVAL_SEED))
+    noise = noise[:args.eval_prompts].to(device)
     feature_net = load_feature_net().to(device)
     model = new_teacher(cfg)
     params = sum(p.numel() for p in model.parameters())
@@ -109,7 +121,8 @@ def run(args: argparse.Namespace) -> None:
         "variant": args.variant, "overrides": overrides, "parameters": params,
         "batch": cfg.batch, "lr": cfg.lr, "minutes": cfg.minutes, "device": str(device),
         "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "pool": meta, "curve": []}
+        "pool": meta, "eval_prompts": len(noise), "curve": []}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     train_start = time.perf_counter()
 
     def checkpoint(step: int, ema) -> None:
@@ -150,9 +163,15 @@ def main() -> None:
     r.add_argument("--batch", type=int, default=128)
     r.add_argument("--lr", type=float, default=5e-4)
     r.add_argument("--every", type=int, default=1000, help="steps between evaluations")
+    r.add_argument("--max-steps", type=int, default=100_000)
+    r.add_argument("--pool-images", type=int, default=50_000, help="renders in the pool")
+    r.add_argument("--eval-prompts", type=int, default=EVAL_PROMPTS,
+                   help=f"score on the first N of the {EVAL_PROMPTS} eval prompts")
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.mode == "run" and not 1 <= args.eval_prompts <= EVAL_PROMPTS:
+        parser.error(f"--eval-prompts: 1 to {EVAL_PROMPTS}")
     if args.mode == "prepare":
         prepare(args.cache, args.pool_prompts)
     else:

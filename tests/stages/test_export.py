@@ -1,0 +1,116 @@
+"""The export stage end to end on a tiny toy run: the exported folder samples what evaluate's
+student samples, `distill generate --model` and `--generator student` write the same PNGs as
+a plain `pipe(...)` call, and broken inputs are one line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.config import load_config
+from pipeline.errors import StageDependencyError
+from pipeline.export.folder import load_exported
+from pipeline.samples.reader import TeacherSampleReader, collate_samples
+from pipeline.stage import run_stage
+from pipeline.store import ArtifactStore
+from pipeline.student.load import load_student
+from pipeline.teachers import load_teacher
+from stages.registry import STAGES
+from tests.conftest import REPO_ROOT
+
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
+
+TINY = ["curate.sources=[{kind: toy, num_prompts: 30, seed: 3}]", "curate.eval_fraction=0.3",
+        "sample_teacher.samples_per_shard=64", "train_init.steps=2", "train_init.batch_size=4",
+        "train_init.cpus_per_worker=1", "train_e2e.steps=2", "train_e2e.batch_size=4",
+        "train_e2e.cpus_per_worker=1", "evaluate.latency_repeats=1"]
+PROMPT = "a small red circle on the left"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("export-ws")
+    cfg = load_config("smoke", TINY, workspace=str(ws))
+    store = ArtifactStore(str(ws))
+    outputs = {}
+    for name, spec in STAGES.items():
+        outputs[name] = run_stage(spec, cfg, store,
+                                  {u: outputs[u].manifest for u in spec.upstream})
+    return cfg, store, outputs
+
+
+def _distill(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_export_samples_what_evaluate_scored(finished):
+    cfg, store, outputs = finished
+    export = outputs["export"]
+    folder = store.local_path(export.stage_dir, export.manifest.pipeline_dir)
+    card = (folder / "README.md").read_text()
+    assert card.count("| student | 2 |") == 1 and card.count("| student |") == 2  # 2 tables
+    teacher = load_teacher("toy")
+    samples = outputs["sample_teacher"].manifest
+    batch = collate_samples(list(islice(TeacherSampleReader.from_manifest(store, samples,
+                                                                           "eval"), 4)))
+    student = load_student(store.local_path(outputs["train_e2e"].stage_dir),
+                           outputs["train_e2e"].manifest, teacher, cfg.evaluate.weights)
+    expected = student.sample(batch["noise"], batch["caption"])
+    pipe = load_exported(folder)
+    latents = pipe(prompt_embeds=batch["caption"], latents=batch["noise"],
+                   output_type="latent").images
+    torch.testing.assert_close(latents, expected, atol=1e-5, rtol=0)
+    again = run_stage(STAGES["export"], cfg, store,
+                      {u: outputs[u].manifest for u in STAGES["export"].upstream})
+    assert again.cached
+
+
+def test_generate_from_the_export_or_the_workspace_gives_the_same_pngs(finished, tmp_path):
+    _, store, outputs = finished
+    export = outputs["export"]
+    folder = store.local_path(export.stage_dir, export.manifest.pipeline_dir)
+    a = _distill("generate", "--model", str(folder), "--prompt", PROMPT, "--seed", "11",
+                 "--out", str(tmp_path / "a"))
+    b = _distill("generate", "--generator", "student", "--workspace", store.root_uri,
+                 "--prompt", PROMPT, "--seed", "11", "--out", str(tmp_path / "b"))
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    png_a, png_b = (tmp_path / "a" / "00000.png"), (tmp_path / "b" / "00000.png")
+    assert png_a.read_bytes() == png_b.read_bytes()
+    pipe = load_exported(folder)
+    image = pipe(PROMPT, num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(11)).images[0]
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(png_a)))
+
+
+def test_bad_inputs_are_one_line(finished, tmp_path):
+    cfg, store, outputs = finished
+    folder = store.local_path(outputs["export"].stage_dir, "pipeline")
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    shutil.rmtree(broken / "text_encoder")
+    teacher_folder = REPO_ROOT / "pipeline" / "toy" / "assets" / "teacher"
+    for args, message in [
+        (["--model", str(broken)], "text_encoder: component text_encoder missing"),
+        (["--model", str(teacher_folder)], "not a twostep export"),
+        (["--generator", "student", "--workspace", str(tmp_path / "none")],
+         "no train_e2e has run in workspace"),
+    ]:
+        result = _distill("generate", *args, "--prompt", PROMPT, "--out", str(tmp_path / "o"))
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "o" / "prompts.jsonl").exists()
+    # An export whose training has not finished: nothing computes, one line.
+    fresh = ArtifactStore(str(tmp_path / "ws"))
+    with pytest.raises(StageDependencyError, match="has no finished result"):
+        run_stage(STAGES["export"], cfg, fresh,
+                  {u: outputs[u].manifest for u in STAGES["export"].upstream},
+                  allow_compute=False)
