@@ -59,7 +59,10 @@ class TwoStepPipeline(ZImagePipeline):
         """Caption features, one ``(L_i, D)`` tensor per prompt, and an empty negative list
         (guidance is distilled in)."""
         if self.config.text_encoding != "minilm":
-            embeds, _ = super().encode_prompt(prompt, device=device,
+            # A copy: ZImagePipeline writes the chat-templated text back into the list.
+            prompts = None if prompt is None else [prompt] if isinstance(prompt, str) \
+                else list(prompt)
+            embeds, _ = super().encode_prompt(prompts, device=device,
                                               do_classifier_free_guidance=False,
                                               prompt_embeds=prompt_embeds,
                                               max_sequence_length=max_sequence_length)

@@ -65,8 +65,14 @@ def test_sample_teacher(tmp_path: Path) -> None:
 
 def test_generate(tmp_path: Path) -> None:
     report = run_benchmark("generate.py", "--tiny", tmp_path=tmp_path)
-    assert report["latent"] == [8, 8, 8]  # the shipped teacher's latent, not pixel space
-    assert set(report["ratios"]) == {"end_to_end_batch_1", "denoising_batch_1"}
+    assert report["image"] == [32, 32] and report["baseline"].startswith("toy teacher")
+    assert set(report["ratios"]) == {"end_to_end_batch_1"}
+
+
+def test_generate_miniature_zimage(tmp_path: Path) -> None:
+    report = run_benchmark("generate.py", "--tiny", "--miniature-zimage", tmp_path=tmp_path)
+    assert report["teacher"] == "zimage" and report["baseline"] == "ZImagePipeline, 8 steps"
+    assert set(report["ratios"]) == {"end_to_end_batch_1"}
 
 
 def test_device_check(tmp_path: Path) -> None:
