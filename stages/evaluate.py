@@ -70,6 +70,32 @@ def _samplers(ctx: StageContext, teacher: TeacherAdapter, steps: int,
     return out
 
 
+def _generate_all(ctx: StageContext, samplers: dict[str, tuple[int, Callable[[], Sampler]]],
+                  teacher: TeacherAdapter, batch: dict[str, Any], reference: str):
+    """Every generator's images of the eval batch (the reference's decoded from the shards'
+    final latents), its latency, and the generation timings."""
+    cfg = ctx.section
+    assert isinstance(cfg, EvaluateConfig)
+    prompts, noise = batch["prompt"], batch["noise"]
+    images: dict[str, torch.Tensor] = {}
+    latencies: dict[str, dict[str, float]] = {}
+    timings: dict[str, float] = {}
+    k = min(cfg.latency_batch, len(prompts))
+    for name, (_, load) in samplers.items():
+        start = time.perf_counter()
+        sampler = load()
+        images[name] = generate_images(
+            (lambda c, n: n) if name == reference else sampler, teacher, batch["caption"],
+            batch["x0"] if name == reference else noise, cfg.batch_size)
+        timings[f"generate_{name}_s"] = round(time.perf_counter() - start, 3)
+        latencies[name] = measure_latency(sampler, teacher, prompts[:k], noise[:k],
+                                          cfg.latency_repeats)
+        del sampler  # a student's weights go before the next one loads
+        ctx.progress(len(images) / len(samplers))
+        ctx.log.info("evaluate: generated %d images with %s", len(prompts), name)
+    return images, latencies, timings
+
+
 def evaluate(ctx: StageContext) -> StageResult:
     cfg, t = ctx.section, ctx.teacher
     assert isinstance(cfg, EvaluateConfig) and t is not None
@@ -84,26 +110,10 @@ def evaluate(ctx: StageContext) -> StageResult:
     teacher = load_teacher(t.kind, t.path, device=device)
     reader = TeacherSampleReader.from_manifest(ctx.store, samples, "eval")
     batch = collate_samples(list(islice(reader, cfg.max_samples)))
-    prompts, noise, metas = batch["prompt"], batch["noise"], batch["meta"]
+    prompts, metas = batch["prompt"], batch["meta"]
     reference = f"teacher_{samples.teacher.steps}"
     samplers = _samplers(ctx, teacher, samples.teacher.steps, cfg)
-    images: dict[str, torch.Tensor] = {}
-    latencies: dict[str, dict[str, float]] = {}
-    timings: dict[str, float] = {}
-    k = min(cfg.latency_batch, len(prompts))
-    for name, (_, load) in samplers.items():
-        start = time.perf_counter()
-        sampler = load()
-        # The shards hold the reference's final latents: decode them instead of resampling.
-        images[name] = generate_images(
-            (lambda c, n: n) if name == reference else sampler, teacher, batch["caption"],
-            batch["x0"] if name == reference else noise, cfg.batch_size)
-        timings[f"generate_{name}_s"] = round(time.perf_counter() - start, 3)
-        latencies[name] = measure_latency(sampler, teacher, prompts[:k], noise[:k],
-                                          cfg.latency_repeats)
-        del sampler  # a student's weights go before the next one loads
-        ctx.progress(len(images) / len(samplers))
-        ctx.log.info("evaluate: generated %d images with %s", len(prompts), name)
+    images, latencies, timings = _generate_all(ctx, samplers, teacher, batch, reference)
 
     groups = [hash(m["prompt_id"]) for m in metas]
     metrics = score_generators(images, reference, prompts, [m["seed"] for m in metas], groups,

@@ -73,12 +73,8 @@ def generate(
     if generator == "ground-truth":
         from pipeline.toy.render import render_toy_prompts
 
-        write_outputs(out, render_toy_prompts(prompts, seeds), prompts, seeds,
-                      {"generator": "ground-truth:toy"})
-        console.print(f"wrote {len(prompts)} renders, prompts.jsonl and contact_sheet.png "
-                      f"to {out}")
-        return
-    if generator == "student":
+        images, meta = render_toy_prompts(prompts, seeds), {"generator": "ground-truth:toy"}
+    elif generator == "student":
         images, meta = sample_student(model, workspace, teacher, teacher_path, device,
                                       prompts, seeds, height, width, batch_size)
     else:
@@ -87,7 +83,8 @@ def generate(
                                 height or 32, width or 32, batch_size)
         meta = {"generator": f"teacher:{teacher}", "steps": steps}
     write_outputs(out, images, prompts, seeds, meta)
-    console.print(f"wrote {len(prompts)} images, prompts.jsonl and contact_sheet.png to {out}")
+    what = "renders" if generator == "ground-truth" else "images"
+    console.print(f"wrote {len(prompts)} {what}, prompts.jsonl and contact_sheet.png to {out}")
 
 
 def check_choices(generator: str, model: Path | None, workspace: str | None, teacher: str,

@@ -362,11 +362,7 @@ class Worker:
             start_step, run_id = state["step"], state.get("mlflow_run_id")
         if lead:
             _truncate_losses(self.out / LOSSES_FILE, start_step)
-        tracker = RunTracker(
-            job.mlflow_uri, job.mlflow_experiment, run_name=job.run_name, tags=job.tags,
-            params={"phase": job.phase, "parameterization": job.parameterization,
-                    "sigma_mid": job.sigma_mid, **cfg.model_dump(mode="json")},
-            run_id=run_id, artifact_location=job.mlflow_artifacts, active=lead)
+        tracker = self._tracker(run_id, active=lead)
         step_fn = self.phase1_step if job.phase == 1 else self.phase2_step
         batches = self._batches(start_step)
         last: dict[str, float] = {}
@@ -411,6 +407,14 @@ class Worker:
             self.save_final(step, last)
             shutil.rmtree(self.out / ckpt.CHECKPOINTS, ignore_errors=True)
         return tracker.run_id
+
+    def _tracker(self, run_id: str | None, active: bool) -> RunTracker:
+        job = self.job
+        return RunTracker(
+            job.mlflow_uri, job.mlflow_experiment, run_name=job.run_name, tags=job.tags,
+            params={"phase": job.phase, "parameterization": job.parameterization,
+                    "sigma_mid": job.sigma_mid, **self.cfg.model_dump(mode="json")},
+            run_id=run_id, artifact_location=job.mlflow_artifacts, active=active)
 
     def _checkpoint(self, step: int, run_id: str | None) -> None:
         if self.world > 1:

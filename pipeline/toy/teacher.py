@@ -385,6 +385,22 @@ def distill_guidance(
                    "lr": cfg.guidance_lr}
 
 
+def _training_batch(x0_pool: torch.Tensor, cap_ids: np.ndarray, caps: list[torch.Tensor],
+                    batch: int, gen: torch.Generator):
+    """``batch`` pool images ``x0`` with fresh noise ``eps`` at random ``sigma``, noised to
+    ``x``: ``(x, sigma, x0, eps, captions)``. Half the batch at shifted sigmas (where the
+    8-step sampler spends its steps), half uniform, so the low-noise steps that make edges
+    crisp get enough training too."""
+    device = x0_pool.device
+    idx = torch.randint(0, len(x0_pool), (batch,), generator=gen)
+    x0 = x0_pool[idx.to(device)]
+    eps = torch.randn(x0.shape, generator=gen).to(device)
+    u = torch.rand(batch, generator=gen)
+    shifted = torch.rand(batch, generator=gen) < 0.5
+    sigma = torch.where(shifted, shift_sigma(u, SHIFT), u).to(device)
+    return noised(x0, eps, sigma), sigma, x0, eps, [caps[int(i)] for i in cap_ids[idx.numpy()]]
+
+
 def _regress_velocity(
     model: ZImageTransformer2DModel,
     x0_pool: torch.Tensor,
@@ -424,16 +440,7 @@ def _regress_velocity(
         step_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
         for group in opt.param_groups:
             group["lr"] = step_lr
-        idx = torch.randint(0, len(x0_pool), (cfg.batch,), generator=gen)
-        x0 = x0_pool[idx.to(device)]
-        eps = torch.randn(x0.shape, generator=gen).to(device)
-        u = torch.rand(cfg.batch, generator=gen)
-        # Half the batch at shifted sigmas (where the 8-step sampler spends its steps), half
-        # uniform, so the low-noise steps that make edges crisp get enough training too.
-        shifted = torch.rand(cfg.batch, generator=gen) < 0.5
-        sigma = torch.where(shifted, shift_sigma(u, SHIFT), u).to(device)
-        x = noised(x0, eps, sigma)
-        batch_caps = [caps[int(i)] for i in cap_ids[idx.numpy()]]
+        x, sigma, x0, eps, batch_caps = _training_batch(x0_pool, cap_ids, caps, cfg.batch, gen)
         with autocast:
             wanted = target(x, sigma, x0, eps, batch_caps).float()
             pred = velocity_fn(model, x, sigma, batch_caps)
@@ -450,11 +457,10 @@ def _regress_velocity(
         if step % 200 == 0:
             log(f"{label} {step}: loss {np.mean(losses[-200:]):.4f} lr {step_lr:.2e} "
                 f"({time.perf_counter() - start:.0f} s)")
-    info = {"steps": step, "final_loss": float(np.mean(losses[-200:])) if losses else None,
-            "train_seconds": round(time.perf_counter() - start, 1),
-            "config": cfg.model_dump(mode="json"),
-            "torch": torch.__version__}
-    return ema.eval().cpu(), info
+    return ema.eval().cpu(), {
+        "steps": step, "final_loss": float(np.mean(losses[-200:])) if losses else None,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "config": cfg.model_dump(mode="json"), "torch": torch.__version__}
 
 
 def save_teacher(model: ZImageTransformer2DModel, info: dict[str, object], folder: Path,
