@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -164,9 +163,12 @@ def status(
         root = workspace if workspace else workspace_of(load_config(config))
     except TwostepError as exc:
         fail(exc)
-    if "://" not in root and not Path(root).exists():
+    try:
+        store = ArtifactStore(root)
+    except TwostepError as exc:
+        fail(exc)
+    if store.is_local and not store.exists():
         fail(f"workspace {root} does not exist (nothing has run)")
-    store = ArtifactStore(root)
     table = Table(title=f"workspace {root}")
     for column in ("stage", "key", "finished", "last run", "counts"):
         table.add_column(column, overflow="fold")
