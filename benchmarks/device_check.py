@@ -1,6 +1,8 @@
 """CUDA-path check on a lent GPU: 2-step versus 8-step sampling (bf16) of the shipped toy
-teacher and of a Z-Image-Turbo-sized transformer, the toy teacher's bf16 training step, and a
-6B fwd+bwd memory probe.
+teacher and of a Z-Image-Turbo-sized transformer, the toy teacher's bf16 training step, a
+6B fwd+bwd memory probe, and end to end (prompt to decoded image, Qwen3-4B and the FLUX VAE
+included, all random weights) the export's 2-step ``TwoStepPipeline`` against the stock
+8-step ``ZImagePipeline`` at 1024 px.
 
 The ratio is 8-step time over 2-step time, both measured in the same run on the same inputs
 (the 2 steps are the student's schedule, sigma 1 -> 0.75 -> 0; 8 steps the teacher's shifted
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import torch
 from machine import describe_machine, print_machine, print_ratio
-from zimage_turbo import CAPTION_TOKENS, CONFIG, VAE_SCALE, tiny_config
+from zimage_turbo import CAPTION_TOKENS, CONFIG, VAE_SCALE, random_pipeline, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the pipeline package without an install (a bare GPU machine)
@@ -162,6 +164,47 @@ def zimage_checks(report: dict[str, object], tiny: bool) -> None:
                       and k != "zimage_sampling"}), flush=True)
 
 
+def pipeline_checks(report: dict[str, object], tiny: bool) -> None:
+    """End to end at Z-Image Turbo's sizes (random weights, bf16 on the GPU): the stock
+    8-step ``ZImagePipeline`` (its own scheduler, no guidance) against the export's 2-step
+    ``TwoStepPipeline`` over a student built from that transformer (two copies: the
+    decoupled student), batch 1 and 4 at 1024 px."""
+    from pipeline.export.folder import build_pipeline
+    from pipeline.student.model import TwoStepStudent
+    from pipeline.teachers.base import PipelineComponents
+
+    dtype = torch.bfloat16 if DEV == "cuda" else torch.float32
+    stock = random_pipeline(tiny, DEV, dtype)
+    student = TwoStepStudent.from_teacher(stock.transformer, "decoupled", 0.75, dtype=dtype)
+    px = 64 if tiny else 1024
+    two = build_pipeline(student.eval(), PipelineComponents(
+        stock.text_encoder, stock.tokenizer, stock.vae, "qwen3"), px, px).to(DEV)
+    two.set_progress_bar_config(disable=True)
+    results = []
+    for batch in ((1,) if tiny else (1, 4)):
+        prompts = ["a big red circle on the left"] * batch
+
+        def run_stock(prompts=prompts):
+            stock(list(prompts), height=px, width=px, num_inference_steps=8,
+                  guidance_scale=0.0, output_type="pt")
+
+        def run_two(prompts=prompts):
+            two(list(prompts), height=px, width=px, output_type="pt")
+
+        with torch.inference_mode():
+            t8, t2 = timed(run_stock, 1 if tiny else 3), timed(run_two, 1 if tiny else 3)
+        row = {"batch": batch, "px": px, "stock_8_step_s_per_image": round(t8 / batch, 4),
+               "exported_2_step_s_per_image": round(t2 / batch, 4),
+               "speedup": round(t8 / t2, 2)}
+        print_ratio(f"pipeline_8_vs_2_step_{px}px_batch_{batch}", row["speedup"],
+                    "stock ZImagePipeline 8 steps / TwoStepPipeline 2 steps, prompt to image; "
+                    "bound 4x")
+        results.append(row)
+    if DEV == "cuda":
+        report["pipeline_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    report["pipeline_end_to_end"] = results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true",
@@ -183,10 +226,15 @@ def main() -> None:
             torch.cuda.empty_cache()
         if not args.skip_zimage:
             zimage_checks(report, args.tiny)
+            if DEV == "cuda":
+                torch.cuda.empty_cache()
+            pipeline_checks(report, args.tiny)
         ratios = {"toy_8_vs_2_step": report["toy_sampling"]["speedup"]}  # type: ignore[index]
         for r in report.get("zimage_sampling", []):  # type: ignore[union-attr]
             px = r["latent"][1] * VAE_SCALE
             ratios[f"zimage_8_vs_2_step_{px}px_batch_{r['batch']}"] = r["speedup"]
+        for r in report.get("pipeline_end_to_end", []):  # type: ignore[union-attr]
+            ratios[f"pipeline_8_vs_2_step_{r['px']}px_batch_{r['batch']}"] = r["speedup"]
         report["ratios"] = ratios
     finally:
         if args.out:

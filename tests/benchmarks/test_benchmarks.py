@@ -80,6 +80,7 @@ def test_device_check(tmp_path: Path) -> None:
     assert report["toy_sampling"]["latent"] == [8, 8, 8]
     assert report["zimage_config"] == "tiny_config()"
     assert "toy_8_vs_2_step" in report["ratios"]
+    assert "pipeline_8_vs_2_step_64px_batch_1" in report["ratios"]  # export vs stock
 
 
 def test_device_check_student(tmp_path: Path) -> None:
