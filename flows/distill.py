@@ -142,7 +142,9 @@ def ablate(
     sources: dict[str, str] = {}
     for name in variants or list(VARIANTS):
         try:
-            run = prepare_run(config, [*(overrides or []), *VARIANTS[name]], workspace, None)
+            # Up to evaluate: a variant is scored, not exported.
+            run = prepare_run(config, [*(overrides or []), *VARIANTS[name]], workspace, None,
+                              until="evaluate")
         except TwostepError as exc:
             get_run_logger().error("%s", exc)
             return Failed(message=str(exc))

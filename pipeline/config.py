@@ -104,6 +104,13 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+def one_line_problems(exc: ValidationError) -> str:
+    """A validation error on one line: ``field: message; ...`` (for messages that already
+    name their file)."""
+    return "; ".join(line.split(": ", 1)[1] for line in
+                     format_validation_error(exc, "-").splitlines())
+
+
 def _is_union_tag(part: Any) -> bool:
     # Discriminated unions add the tag ('file', 'toy') to the location; it is noise to a user.
     return part in ("file", "toy")

@@ -4,7 +4,9 @@ the shifted schedule, the on-the-grid check and the EMA update.
 Convention (everywhere in twostep): ``x_sigma = (1 - sigma) x0 + sigma eps``, velocity
 ``v = eps - x0``, Euler step ``x_b = x_a + (sigma_b - sigma_a) v``. A Z-Image transformer (the
 toy teacher or Z-Image Turbo) takes ``t = 1 - sigma`` and returns ``x0 - eps = -v``; its
-output is read here and nowhere else. Tensors: ``x`` ``(B, C, H, W)``, ``sigma`` ``(B,)``,
+output is read here, and (necessarily, as it may import nothing from twostep) in the exported
+pipeline's code file ``pipeline/export/pipeline_twostep.py``, which a test holds to this one.
+Tensors: ``x`` ``(B, C, H, W)``, ``sigma`` ``(B,)``,
 captions a list of ``(L_i, D)`` (no padding).
 """
 

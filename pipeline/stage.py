@@ -93,6 +93,9 @@ class StageSpec(Generic[M]):
     the cache key, so editing a source file recomputes the stage."""
     uses_teacher: bool = False
     """The stage reads the run-level ``teacher`` section: it is in the context and the key."""
+    samples_teacher: bool = False
+    """The stage samples with the teacher: its key also has the teacher's sampling-only
+    fields (``teacher.dtype``), which do not change what the others compute."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,10 @@ def key_config(spec: StageSpec[Any], cfg: DistillConfig) -> dict[str, Any]:
     """The configuration a stage's key hashes: its section, and the teacher for a stage that
     uses one, without speed-only fields."""
     section = cache_view(spec.section(cfg))
-    return {"section": section, "teacher": cache_view(cfg.teacher)} if spec.uses_teacher \
-        else section
+    if not spec.uses_teacher:
+        return section
+    drop = ("speed_only",) if spec.samples_teacher else ("speed_only", "sampling_only")
+    return {"section": section, "teacher": cache_view(cfg.teacher, drop)}
 
 
 def compute_key(spec: StageSpec[Any], cfg: DistillConfig, inputs: Mapping[str, Manifest]) -> str:

@@ -78,8 +78,9 @@ class ArtifactStore:
         if not self.is_local:
             protocol = self.fs.protocol if isinstance(self.fs.protocol, str) \
                 else self.fs.protocol[0]
-            raise ConfigError(f"workspace {self.root_uri!r}: training needs a local or mounted "
-                              f"(NFS) workspace, not {protocol}://")
+            raise ConfigError(f"workspace {self.root_uri!r}: training, evaluation, export and "
+                              f"MLflow's default store use local files; use a local or "
+                              f"mounted (NFS) workspace, not {protocol}://")
         return Path(self.path(*parts))
 
     def uri(self, *parts: str) -> str:
@@ -184,10 +185,10 @@ class ArtifactStore:
             full_path = self.path(stage_dir, entry.path)
             if not self.fs.exists(full_path):
                 raise ArtifactError(f"{where}: listed in the manifest but missing")
-            if full:
-                verify_content(where, self.read_bytes(stage_dir, entry.path), entry)
-                continue
             size = self.fs.size(full_path)
             if size != entry.size:
                 raise ArtifactError(f"{where}: size {size} bytes, manifest says {entry.size} "
                                     f"(truncated or replaced)")
+            if full and self.sha256(stage_dir, entry.path) != entry.sha256:  # streamed
+                raise ArtifactError(f"{where}: sha256 does not match the manifest (corrupt or "
+                                    f"replaced)")

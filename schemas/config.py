@@ -28,25 +28,36 @@ def speed_only(default: Any = ..., **kwargs: Any) -> Any:
     return Field(default, json_schema_extra=SPEED_ONLY, **kwargs)
 
 
-def is_speed_only(field: FieldInfo) -> bool:
+SAMPLING_ONLY = {"sampling_only": True}
+"""``json_schema_extra`` of a teacher field that changes only how the teacher samples
+(``sample_teacher``'s key has it; the stages that only load the teacher's weights do not)."""
+
+
+def marked(field: FieldInfo, mark: str) -> bool:
     extra = field.json_schema_extra
-    return isinstance(extra, dict) and bool(extra.get("speed_only"))
+    return isinstance(extra, dict) and bool(extra.get(mark))
 
 
-def cache_view(model: BaseModel) -> dict[str, Any]:
-    """``model`` as JSON data without its speed-only fields, at every depth: what a cache key
-    hashes. Equal to ``model_dump(mode="json")`` for a model without such fields."""
-    return {name: _cache_value(getattr(model, name))
-            for name, field in type(model).model_fields.items() if not is_speed_only(field)}
+def is_speed_only(field: FieldInfo) -> bool:
+    return marked(field, "speed_only")
 
 
-def _cache_value(value: Any) -> Any:
+def cache_view(model: BaseModel, drop: tuple[str, ...] = ("speed_only",)) -> dict[str, Any]:
+    """``model`` as JSON data without the fields marked with any of ``drop`` (by default the
+    speed-only ones), at every depth: what a cache key hashes. Equal to
+    ``model_dump(mode="json")`` for a model without such fields."""
+    return {name: _cache_value(getattr(model, name), drop)
+            for name, field in type(model).model_fields.items()
+            if not any(marked(field, mark) for mark in drop)}
+
+
+def _cache_value(value: Any, drop: tuple[str, ...]) -> Any:
     if isinstance(value, BaseModel):
-        return cache_view(value)
+        return cache_view(value, drop)
     if isinstance(value, (list, tuple)):
-        return [_cache_value(v) for v in value]
+        return [_cache_value(v, drop) for v in value]
     if isinstance(value, dict):
-        return {k: _cache_value(v) for k, v in value.items()}
+        return {k: _cache_value(v, drop) for k, v in value.items()}
     return to_jsonable_python(value)
 
 class RayConfig(StrictModel):
@@ -192,9 +203,9 @@ class TeacherConfig(StrictModel):
         "zimage: a Z-Image Turbo diffusers folder (required).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute dtype; auto is bfloat16 on CUDA, float32 on CPU. On CPU "
-        "bfloat16/float16 run fp32 weights under autocast (faster matmuls on AVX512-BF16)."
-    )
+        "auto", json_schema_extra=SAMPLING_ONLY, description="Sampling dtype; auto is bfloat16 "
+        "on CUDA, float32 on CPU. On CPU bfloat16/float16 run fp32 weights under autocast "
+        "(faster matmuls on AVX512-BF16).")
     height: int = Field(32, ge=8, description="Image height in pixels (toy: 32).")
     width: int = Field(32, ge=8, description="Image width in pixels (toy: 32).")
     steps: int = Field(8, ge=1, le=1000, description="Teacher sampling steps (Euler).")
@@ -406,11 +417,9 @@ class EvaluateConfig(StrictModel):
 class ExportConfig(StrictModel):
     """The distilled 2-step generator as a diffusers pipeline folder (``export/<key>/pipeline``):
     the student's two transformers, the teacher's text encoder, tokenizer and decoder, a
-    scheduler with the trained sigmas, the pipeline's code file and a model card."""
+    scheduler with the trained sigmas, the pipeline's code file and a model card. The weights
+    are the ones evaluate scored (``evaluate.weights``), so the card's numbers are theirs."""
 
-    weights: Literal["ema", "student"] = Field("ema", description="Which phase-2 weights "
-                                               "to export (evaluate scores the same choice "
-                                               "by default).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of every exported weight.")
     max_shard_size: str = Field(
@@ -430,7 +439,8 @@ class DistillConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     teacher: TeacherConfig = Field(
         default_factory=TeacherConfig, description="The teacher every stage that needs one "
-        "loads (sample_teacher, both training phases, evaluate); part of their cache keys.")
+        "loads (sample_teacher, both training phases, evaluate, export); part of their cache "
+        "keys (dtype only of sample_teacher's: it changes sampling alone).")
     curate: CurateConfig
     sample_teacher: SampleTeacherConfig = Field(default_factory=SampleTeacherConfig)
     train_init: TrainInitConfig = Field(default_factory=TrainInitConfig)

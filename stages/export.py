@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, ConfigError
 from pipeline.export.card import model_card
-from pipeline.export.folder import write_pipeline
+from pipeline.export.folder import FORMAT_VERSION, write_pipeline
 from pipeline.stage import StageContext, StageResult, StageSpec, code_version
 from pipeline.student.load import load_student
 from pipeline.teachers.describe import describe_teacher
@@ -16,7 +16,6 @@ from schemas.config import DistillConfig, ExportConfig
 from schemas.manifest import EvalReportManifest, ExportManifest, StudentCheckpointManifest
 
 PIPELINE_DIR = "pipeline"
-FORMAT_VERSION = 1
 
 
 def export(ctx: StageContext) -> StageResult:
@@ -31,32 +30,35 @@ def export(ctx: StageContext) -> StageResult:
                             f"the configured teacher is {desc.teacher_id}")
     from pipeline.teachers import load_teacher
 
-    teacher = load_teacher(t.kind, t.path, device="cpu")
-    folder = ctx.store.local_path(ctx.input_dirs["train_e2e"])
-    student = load_student(folder, student_manifest, teacher, cfg.weights)
+    # Loaded in the export's dtype (on a GPU where there is one): a 6B teacher and its two
+    # student copies in float32 on the CPU would need ~100 GB.
+    dtype = getattr(torch, cfg.dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher = load_teacher(t.kind, t.path, device=device, dtype=dtype)
+    weights = evaluation.config.get("weights", "ema")  # what evaluate scored, the card shows
+    student = load_student(ctx.store.local_path(ctx.input_dirs["train_e2e"]),
+                           student_manifest, teacher, weights)
+    stages = {ref.stage: ref.key for ref in student_manifest.inputs}
+    stages |= {"train_e2e": student_manifest.key, "evaluate": evaluation.key, "export": ctx.key}
+    import diffusers
+
     info = {
-        "format_version": FORMAT_VERSION, "name": f"{ctx.config.name}-2step",
+        "format_version": FORMAT_VERSION,
         "teacher": {"kind": t.kind, "path": t.path, "teacher_id": desc.teacher_id,
                     "steps": t.steps},
         "sigmas": [1.0, student.sigma_mid, 0.0], "parameterization": student.parameterization,
-        "weights": cfg.weights, "dtype": cfg.dtype, "height": t.height, "width": t.width,
+        "weights": weights, "dtype": cfg.dtype, "height": t.height, "width": t.width,
         "example_prompt": (evaluation.grid_prompts or ["a photo"])[0],
-        "code_version": code_version(),
-        "stages": {"train_e2e": student_manifest.key, "evaluate": evaluation.key,
-                   "export": ctx.key},
+        "code_version": code_version(), "diffusers": diffusers.__version__, "stages": stages,
     }
-    stages = {ref.stage: ref.key for ref in student_manifest.inputs}
-    stages |= {"train_e2e": student_manifest.key, "evaluate": evaluation.key, "export": ctx.key}
-    lineage = {"stages": stages,
-               "config": {"teacher": t.model_dump(mode="json"),
-                          "export": cfg.model_dump(mode="json"),
-                          "train_e2e": student_manifest.config}}
-    grid = ctx.store.read_bytes(ctx.input_dirs["evaluate"], "grid.png")
+    config = {"teacher": t.model_dump(mode="json"), "export": cfg.model_dump(mode="json"),
+               "train_e2e": student_manifest.config}
     out = ctx.store.local_path(ctx.out_dir, PIPELINE_DIR)
-    write_pipeline(student, teacher, out, dtype=getattr(torch, cfg.dtype),
-                   max_shard_size=cfg.max_shard_size, height=t.height, width=t.width,
-                   info=info, card=model_card(info, evaluation, lineage),
-                   extra_files={"grid.png": grid})
+    write_pipeline(student, teacher, out, dtype=dtype, max_shard_size=cfg.max_shard_size,
+                   height=t.height, width=t.width, info=info,
+                   card=model_card(info, evaluation, config),
+                   extra_files={"grid.png": ctx.store.read_bytes(ctx.input_dirs["evaluate"],
+                                                                 "grid.png")})
     ctx.log.info("export: wrote %s", out)
     return StageResult(counts={"transformers": 1 if student.g2 is None else 2},
                        fields={"pipeline_dir": PIPELINE_DIR,
@@ -66,8 +68,13 @@ def export(ctx: StageContext) -> StageResult:
 
 
 def check(cfg: DistillConfig) -> None:
-    """Before any work: the teacher folder is readable."""
-    describe_teacher(cfg.teacher)
+    """Before any work: the teacher folder is readable and has a decoder to export (a
+    pixel-space toy teacher has none), so a run never trains for hours to fail here."""
+    desc = describe_teacher(cfg.teacher)
+    if desc.kind == "toy" and "autoencoder" not in {p.split("/")[0] for p in desc.fingerprint}:
+        raise ConfigError(f"teacher.path {str(desc.folder)!r}: a pixel-space toy teacher (no "
+                          f"autoencoder/) cannot be exported; run --only evaluate, or build a "
+                          f"latent teacher (distill toy build-teacher)")
 
 
 STAGE: StageSpec[ExportManifest] = StageSpec(

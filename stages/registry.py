@@ -32,14 +32,17 @@ class PlannedStage:
         return self.spec.name
 
 
-def plan_run(only: list[str] | None = None) -> list[PlannedStage]:
+def plan_run(only: list[str] | None = None, until: str | None = None) -> list[PlannedStage]:
     """Stages to visit, in order. With ``only``, those stages may compute and their upstream
-    stages are loaded from the cache; without, every implemented stage may compute."""
-    if not only:
-        return [PlannedStage(spec, True) for spec in STAGES.values()]
-    for name in only:
+    stages are loaded from the cache; without, every stage may compute, up to and including
+    ``until`` (all of them by default)."""
+    for name in [*(only or []), *([until] if until else [])]:
         if name not in STAGES:
             raise ConfigError(f"unknown stage {name!r} (stages: {', '.join(STAGES)})")
+    if not only:
+        names = list(STAGES)
+        names = names[:names.index(until) + 1] if until else names
+        return [PlannedStage(STAGES[name], True) for name in names]
     needed = set(only)
     for spec in reversed(list(STAGES.values())):
         if spec.name in needed:
@@ -89,11 +92,12 @@ class PreparedRun:
 
 
 def prepare_run(config: str, overrides: list[str] | None, workspace: str | None,
-                only: list[str] | None) -> PreparedRun:
-    """Load and validate the config, plan the stages and run the pre-flight checks; every
-    user mistake is one :class:`~pipeline.errors.TwostepError` here, before any work."""
+                only: list[str] | None, until: str | None = None) -> PreparedRun:
+    """Load and validate the config, plan the stages (:func:`plan_run`) and run the
+    pre-flight checks; every user mistake is one :class:`~pipeline.errors.TwostepError` here,
+    before any work."""
     cfg = load_config(config, overrides, workspace)
-    plan = plan_run(only)
+    plan = plan_run(only, until)
     store = ArtifactStore(workspace_of(cfg))
     preflight(cfg, store, plan)
     return PreparedRun(cfg, plan, store)

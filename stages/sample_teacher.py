@@ -123,4 +123,5 @@ STAGE: StageSpec[TeacherSamplesManifest] = StageSpec(
     version=1,
     fingerprint=_fingerprint,
     uses_teacher=True,
+    samples_teacher=True,
 )

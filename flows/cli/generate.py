@@ -34,18 +34,19 @@ def generate(
     = None,
     prompts_file: Annotated[Path | None, typer.Option(help="Text file, one prompt a line "
                                                       "(blank lines are skipped).")] = None,
-    generator: Annotated[str, typer.Option(
-        help="What generates: teacher, student (the latest finished train_e2e of "
-        "--workspace, 2 steps), or ground-truth (toy renders of what each prompt names). "
-        "--model DIR implies the exported student.",
-        **one_of("--generator", "teacher", "student", "ground-truth"))] = "teacher",
+    generator: Annotated[str | None, typer.Option(
+        help="What generates: teacher (the default), student (the latest finished train_e2e "
+        "of --workspace, 2 steps), or ground-truth (toy renders of what each prompt names). "
+        "--model DIR is the exported student.",
+        **one_of("--generator", "teacher", "student", "ground-truth"))] = None,
     model: Annotated[Path | None, typer.Option(help="An exported twostep pipeline folder "
                                                "(export/<key>/pipeline): 2 steps.")] = None,
     workspace: Annotated[str | None, typer.Option(
         "--workspace", "-w", help="Workspace whose latest train_e2e is --generator "
         "student.")] = None,
-    teacher: Annotated[str, typer.Option(help="Teacher kind.",
-                                         **one_of("--teacher", "toy", "zimage"))] = "toy",
+    teacher: Annotated[str | None, typer.Option(
+        help="Teacher kind (default toy; for --generator student, the run's own teacher).",
+        **one_of("--teacher", "toy", "zimage"))] = None,
     teacher_path: Annotated[str | None, typer.Option(help="Teacher folder (toy: default the "
                                                      "shipped one; zimage: required).")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps (teacher: default "
@@ -67,8 +68,10 @@ def generate(
     seeds = [seed + i for i in range(len(prompts))]
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: exists and is not a folder")
-    generator = "student" if model is not None else generator
-    check_choices(generator, model, workspace, teacher, steps, height, width)
+    if model is not None and generator not in (None, "student"):
+        fail(f"--model is an exported student: --generator {generator} does not go with it")
+    generator = "student" if model is not None else generator or "teacher"
+    check_choices(generator, model, workspace, teacher, teacher_path, steps, height, width)
     check_device(device)
     if generator == "ground-truth":
         from pipeline.toy.render import render_toy_prompts
@@ -78,20 +81,23 @@ def generate(
         images, meta = sample_student(model, workspace, teacher, teacher_path, device,
                                       prompts, seeds, height, width, batch_size)
     else:
-        steps = steps or 8
-        images = sample_teacher(teacher, teacher_path, device, prompts, seeds, steps,
+        steps, kind = steps or 8, teacher or "toy"
+        images = sample_teacher(kind, teacher_path, device, prompts, seeds, steps,
                                 height or 32, width or 32, batch_size)
-        meta = {"generator": f"teacher:{teacher}", "steps": steps}
+        meta = {"generator": f"teacher:{kind}", "steps": steps}
     write_outputs(out, images, prompts, seeds, meta)
     what = "renders" if generator == "ground-truth" else "images"
     console.print(f"wrote {len(prompts)} {what}, prompts.jsonl and contact_sheet.png to {out}")
 
 
-def check_choices(generator: str, model: Path | None, workspace: str | None, teacher: str,
-                  steps: int | None, height: int | None, width: int | None) -> None:
+def check_choices(generator: str, model: Path | None, workspace: str | None,
+                  teacher: str | None, teacher_path: str | None, steps: int | None,
+                  height: int | None, width: int | None) -> None:
     """Options that do not go together, each one ``error:`` line."""
+    if teacher == "zimage" and not teacher_path:
+        fail("--teacher zimage needs --teacher-path (a local Z-Image Turbo diffusers folder)")
     if generator == "ground-truth" and ((height or 32, width or 32) != (32, 32)
-                                        or teacher != "toy"):
+                                        or teacher not in (None, "toy")):
         fail("--generator ground-truth renders the toy world: 32x32 images, --teacher toy")
     if generator == "student":
         if model is not None and workspace is not None:
@@ -157,7 +163,7 @@ def sample_teacher(kind: str, path: str | None, device: str, prompts: list[str],
         fail(f"out of GPU memory at --batch-size {batch_size}; try a smaller one", code=1)
 
 
-def sample_student(model: Path | None, workspace: str | None, teacher: str,
+def sample_student(model: Path | None, workspace: str | None, teacher: str | None,
                    teacher_path: str | None, device: str, prompts: list[str],
                    seeds: list[int], height: int | None, width: int | None,
                    batch_size: int) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -188,18 +194,16 @@ def sample_student(model: Path | None, workspace: str | None, teacher: str,
     return images, meta
 
 
-def _workspace_student(workspace: str, teacher: str, teacher_path: str | None, device: str,
-                       height: int | None, width: int | None):
+def _workspace_student(workspace: str, teacher: str | None, teacher_path: str | None,
+                       device: str, height: int | None, width: int | None):
     from pipeline.export.folder import workspace_student_pipeline
     from pipeline.store import ArtifactStore
-    from pipeline.teachers import load_teacher
-    from pipeline.teachers.describe import describe_teacher
     from schemas.config import TeacherConfig
 
-    size = 32 if teacher == "toy" else 1024
-    cfg = TeacherConfig(kind=teacher, path=teacher_path, height=height or size,
-                        width=width or size)
-    teacher_id = describe_teacher(cfg).teacher_id
-    return workspace_student_pipeline(ArtifactStore(workspace),
-                                      load_teacher(teacher, teacher_path, device=device),
-                                      teacher_id, cfg.height, cfg.width)
+    cfg = None
+    if teacher is not None or teacher_path is not None:  # else the run's own teacher
+        kind = teacher or "toy"
+        size = 32 if kind == "toy" else 1024
+        cfg = TeacherConfig(kind=kind, path=teacher_path, height=height or size,
+                            width=width or size)
+    return workspace_student_pipeline(ArtifactStore(workspace), cfg, device, height, width)

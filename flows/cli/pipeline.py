@@ -67,7 +67,8 @@ def ablate(
         fail(f"unknown variant {unknown[0]!r} (variants: {', '.join(VARIANTS)})")
     try:
         for name in variant or list(VARIANTS):
-            prepare_run(config, [*(set_ or []), *VARIANTS[name]], workspace, None)
+            prepare_run(config, [*(set_ or []), *VARIANTS[name]], workspace, None,
+                        until="evaluate")
         from flows.distill import ablate as ablate_flow
 
         state = ablate_flow(config=config, overrides=set_ or [], workspace=workspace,

@@ -19,15 +19,32 @@ METRIC_ORDER = ("fd_teacher", "fd_data", "mean_accuracy", "size", "color", "shap
 """Columns of the metrics table, in this order, where any generator has them."""
 
 
+MAX_TILE = 256
+"""Report tiles are at most this many pixels a side: a 1024-px grid inlined into a page or a
+Prefect artifact would be tens of MB."""
+
+
+def report_tile(image: np.ndarray, side: int = 96):
+    """``(H, W, 3)`` uint8 -> a PIL tile: small images upscaled (nearest, crisp) to about
+    ``side`` pixels, large ones shrunk to at most :data:`MAX_TILE`."""
+    from PIL import Image
+
+    tile = Image.fromarray(image)
+    if tile.width > MAX_TILE:
+        height = round(tile.height * MAX_TILE / tile.width)
+        return tile.resize((MAX_TILE, height), Image.LANCZOS)
+    scale = max(1, side // tile.width)
+    return tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST)
+
+
 def grid_png(columns: dict[str, torch.Tensor], rows: list[int]) -> bytes:
     """PNG of sample ``rows`` of each generator's images ``(N, 3, H, W)`` in [0, 1], a
-    generator per column, upscaled to about 96 px tiles."""
+    generator per column, as :func:`report_tile` tiles."""
     from pipeline.generate import contact_sheet, to_uint8
 
-    tiles = [img for r in rows for img in (to_uint8(c[r:r + 1])[0] for c in columns.values())]
-    first = next(iter(columns.values()))
-    sheet = contact_sheet(np.stack(tiles), columns=len(columns),
-                          scale=max(1, 96 // first.shape[-1]))
+    tiles = [np.asarray(report_tile(to_uint8(c[r:r + 1])[0]))
+             for r in rows for c in columns.values()]
+    sheet = contact_sheet(np.stack(tiles), columns=len(columns))
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -115,9 +132,14 @@ class ReportContext:
     links: dict[str, str]
 
 
+def present_metrics(generators: list[GeneratorScores]) -> list[str]:
+    """The metrics of :data:`METRIC_ORDER` that any generator has, in that order."""
+    return [k for k in METRIC_ORDER if any(k in g.metrics for g in generators)]
+
+
 def metrics_table(generators: list[GeneratorScores]) -> list[str]:
     """Markdown lines of the metrics table: a row per generator, the metrics any has."""
-    present = [k for k in METRIC_ORDER if any(k in g.metrics for g in generators)]
+    present = present_metrics(generators)
     lines = ["| generator | steps | " + " | ".join(present) + " |",
              "|---|---|" + "---|" * len(present)]
     for g in generators:
@@ -170,20 +192,15 @@ def inline_images(markdown: str, files: dict[str, bytes]) -> str:
     return markdown
 
 
-def tile_pngs(images: torch.Tensor, rows: list[int], side: int = 96) -> list[bytes]:
-    """PNG bytes of sample ``rows`` of ``images`` ``(N, 3, H, W)`` in [0, 1], each upscaled
-    (nearest) to about ``side`` pixels."""
-    from PIL import Image
-
+def tile_pngs(images: torch.Tensor, rows: list[int]) -> list[bytes]:
+    """PNG bytes of sample ``rows`` of ``images`` ``(N, 3, H, W)`` in [0, 1], as
+    :func:`report_tile` tiles."""
     from pipeline.generate import to_uint8
 
     out = []
     for r in rows:
-        tile = Image.fromarray(to_uint8(images[r:r + 1])[0])
-        scale = max(1, side // tile.width)
         buffer = io.BytesIO()
-        tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST).save(
-            buffer, format="PNG")
+        report_tile(to_uint8(images[r:r + 1])[0]).save(buffer, format="PNG")
         out.append(buffer.getvalue())
     return out
 
@@ -203,7 +220,7 @@ def render_html(info: ReportContext, generators: list[GeneratorScores],
         cells = "".join(f'<td><img alt="{escape(n)}: {escape(prompt)}" '
                         f'src="{data_uri(tiles[n][i])}"></td>' for n in names)
         rows.append(f"<tr><th class=prompt>{escape(prompt)}</th>{cells}</tr>")
-    present = [k for k in METRIC_ORDER if any(k in g.metrics for g in generators)]
+    present = present_metrics(generators)
     metric_head = "".join(f"<th>{escape(k)}</th>" for k in present)
     metric_rows = "".join(
         f"<tr><th>{escape(g.name)}</th><td>{g.steps}</td>" + "".join(

@@ -11,9 +11,9 @@ from schemas.manifest import EvalReportManifest
 
 
 def model_card(info: dict[str, Any], evaluation: EvalReportManifest,
-               lineage: dict[str, Any]) -> str:
-    """Markdown for ``README.md``. ``info`` is the export's ``twostep.json``; ``lineage``
-    maps each stage to its key (and the config the export ran with)."""
+               config: dict[str, Any]) -> str:
+    """Markdown for ``README.md``. ``info`` is the export's ``twostep.json`` (its ``stages``:
+    each stage's key); ``config`` the sections the export was made with."""
     teacher = info["teacher"]
     size = f"{info['height']}x{info['width']}"
     toy = teacher["kind"] == "toy"
@@ -24,8 +24,7 @@ def model_card(info: dict[str, Any], evaluation: EvalReportManifest,
     lines = [
         "---", "library_name: diffusers", "pipeline_tag: text-to-image",
         "tags: [twostep, distillation, few-step, z-image]", "---", "",
-        f"# {info['name']}: a 2-step text-to-image model distilled from "
-        f"`{teacher['teacher_id']}`", "",
+        f"# A 2-step text-to-image model distilled from `{teacher['teacher_id']}`", "",
         f"Distilled by twostep from the {teacher['steps']}-step teacher "
         f"`{teacher['teacher_id']}` ({teacher['kind']}) into two steps on the schedule "
         f"`{steps}` ({info['parameterization']} parameterization: "
@@ -54,10 +53,11 @@ def model_card(info: dict[str, Any], evaluation: EvalReportManifest,
         "![samples](grid.png)", "",
         "## Lineage", "",
         f"- code: `{info['code_version']}`",
-        *[f"- {stage}: `{key}`" for stage, key in lineage["stages"].items()],
+        f"- diffusers: `{info['diffusers']}` (or newer: `ZImagePipeline` is needed)",
+        *[f"- {stage}: `{key}`" for stage, key in info["stages"].items()],
         f"- teacher: `{teacher['teacher_id']}` (kind {teacher['kind']}, path "
         f"`{teacher['path'] or 'shipped toy teacher'}`)", "",
         "<details><summary>Run configuration</summary>", "", "```json",
-        json.dumps(lineage["config"], indent=2, sort_keys=True), "```", "</details>", "",
+        json.dumps(config, indent=2, sort_keys=True), "```", "</details>", "",
     ]
     return "\n".join(lines)

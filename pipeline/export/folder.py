@@ -37,6 +37,8 @@ WEIGHT_SUFFIXES = (".safetensors",)
 REFUSED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 KNOWN_LIBRARIES = ("diffusers", "transformers")
 COMPONENT_SHIM = "twostep_component"
+FORMAT_VERSION = 1
+"""Version of the export's layout and ``twostep.json``."""
 
 
 def pipeline_source() -> Path:
@@ -123,6 +125,10 @@ def check_export(folder: Path) -> dict[str, Any]:
         info = json.loads((folder / INFO_FILE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{folder}: unreadable export metadata ({exc})") from None
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{folder}: {INFO_FILE} has format_version "
+                            f"{info.get('format_version')!r}, this twostep reads "
+                            f"{FORMAT_VERSION}")
     if index.get("_class_name") != [PIPELINE_FILE.removesuffix(".py"), PIPELINE_CLASS] or \
             not (folder / PIPELINE_FILE).is_file():
         raise ArtifactError(f"{folder}: not a twostep export ({MODEL_INDEX} does not name "
@@ -141,13 +147,15 @@ def check_export(folder: Path) -> dict[str, Any]:
 
 
 def load_exported(folder: Path, device: str = "cpu", dtype: torch.dtype | None = None):
-    """The exported pipeline, loaded the way any user loads it."""
+    """The exported pipeline, loaded the way any user loads it, in ``dtype`` (default: the
+    dtype it was exported in)."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
-    check_export(folder)
+    info = check_export(folder)
     diffusers_logging.disable_progress_bar()
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    dtype = dtype or getattr(torch, str(info.get("dtype", "float32")), None)
+    kwargs = {"dtype": dtype} if isinstance(dtype, torch.dtype) else {}
     try:
         pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True,
                                                  local_files_only=True, use_safetensors=True,
@@ -158,21 +166,35 @@ def load_exported(folder: Path, device: str = "cpu", dtype: torch.dtype | None =
     return pipe.to(device)
 
 
-def workspace_student_pipeline(store, teacher: TeacherAdapter, teacher_id: str,
-                               height: int, width: int, weights: str = "ema"):
+def workspace_student_pipeline(store, teacher_cfg=None, device: str = "cpu",
+                               height: int | None = None, width: int | None = None):
     """The latest finished ``train_e2e`` student of the workspace ``store`` as a
-    :class:`TwoStepPipeline` in memory, over ``teacher`` (whose ``teacher_id`` must be the
-    one it was distilled from): the same pipeline an export of it loads as."""
-    from pipeline.stage import latest_result
+    :class:`TwoStepPipeline` in memory: the same pipeline an export of it loads as, with the
+    weights the workspace's latest evaluate scored (EMA by default). ``teacher_cfg`` (a
+    :class:`~schemas.config.TeacherConfig`) defaults to the teacher the run recorded; a given
+    one must be the teacher it was distilled from."""
+    from pipeline.stage import latest_result, read_latest
     from pipeline.student.load import load_student
-    from schemas.manifest import StudentCheckpointManifest
+    from pipeline.teachers import load_teacher
+    from pipeline.teachers.describe import describe_teacher
+    from schemas.config import TeacherConfig
+    from schemas.manifest import EvalReportManifest, StudentCheckpointManifest
 
     manifest, stage_dir = latest_result(store, "train_e2e", StudentCheckpointManifest)
+    if teacher_cfg is None:
+        teacher_cfg = TeacherConfig.model_validate(manifest.run_config.get("teacher", {}))
+    teacher_id = describe_teacher(teacher_cfg).teacher_id
     if manifest.teacher_id != teacher_id:
         raise ArtifactError(f"{store.uri(stage_dir)}: the student was distilled from "
                             f"{manifest.teacher_id}, the teacher given is {teacher_id} (pass "
                             f"that teacher's --teacher and --teacher-path)")
+    weights = "ema"
+    if read_latest(store, "evaluate") is not None:
+        evaluation, _ = latest_result(store, "evaluate", EvalReportManifest)
+        weights = evaluation.config.get("weights", weights)
+    teacher = load_teacher(teacher_cfg.kind, teacher_cfg.path, device=device)
     student = load_student(store.local_path(stage_dir), manifest, teacher, weights)
-    pipe = build_pipeline(student, teacher.pipeline_components(), height, width)
+    pipe = build_pipeline(student, teacher.pipeline_components(),
+                          height or teacher_cfg.height, width or teacher_cfg.width)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(teacher.device)

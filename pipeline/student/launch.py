@@ -88,7 +88,7 @@ def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
         raise ConfigError(f"use_gpu=always with {num_workers} workers, but the Ray cluster has "
                           f"{gpus} GPU(s)")
     gpu = use_gpu == "always" or (use_gpu == "auto" and gpus >= num_workers)
-    job.use_gpu = gpu
+    job = job.model_copy(update={"use_gpu": gpu})
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}
     with tempfile.TemporaryDirectory(prefix="twostep-raytrain-") as storage:
         trainer = TorchTrainer(

@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.config import one_line_problems
 from pipeline.errors import ArtifactError
 from pipeline.toy.prompts import BACKGROUNDS, COLORS
 from schemas.base import StrictModel
@@ -160,7 +161,7 @@ class ToyAutoencoder(nn.Module):
             raise ArtifactError(f"{config_path}: missing (not a toy autoencoder folder)") from None
         except ValidationError as exc:
             raise ArtifactError(f"{config_path}: not a toy autoencoder config "
-                                f"({_problems(exc)})") from None
+                                f"({one_line_problems(exc)})") from None
         except ValueError as exc:  # not JSON, not UTF-8
             raise ArtifactError(f"{config_path}: not a toy autoencoder config ({exc})") from None
         model = cls(config)
@@ -177,15 +178,6 @@ class ToyAutoencoder(nn.Module):
             first = str(exc).splitlines()[0]
             raise ArtifactError(f"{weights}: does not match {config_path} ({first})") from None
         return model.eval()
-
-
-def _problems(exc: ValidationError) -> str:
-    """A validation error on one line: ``field: message; ...``."""
-    problems = []
-    for err in exc.errors():
-        msg = err["msg"].removeprefix("Value error, ")
-        problems.append(f"{'.'.join(map(str, err['loc']))}: {msg}" if err["loc"] else msg)
-    return "; ".join(problems)
 
 
 def layout_target(images: torch.Tensor, color: torch.Tensor, background: torch.Tensor,

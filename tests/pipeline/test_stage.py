@@ -85,11 +85,14 @@ def test_the_teacher_is_in_the_keys_and_context_of_the_stages_that_use_it(tmp_pa
     faster = load_config("smoke", ["sample_teacher.num_actors=2", "curate.batch_size=7",
                                    "train_init.log_every=3"], workspace=str(tmp_path))
     users = {name for name, spec in STAGES.items() if spec.uses_teacher}
-    assert users == {"sample_teacher", "train_init", "train_e2e", "evaluate"}
-    for name in ("curate", "sample_teacher", "train_init"):
+    assert users == {"sample_teacher", "train_init", "train_e2e", "evaluate", "export"}
+    elsewhere = load_config("smoke", ["teacher.steps=4"], workspace=str(tmp_path))
+    for name in ("curate", "sample_teacher", "train_init", "export"):
         spec = STAGES[name]
         key = compute_key(spec, base, {})
-        assert (compute_key(spec, other, {}) != key) == (name in users)
+        # dtype changes only how the teacher samples: only sample_teacher's key has it
+        assert (compute_key(spec, other, {}) != key) == (name == "sample_teacher")
+        assert (compute_key(spec, elsewhere, {}) != key) == (name in users)
         assert compute_key(spec, faster, {}) == key  # speed-only fields are not in keys
 
     seen = []

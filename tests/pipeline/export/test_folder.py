@@ -163,3 +163,17 @@ print(type(pipe).__name__, pipe.config.boundary_sigma)
     assert done.stdout.split() == ["TwoStepPipeline", str(sigma_mid)]
     torch.testing.assert_close(torch.load(tmp_path / "latents.pt"), expected, atol=1e-5,
                                rtol=0)
+
+
+def test_the_exports_minilm_encoding_is_the_toy_teachers(toy_export):
+    # The export's code file may not import twostep, so it encodes MiniLM itself: pin it to
+    # the teacher's encoder, truncation of a long prompt and padding removal included.
+    teacher, _, out = toy_export
+    long = " ".join(["a big red circle on the left of a small blue square"] * 12)
+    prompts = [long, "a shape", PROMPTS[0]]
+    pipe = load_exported(out)
+    ours, _ = pipe.encode_prompt(prompts)
+    theirs = teacher.encode_prompts(prompts)
+    assert [len(c) for c in ours] == [len(c) for c in theirs] and len(ours[0]) == 64
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
