@@ -61,14 +61,11 @@ def timed(fn, repeats: int = 3) -> float:
 
 
 def toy_parts(report: dict) -> None:
-    from pipeline.generate import noise_for_seeds, to_uint8
-    from pipeline.samples.format import npy_bytes, png_bytes
-    from pipeline.student.model import TwoStepStudent
-    from pipeline.teachers.toy import ToyTeacher, toy_zimage_pipeline
+    """The toy teacher's CUDA paths: sampling (naive pipeline loop vs the stage's loop), the
+    2-step vs 8-step generation latency, and the phase-2 training step."""
+    from pipeline.teachers.toy import ToyTeacher
 
     teacher = ToyTeacher.load(device=DEV)
-    latent = teacher.latent_shape(32, 32)
-    side = 8 * latent[1]  # ZImagePipeline's latent is H / 8
     # bf16 autocast on the GPU; off in a CPU dry run (slow on CPUs without AVX512-BF16).
     bf16 = dict(device_type=DEV, dtype=torch.bfloat16, enabled=DEV == "cuda")
     gen = torch.Generator().manual_seed(0)
@@ -76,7 +73,20 @@ def toy_parts(report: dict) -> None:
     def caps(n: int) -> list[torch.Tensor]:
         return [torch.randn(16, 384, generator=gen).to(DEV) for _ in range(n)]
 
-    # 1. naive pipeline loop vs the stage's batched loop
+    toy_sampling(report, teacher, bf16, caps)
+    toy_latency(report, teacher, bf16, caps)
+    toy_phase2_step(report, teacher, bf16, caps)
+
+
+def toy_sampling(report: dict, teacher, bf16: dict, caps) -> None:
+    """The naive ``ZImagePipeline`` loop, one prompt at a time, vs the stage's batched loop
+    (encoding of the stored arrays and PNGs included)."""
+    from pipeline.generate import noise_for_seeds, to_uint8
+    from pipeline.samples.format import npy_bytes, png_bytes
+    from pipeline.teachers.toy import toy_zimage_pipeline
+
+    latent = teacher.latent_shape(32, 32)
+    side = 8 * latent[1]  # ZImagePipeline's latent is H / 8
     pipe = toy_zimage_pipeline(teacher)
     pipe.set_progress_bar_config(disable=True)
     n_naive = 4 if QUICK else 64
@@ -114,7 +124,12 @@ def toy_parts(report: dict) -> None:
     print_ratio("stage_loop_vs_naive_pipeline", report["toy_sampling"]["speedup_vs_naive"],
                 "batched Euler + encoding (best batch) vs ZImagePipeline one prompt at a time")
 
-    # 2. generation latency: student 2 steps vs teacher 8 steps (denoise + decode)
+
+def toy_latency(report: dict, teacher, bf16: dict, caps) -> None:
+    """Generation latency: student 2 steps vs teacher 8 steps (denoise + decode)."""
+    from pipeline.student.model import TwoStepStudent
+
+    latent = teacher.latent_shape(32, 32)
     student = TwoStepStudent.from_teacher(teacher.transformer, "decoupled", 0.75).to(DEV).eval()
     latency = {}
     for batch in (1, 4) if QUICK else (1, 64):
@@ -137,14 +152,18 @@ def toy_parts(report: dict) -> None:
     report["toy_generate_latency"] = latency
     print(latency, flush=True)
 
-    # 3. the phase-2 training step (toy architecture)
+
+def toy_phase2_step(report: dict, teacher, bf16: dict, caps) -> None:
+    """One phase-2 training step of the toy architecture: generator and discriminator."""
     from pipeline.student.discriminator import Discriminator
     from pipeline.student.losses import (
         discriminator_adversarial,
         generator_adversarial,
         regression,
     )
+    from pipeline.student.model import TwoStepStudent
 
+    latent = teacher.latent_shape(32, 32)
     student = TwoStepStudent.from_teacher(teacher.transformer, "decoupled", 0.75).to(DEV)
     disc = Discriminator(teacher.transformer, [1, 3], 128, backbone_dtype=torch.bfloat16).to(DEV)
     opt_g = torch.optim.AdamW(student.parameters(), 5e-5)

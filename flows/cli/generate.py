@@ -68,10 +68,8 @@ def generate(
     seeds = [seed + i for i in range(len(prompts))]
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: exists and is not a folder")
-    if model is not None and generator not in (None, "student"):
-        fail(f"--model is an exported student: --generator {generator} does not go with it")
-    generator = "student" if model is not None else generator or "teacher"
-    check_choices(generator, model, workspace, teacher, teacher_path, steps, height, width)
+    generator = check_choices(generator, model, workspace, teacher, teacher_path, steps,
+                              height, width)
     check_device(device)
     if generator == "ground-truth":
         from pipeline.toy.render import render_toy_prompts
@@ -90,10 +88,14 @@ def generate(
     console.print(f"wrote {len(prompts)} {what}, prompts.jsonl and contact_sheet.png to {out}")
 
 
-def check_choices(generator: str, model: Path | None, workspace: str | None,
+def check_choices(generator: str | None, model: Path | None, workspace: str | None,
                   teacher: str | None, teacher_path: str | None, steps: int | None,
-                  height: int | None, width: int | None) -> None:
-    """Options that do not go together, each one ``error:`` line."""
+                  height: int | None, width: int | None) -> str:
+    """The generator the options name (``--model`` is the student, the default the
+    teacher); options that do not go together are each one ``error:`` line."""
+    if model is not None and generator not in (None, "student"):
+        fail(f"--model is an exported student: --generator {generator} does not go with it")
+    generator = "student" if model is not None else generator or "teacher"
     if teacher == "zimage" and not teacher_path:
         fail("--teacher zimage needs --teacher-path (a local Z-Image Turbo diffusers folder)")
     if generator == "ground-truth" and ((height or 32, width or 32) != (32, 32)
@@ -108,6 +110,7 @@ def check_choices(generator: str, model: Path | None, workspace: str | None,
             fail(f"--steps {steps}: a distilled student samples in 2 steps")
     elif workspace is not None:
         fail("--workspace is for --generator student")
+    return generator
 
 
 def read_prompts(prompt: list[str] | None, prompts_file: Path | None) -> list[str]:
