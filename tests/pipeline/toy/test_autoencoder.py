@@ -71,7 +71,7 @@ def test_bad_autoencoder_folders_get_clear_errors(tmp_path):
     with pytest.raises(ArtifactError, match="grid 5"):
         ToyAutoencoder.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"grid": 8, "depth": 2}))
-    with pytest.raises(ArtifactError, match=r"config \(depth: Extra inputs are not permitted\)$"):
+    with pytest.raises(ArtifactError, match=r"config \(depth: unknown field \(got 2\)\)$"):
         ToyAutoencoder.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"grid": 8, "channels": 4, "width": 8}))
     with pytest.raises(ArtifactError, match="model.safetensors: missing"):
