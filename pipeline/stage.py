@@ -184,26 +184,47 @@ def run_stage(
             f"{store.uri(spec.name)}); run it first, or include it in --only"
         )
     spec.check(cfg)
-    if force and store.exists(stage_dir):
-        store.remove_tree(stage_dir)  # recompute everything; no stale file can look finished
-    elif store.exists(stage_dir, MANIFEST_FILENAME):
-        # A rejected cache (a file missing or changed): the folder is unfinished from now on.
-        store.fs.rm(store.path(stage_dir, MANIFEST_FILENAME))
-    store.makedirs(stage_dir)
+    work_dir = _prepare_work_dir(store, spec, stage_dir, force)
     ctx = StageContext(
-        name=spec.name, key=key, store=store, out_dir=stage_dir, config=cfg,
+        name=spec.name, key=key, store=store, out_dir=work_dir, config=cfg,
         section=spec.section(cfg), teacher=cfg.teacher if spec.uses_teacher else None,
         inputs=inputs, input_dirs={name: _dir_of(m) for name, m in inputs.items()},
         log=logging.getLogger(f"twostep.stages.{spec.name}"),
         progress=progress or (lambda fraction: None),
     )
-    log.info("%s: computing into %s", spec.name, store.uri(stage_dir))
+    log.info("%s: computing into %s", spec.name, store.uri(work_dir))
     start = time.perf_counter()
     result = spec.run(ctx)
     manifest = _manifest(spec, ctx, result, elapsed=time.perf_counter() - start)
-    store.write_manifest(stage_dir, manifest)
+    store.write_manifest(work_dir, manifest)
+    if work_dir != stage_dir:  # a forced recomputation replaces the old result only now
+        store.replace_tree(work_dir, stage_dir)
     _write_latest(store, spec.name, manifest, cached=False)
     return StageOutcome(manifest, False, stage_dir, store.uri(stage_dir))
+
+
+FORCED_SUFFIX = ".forced"
+"""A forced recomputation of a finished stage builds in ``<key>.forced`` beside it."""
+
+
+def _prepare_work_dir(store: ArtifactStore, spec: StageSpec[Any], stage_dir: str,
+                      force: bool) -> str:
+    """Where the stage computes. A forced recomputation of a finished result builds beside
+    it (``<key>.forced``, restarted from scratch) and replaces it only on success, so a
+    failed ``--force`` loses nothing; an unfinished or rejected folder is reused (its stage
+    resumes or restarts it) after its manifest, if any, is removed."""
+    if force and cached_manifest(store, stage_dir, spec.manifest_type) is not None:
+        work_dir = stage_dir + FORCED_SUFFIX
+        store.remove_tree(work_dir)
+    else:
+        work_dir = stage_dir
+        if force:
+            store.remove_tree(stage_dir)  # recompute everything; no stale file stays
+        elif store.exists(stage_dir, MANIFEST_FILENAME):
+            # A rejected cache (a file missing or changed): unfinished from now on.
+            store.fs.rm(store.path(stage_dir, MANIFEST_FILENAME))
+    store.makedirs(work_dir)
+    return work_dir
 
 
 def _manifest(spec: StageSpec[M], ctx: StageContext, result: StageResult,

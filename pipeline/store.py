@@ -97,6 +97,16 @@ class ArtifactStore:
         if self.exists(*parts):
             self.fs.rm(self.path(*parts), recursive=True)
 
+    def replace_tree(self, source: str, target: str) -> None:
+        """Move the folder ``source`` to ``target``, replacing what is there: the old folder
+        is moved aside first and removed only after the new one is in place."""
+        old = f"{target}.old"
+        self.remove_tree(old)
+        if self.exists(target):
+            self.fs.mv(self.path(target), self.path(old), recursive=True)
+        self.fs.mv(self.path(source), self.path(target), recursive=True)
+        self.remove_tree(old)
+
     @contextlib.contextmanager
     def open_atomic(self, *parts: str) -> Iterator[IO[bytes]]:
         """Open for binary writing; the file appears under its name only if the block ends

@@ -103,3 +103,28 @@ def test_the_teacher_is_in_the_keys_and_context_of_the_stages_that_use_it(tmp_pa
     outcome = run_stage(spec, other, ArtifactStore(str(tmp_path)))
     assert seen[0].dtype == "bfloat16"
     assert outcome.manifest.run_config == {"teacher": other.teacher.model_dump(mode="json")}
+
+
+def test_a_failed_forced_rerun_keeps_the_good_result(tmp_path):
+    calls: list[str] = []
+    cfg = load_config("smoke", workspace=str(tmp_path))
+    store = ArtifactStore(str(tmp_path))
+    good = run_stage(_spec("produce", (), calls), cfg, store)
+    before = (tmp_path / good.stage_dir / "out.txt").read_bytes()
+
+    def broken(ctx: StageContext) -> StageResult:
+        ctx.store.write_bytes(b"half", ctx.out_dir, "out.txt")
+        raise RuntimeError("the forced rerun failed")
+
+    spec = StageSpec(name="produce", upstream=(), manifest_type=CountManifest,
+                     section=lambda cfg: cfg.curate, run=broken)
+    with pytest.raises(RuntimeError, match="forced rerun failed"):
+        run_stage(spec, cfg, store, force=True)
+    assert (tmp_path / good.stage_dir / "out.txt").read_bytes() == before
+    again = run_stage(_spec("produce", (), calls), cfg, store)
+    assert again.cached and again.manifest == good.manifest
+    # A forced rerun that succeeds replaces the result whole, leaving nothing beside it.
+    forced = run_stage(_spec("produce", (), calls), cfg, store, force=True)
+    assert not forced.cached and calls == ["produce", "produce"]
+    assert sorted(p.name for p in (tmp_path / "produce").iterdir()) == [forced.manifest.key,
+                                                                       "latest.json"]
