@@ -32,6 +32,22 @@ def is_local_fs(fs) -> bool:
     return bool({"file", "local"} & set(protocols))
 
 
+def replace_local_dir(source: Path, target: Path) -> None:
+    """Move the finished local folder ``source`` to ``target``, replacing it whole: the old
+    folder is moved aside first and removed only once the new one is in place, so a crash
+    never leaves ``target`` half old, half new."""
+    import shutil
+
+    if not target.exists():
+        source.rename(target)
+        return
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    target.rename(old)
+    source.rename(target)
+    shutil.rmtree(old)
+
+
 class ContentEntry(Protocol):
     """A file a manifest lists: :class:`FileEntry`, or a shard record with the same fields."""
 

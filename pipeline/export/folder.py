@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import ArtifactError
+from pipeline.store import replace_local_dir
 from pipeline.student.model import TwoStepStudent
 from pipeline.teachers.base import PipelineComponents, TeacherAdapter
 
@@ -90,14 +91,7 @@ def write_pipeline(student: TwoStepStudent, teacher: TeacherAdapter, out: Path, 
     for name, data in (extra_files or {}).items():
         (partial / name).write_bytes(data)
     check_export(partial)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        partial.rename(out)
-        shutil.rmtree(old)
-    else:
-        partial.rename(out)
+    replace_local_dir(partial, out)
 
 
 def _component_shim(folder: Path, module: str, class_name: str) -> list[str]:

@@ -472,6 +472,8 @@ def save_teacher(model: ZImageTransformer2DModel, info: dict[str, object], folde
     import json
     import shutil
 
+    from pipeline.store import replace_local_dir
+
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -486,14 +488,7 @@ def save_teacher(model: ZImageTransformer2DModel, info: dict[str, object], folde
     if autoencoder is not None:
         autoencoder.save(partial / "autoencoder")
     (partial / "build.json").write_text(json.dumps(info, indent=2) + "\n")
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-        partial.rename(folder)
-        shutil.rmtree(old)
-    else:
-        partial.rename(folder)
+    replace_local_dir(partial, folder)
 
 
 def attribute_accuracy(model: ZImageTransformer2DModel, steps: int, n_prompts: int = 500,
