@@ -31,7 +31,13 @@ from pydantic import BaseModel
 from pipeline.errors import ArtifactError, StageDependencyError
 from pipeline.hashing import canonical_json, sha256_text, stage_key
 from pipeline.store import ArtifactStore
-from schemas.config import DistillConfig, TeacherConfig, cache_view
+from schemas.config import (
+    SAMPLING_ONLY,
+    SPEED_ONLY,
+    DistillConfig,
+    TeacherConfig,
+    cache_view,
+)
 from schemas.manifest import MANIFEST_FILENAME, FileEntry, InputRef, Manifest
 
 log = logging.getLogger(__name__)
@@ -140,7 +146,7 @@ def key_config(spec: StageSpec[Any], cfg: DistillConfig) -> dict[str, Any]:
     section = cache_view(spec.section(cfg))
     if not spec.uses_teacher:
         return section
-    drop = ("speed_only",) if spec.samples_teacher else ("speed_only", "sampling_only")
+    drop = (SPEED_ONLY,) if spec.samples_teacher else (SPEED_ONLY, SAMPLING_ONLY)
     return {"section": section, "teacher": cache_view(cfg.teacher, drop)}
 
 

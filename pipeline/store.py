@@ -32,20 +32,23 @@ def is_local_fs(fs) -> bool:
     return bool({"file", "local"} & set(protocols))
 
 
-def replace_local_dir(source: Path, target: Path) -> None:
-    """Move the finished local folder ``source`` to ``target``, replacing it whole: the old
-    folder is moved aside first and removed only once the new one is in place, so a crash
+def replace_dir(fs, source: str, target: str) -> None:
+    """Move the finished folder ``source`` to ``target`` on ``fs``, replacing it whole: the
+    old folder is moved aside first and removed only once the new one is in place, so a crash
     never leaves ``target`` half old, half new."""
-    import shutil
+    old = f"{target}.old"
+    if fs.exists(old):
+        fs.rm(old, recursive=True)
+    if fs.exists(target):
+        fs.mv(target, old, recursive=True)
+    fs.mv(source, target, recursive=True)
+    if fs.exists(old):
+        fs.rm(old, recursive=True)
 
-    if not target.exists():
-        source.rename(target)
-        return
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    target.rename(old)
-    source.rename(target)
-    shutil.rmtree(old)
+
+def replace_local_dir(source: Path, target: Path) -> None:
+    """:func:`replace_dir` for local folders."""
+    replace_dir(fsspec.filesystem("file"), str(source), str(target))
 
 
 class ContentEntry(Protocol):
@@ -56,14 +59,16 @@ class ContentEntry(Protocol):
     sha256: str
 
 
-def verify_content(where: str, data: bytes, entry: ContentEntry) -> None:
-    """Bytes read whole against their manifest entry: size, then sha256."""
+def verify_content(where: str, data: bytes, entry: ContentEntry, way_out: str = "") -> None:
+    """Bytes read whole against their manifest entry: size, then sha256; ``way_out`` ends
+    the message (what the user can do about it)."""
+    suffix = f"; {way_out}" if way_out else ""
     if len(data) != entry.size:
         raise ArtifactError(f"{where}: size {len(data)} bytes, manifest says {entry.size} "
-                            f"(truncated or replaced)")
+                            f"(truncated or replaced){suffix}")
     if hashlib.sha256(data).hexdigest() != entry.sha256:
         raise ArtifactError(f"{where}: sha256 does not match the manifest (corrupt or "
-                            f"replaced)")
+                            f"replaced){suffix}")
 
 
 class ArtifactStore:
@@ -114,14 +119,8 @@ class ArtifactStore:
             self.fs.rm(self.path(*parts), recursive=True)
 
     def replace_tree(self, source: str, target: str) -> None:
-        """Move the folder ``source`` to ``target``, replacing what is there: the old folder
-        is moved aside first and removed only after the new one is in place."""
-        old = f"{target}.old"
-        self.remove_tree(old)
-        if self.exists(target):
-            self.fs.mv(self.path(target), self.path(old), recursive=True)
-        self.fs.mv(self.path(source), self.path(target), recursive=True)
-        self.remove_tree(old)
+        """Move the folder ``source`` to ``target``, replacing it whole (:func:`replace_dir`)."""
+        replace_dir(self.fs, self.path(source), self.path(target))
 
     @contextlib.contextmanager
     def open_atomic(self, *parts: str) -> Iterator[IO[bytes]]:

@@ -19,18 +19,17 @@ from pydantic_core import to_jsonable_python
 
 from schemas.base import StrictModel
 
-SPEED_ONLY = {"speed_only": True}
-"""``json_schema_extra`` of a field that changes only speed or logging, never a result."""
+SPEED_ONLY = "speed_only"
+"""Mark (``json_schema_extra``) of a field that changes only speed or logging, never a
+result."""
+SAMPLING_ONLY = "sampling_only"
+"""Mark of a teacher field that changes only how the teacher samples (``sample_teacher``'s key
+has it; the stages that only load the teacher's weights do not)."""
 
 
 def speed_only(default: Any = ..., **kwargs: Any) -> Any:
     """A :func:`pydantic.Field` marked as speed-only (left out of cache keys)."""
-    return Field(default, json_schema_extra=SPEED_ONLY, **kwargs)
-
-
-SAMPLING_ONLY = {"sampling_only": True}
-"""``json_schema_extra`` of a teacher field that changes only how the teacher samples
-(``sample_teacher``'s key has it; the stages that only load the teacher's weights do not)."""
+    return Field(default, json_schema_extra={SPEED_ONLY: True}, **kwargs)
 
 
 def marked(field: FieldInfo, mark: str) -> bool:
@@ -38,11 +37,7 @@ def marked(field: FieldInfo, mark: str) -> bool:
     return isinstance(extra, dict) and bool(extra.get(mark))
 
 
-def is_speed_only(field: FieldInfo) -> bool:
-    return marked(field, "speed_only")
-
-
-def cache_view(model: BaseModel, drop: tuple[str, ...] = ("speed_only",)) -> dict[str, Any]:
+def cache_view(model: BaseModel, drop: tuple[str, ...] = (SPEED_ONLY,)) -> dict[str, Any]:
     """``model`` as JSON data without the fields marked with any of ``drop`` (by default the
     speed-only ones), at every depth: what a cache key hashes. Equal to
     ``model_dump(mode="json")`` for a model without such fields."""
@@ -203,9 +198,9 @@ class TeacherConfig(StrictModel):
         "zimage: a Z-Image Turbo diffusers folder (required).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", json_schema_extra=SAMPLING_ONLY, description="Sampling dtype; auto is bfloat16 "
-        "on CUDA, float32 on CPU. On CPU bfloat16/float16 run fp32 weights under autocast "
-        "(faster matmuls on AVX512-BF16).")
+        "auto", json_schema_extra={SAMPLING_ONLY: True}, description="Sampling dtype; auto "
+        "is bfloat16 on CUDA, float32 on CPU. On CPU bfloat16/float16 run fp32 weights under "
+        "autocast (faster matmuls on AVX512-BF16).")
     height: int = Field(32, ge=8, description="Image height in pixels (toy: 32).")
     width: int = Field(32, ge=8, description="Image width in pixels (toy: 32).")
     steps: int = Field(8, ge=1, le=1000, description="Teacher sampling steps (Euler).")

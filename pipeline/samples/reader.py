@@ -124,11 +124,8 @@ class TeacherSampleReader(torch.utils.data.IterableDataset):
         except FileNotFoundError:
             raise ArtifactError(f"{where}: listed in the manifest but missing") from None
         if self.verify:
-            try:
-                verify_content(where, data, shard)
-            except ArtifactError as exc:
-                raise ArtifactError(f"{exc}; recompute the teacher samples with distill run "
-                                    f"--only sample_teacher --force") from None
+            verify_content(where, data, shard, way_out="recompute the teacher samples with "
+                           "distill run --only sample_teacher --force")
         count = 0
         try:
             for key, members in _group_by_key(data):
