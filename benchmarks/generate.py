@@ -77,16 +77,10 @@ def _stock_eight_step(args, teacher, height: int, width: int) -> Callable[[list[
         return lambda prompts: pipe(list(prompts), height=height, width=width,
                                     num_inference_steps=8,
                                     guidance_scale=0.0, output_type="pt").images
-    from pipeline.generate import noise_for_seeds
+    from pipeline.generate import generate
 
-    shape = teacher.latent_shape(height, width)
-
-    def run(prompts: list[str]):
-        caps = teacher.encode_prompts(prompts)
-        noise = noise_for_seeds(list(range(len(prompts))), shape)
-        return teacher.decode(teacher.sample(caps, noise, 8).final)
-
-    return run
+    return lambda prompts: generate(teacher, prompts, list(range(len(prompts))), 8, height,
+                                    width, batch_size=len(prompts))
 
 
 def _median_seconds_per_image(fn: Callable[[list[str]], object], prompts: list[str],
@@ -123,11 +117,12 @@ def main() -> None:
     height, width = args.height or size, args.width or size
     teacher = load_teacher(args.teacher, args.teacher_path, device=device)
     two_step = _two_step(args, teacher, device, height, width)
+    from pipeline.generate import generate_with_pipeline
+
     paths = {"stock_8_step": _stock_eight_step(args, teacher, height, width),
-             "exported_2_step": lambda prompts: two_step(
-                 prompts, height=height, width=width,
-                 generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))],
-                 output_type="pt").images}
+             "exported_2_step": lambda prompts: generate_with_pipeline(
+                 two_step, prompts, list(range(len(prompts))), height, width,
+                 batch_size=len(prompts))}
     report: dict[str, object] = {
         "teacher": args.teacher, "miniature": args.miniature_zimage, "device": device,
         "machine": machine, "image": [height, width],

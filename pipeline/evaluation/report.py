@@ -137,13 +137,18 @@ def present_metrics(generators: list[GeneratorScores]) -> list[str]:
     return [k for k in METRIC_ORDER if any(k in g.metrics for g in generators)]
 
 
+def metric_cell(g: GeneratorScores, key: str) -> str:
+    """One metric as the tables show it (4 significant digits, ``-`` when absent)."""
+    return f"{g.metrics[key]:.4g}" if key in g.metrics else "-"
+
+
 def metrics_table(generators: list[GeneratorScores]) -> list[str]:
     """Markdown lines of the metrics table: a row per generator, the metrics any has."""
     present = present_metrics(generators)
     lines = ["| generator | steps | " + " | ".join(present) + " |",
              "|---|---|" + "---|" * len(present)]
     for g in generators:
-        cells = [f"{g.metrics[k]:.4g}" if k in g.metrics else "-" for k in present]
+        cells = [metric_cell(g, k) for k in present]
         lines.append(f"| {g.name} | {g.steps} | " + " | ".join(cells) + " |")
     return lines
 
@@ -224,8 +229,8 @@ def render_html(info: ReportContext, generators: list[GeneratorScores],
     metric_head = "".join(f"<th>{escape(k)}</th>" for k in present)
     metric_rows = "".join(
         f"<tr><th>{escape(g.name)}</th><td>{g.steps}</td>" + "".join(
-            f"<td>{g.metrics[k]:.4g}</td>" if k in g.metrics else "<td>-</td>"
-            for k in present) + f"<td>{g.latency.get('images_per_s', 0):.1f}</td></tr>"
+            f"<td>{metric_cell(g, k)}</td>" for k in present)
+        + f"<td>{g.latency.get('images_per_s', 0):.1f}</td></tr>"
         for g in generators)
     curves_html = (f'<h2>Training curves</h2><img alt="training curves" '
                    f'src="{data_uri(curves)}">' if curves else "")

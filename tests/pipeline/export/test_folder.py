@@ -154,15 +154,18 @@ pipe = DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)
 gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
 latents = pipe({PROMPTS!r}, generator=gens, output_type="latent").images
 assert "pipeline" not in sys.modules
-torch.save(latents, {str(tmp_path / 'latents.pt')!r})
+from safetensors.torch import save_file
+save_file({{"latents": latents.contiguous()}}, {str(tmp_path / 'latents.safetensors')!r})
 print(type(pipe).__name__, pipe.config.boundary_sigma)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["TwoStepPipeline", str(sigma_mid)]
-    torch.testing.assert_close(torch.load(tmp_path / "latents.pt"), expected, atol=1e-5,
-                               rtol=0)
+    from safetensors.torch import load_file
+
+    latents = load_file(str(tmp_path / "latents.safetensors"))["latents"]
+    torch.testing.assert_close(latents, expected, atol=1e-5, rtol=0)
 
 
 def test_the_exports_minilm_encoding_is_the_toy_teachers(toy_export):
