@@ -12,6 +12,12 @@ VARIANTS: dict[str, list[str]] = {
     "gan_real_data": ["train_e2e.gan_real=data"],
     "no_end_to_end": ["train_e2e.end_to_end=false"],
     "no_step1_reg": ["train_e2e.step1_weight=0"],
+    # Not a claim of the paper: the memory-saving parameterization of the real-scale path
+    # (one frozen base, a LoRA adapter per step), at the 10x learning rate adapters usually
+    # take (docs/training.md).
+    "decoupled_lora": ["train_init.parameterization=decoupled_lora", "train_init.lora.rank=32",
+                       "train_init.lora.alpha=32", "train_init.optimizer.lr=2e-3",
+                       "train_e2e.optimizer.lr=2e-4"],
 }
 """Variant name -> config overrides on top of the run's own."""
 

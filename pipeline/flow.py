@@ -12,7 +12,7 @@ captions a list of ``(L_i, D)`` (no padding).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,9 +127,10 @@ def ema_decay(decay: float, step: int) -> float:
 
 
 @torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
-    """``ema <- ema + (1 - d) (model - ema)`` for every parameter, ``d = ema_decay(decay,
-    step)``."""
+def ema_update(ema: Iterable[torch.Tensor], params: Iterable[torch.Tensor], decay: float,
+               step: int) -> None:
+    """``ema <- ema + (1 - d) (param - ema)`` pairwise (same order and shapes; sharded
+    DTensors work too), ``d = ema_decay(decay, step)``."""
     d = ema_decay(decay, step)
-    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+    for pe, pm in zip(ema, params, strict=True):
         pe.lerp_(pm.detach(), 1 - d)

@@ -267,7 +267,12 @@ class TrainCommonConfig(StrictModel):
 
     steps: int = Field(200, ge=1, description="Optimizer steps (phase 2: generator steps).")
     batch_size: int = Field(32, ge=1, description="Global batch; split evenly over workers.")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks).")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (ranks).")
+    strategy: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="ddp: every worker holds whole models, gradients are averaged; "
+        "fsdp2: every transformer block of the generators and of the discriminator's backbone "
+        "is sharded over the workers (torch.distributed.fsdp.fully_shard), bf16 parameters "
+        "with float32 gradient reduction on GPU. Part of the key: the float sums differ.")
     cpus_per_worker: int = speed_only(2, ge=1, description="CPUs (and torch threads) per "
                                       "worker.")
     use_gpu: Literal["auto", "always", "never"] = Field(
@@ -297,16 +302,34 @@ class TrainCommonConfig(StrictModel):
         if self.batch_size % self.num_workers:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of "
                              f"num_workers ({self.num_workers})")
+        if self.strategy == "fsdp2" and self.num_workers < 2:
+            raise ValueError("strategy fsdp2 shards the models over the workers and needs "
+                             "num_workers >= 2; with one worker use strategy ddp")
         return self
+
+
+class LoraConfig(StrictModel):
+    """The two LoRA adapters of ``decoupled_lora`` (one per step, same shape)."""
+
+    rank: int = Field(16, ge=1, description="LoRA rank r of every adapted linear layer.")
+    alpha: float = Field(16.0, gt=0.0, description="LoRA scale numerator: the update is "
+                         "(alpha / rank) B A x.")
+    target_modules: list[str] = Field(
+        ["to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3"], min_length=1,
+        description="Linear layers to adapt, PEFT's rule: a module whose name equals an "
+        "entry or ends with '.<entry>' (default: attention and feed-forward of every block).")
 
 
 class TrainInitConfig(TrainCommonConfig):
     """Phase 1, per-step init: G1 learns ``eps -> x_mid_teacher``, G2 ``x_mid_teacher ->
     x0_teacher``, each alone (teacher input, no chaining)."""
 
-    parameterization: Literal["decoupled", "shared"] = Field(
+    parameterization: Literal["decoupled", "shared", "decoupled_lora"] = Field(
         "decoupled", description="decoupled: G1 and G2 are two copies of the teacher; shared: "
-        "one copy serves both steps (ablation).")
+        "one copy serves both steps (ablation); decoupled_lora: one frozen copy with a LoRA "
+        "adapter per step (the discriminator reuses it with adapters off).")
+    lora: LoraConfig = Field(default_factory=LoraConfig,
+                             description="Adapters of decoupled_lora (ignored otherwise).")
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-4))
 
 

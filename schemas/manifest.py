@@ -179,7 +179,9 @@ class StudentCheckpointManifest(Manifest):
 
     stage: Literal["train_init", "train_e2e"]
     phase: int = Field(..., ge=1, le=2)
-    parameterization: Literal["decoupled", "shared"]
+    parameterization: Literal["decoupled", "shared", "decoupled_lora"]
+    lora: dict[str, Any] | None = Field(
+        None, description="decoupled_lora: the adapters' LoraConfig (rank, alpha, targets).")
     sigma_mid: float
     teacher_id: str
     steps: int = Field(..., ge=0)

@@ -8,11 +8,12 @@ from pipeline.stage import StageContext, StageResult
 from pipeline.student.launch import check_samples, run_training
 from pipeline.student.train import TrainJob
 from pipeline.tracking import mlflow_artifact_root, mlflow_uri
-from schemas.config import TrainCommonConfig
+from schemas.config import LoraConfig, TrainCommonConfig
 from schemas.manifest import TeacherSamplesManifest
 
 PHASE2_CHOICES = {
-    "discriminator_backbone": "frozen copy of the teacher transformer (float32)",
+    "discriminator_backbone": "the frozen teacher transformer: a float32 copy, or the "
+                              "decoupled_lora student's base with adapters off",
     "discriminator_features": "image tokens of the configured main blocks; later blocks "
                               "skipped",
     "discriminator_heads": "per block: LayerNorm-MLP on tokens, linear logit plus projection "
@@ -29,7 +30,7 @@ PHASE2_CHOICES = {
 
 
 def build_job(ctx: StageContext, phase: int, parameterization: str,
-              init_weights: Path | None) -> TrainJob:
+              init_weights: Path | None, lora: LoraConfig | None = None) -> TrainJob:
     cfg = ctx.config
     samples = ctx.inputs["sample_teacher"]
     assert isinstance(samples, TeacherSamplesManifest) and ctx.teacher is not None
@@ -44,6 +45,7 @@ def build_job(ctx: StageContext, phase: int, parameterization: str,
         eval_shards=samples.splits["eval"].shards if "eval" in samples.splits else [],
         sigma_mid=samples.teacher.sigma_mid,
         parameterization=parameterization,
+        lora=lora,
         out_dir=str(ctx.store.local_path(ctx.out_dir)),
         init_weights=str(init_weights) if init_weights else None,
         mlflow_uri=mlflow_uri(cfg.tracking, ctx.store),
@@ -59,14 +61,16 @@ def train(ctx: StageContext, job: TrainJob, choices: dict[str, object]) -> Stage
     assert isinstance(section, TrainCommonConfig)
     samples = ctx.inputs["sample_teacher"]
     assert isinstance(samples, TeacherSamplesManifest)
-    ctx.log.info("%s: %d steps of batch %d on %d worker(s); MLflow %s", ctx.name,
-                 section.steps, section.batch_size, section.num_workers, job.mlflow_uri)
+    ctx.log.info("%s: %d steps of batch %d on %d worker(s) (%s, %s); MLflow %s", ctx.name,
+                 section.steps, section.batch_size, section.num_workers, section.strategy,
+                 job.parameterization, job.mlflow_uri)
     state = run_training(job, section.num_workers, section.cpus_per_worker, section.use_gpu)
     metrics = {k: float(v) for k, v in state.get("last", {}).items()}
     return StageResult(
         counts={"steps": state["steps"], "samples_seen": state["steps"] * section.batch_size},
         metrics=metrics,
         fields={"phase": job.phase, "parameterization": job.parameterization,
+                "lora": job.lora.model_dump(mode="json") if job.lora else None,
                 "sigma_mid": job.sigma_mid, "teacher_id": samples.teacher.teacher_id,
                 "steps": state["steps"], "choices": choices,
                 "mlflow_run_id": state.get("mlflow_run_id"), "mlflow_uri": job.mlflow_uri},

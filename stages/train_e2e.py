@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pipeline.stage import StageContext, StageResult, StageSpec
 from pipeline.student.launch import check_student_weights
-from schemas.config import DistillConfig, TrainE2EConfig
+from schemas.config import DistillConfig, LoraConfig, TrainE2EConfig
 from schemas.manifest import StudentCheckpointManifest
 from stages.train_common import PHASE2_CHOICES, build_job, train
 
@@ -18,12 +18,14 @@ def train_e2e(ctx: StageContext) -> StageResult:
     assert isinstance(phase1, StudentCheckpointManifest)
     weights = ctx.store.local_path(ctx.input_dirs["train_init"]) / (
         "ema.safetensors" if cfg.init_from == "ema" else "student.safetensors")
-    check_student_weights(weights, ctx.teacher, phase1.parameterization)
+    lora = LoraConfig.model_validate(phase1.lora) if phase1.lora else None
+    check_student_weights(weights, ctx.teacher, phase1.parameterization, lora)
     job = build_job(ctx, phase=2, parameterization=phase1.parameterization,
-                    init_weights=weights)
+                    init_weights=weights, lora=lora)
     choices = {**PHASE2_CHOICES, "gan_real": cfg.gan_real, "end_to_end": cfg.end_to_end,
                "step1_weight": cfg.step1_weight, "adv_loss": cfg.adv_loss,
                "regression_loss": cfg.loss, "init_from": f"phase 1 {cfg.init_from}",
+               "strategy": cfg.strategy,
                "discriminator_layers": cfg.discriminator.layers,
                "r1": f"weight {cfg.discriminator.r1_weight}, every "
                      f"{cfg.discriminator.r1_every} steps"}

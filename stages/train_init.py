@@ -13,16 +13,27 @@ from stages.train_common import build_job, train
 def train_init(ctx: StageContext) -> StageResult:
     cfg = ctx.section
     assert isinstance(cfg, TrainInitConfig)
-    job = build_job(ctx, phase=1, parameterization=cfg.parameterization, init_weights=None)
+    lora = cfg.lora if cfg.parameterization == "decoupled_lora" else None
+    job = build_job(ctx, phase=1, parameterization=cfg.parameterization, init_weights=None,
+                    lora=lora)
     choices = {"targets": "G1: x_mid_teacher from eps; G2: x0_teacher from x_mid_teacher",
-               "loss": cfg.loss, "init": "both generators copy the teacher weights"}
+               "loss": cfg.loss, "strategy": cfg.strategy,
+               "init": "both generators copy the teacher weights" if lora is None else
+               "one frozen copy of the teacher; LoRA adapters step1/step2 start at zero (B=0)"}
     return train(ctx, job, choices)
 
 
 def check(cfg: DistillConfig) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.student.launch import student_on_meta
     from pipeline.teachers.describe import describe_teacher
 
     describe_teacher(cfg.teacher)
+    if cfg.train_init.parameterization == "decoupled_lora":
+        try:
+            student_on_meta(cfg.teacher, "decoupled_lora", cfg.train_init.lora)
+        except ValueError as exc:
+            raise ConfigError(f"train_init.lora: {exc}") from None
 
 
 STAGE: StageSpec[StudentCheckpointManifest] = StageSpec(

@@ -28,8 +28,10 @@ def model_card(info: dict[str, Any], evaluation: EvalReportManifest,
         f"Distilled by twostep from the {teacher['steps']}-step teacher "
         f"`{teacher['teacher_id']}` ({teacher['kind']}) into two steps on the schedule "
         f"`{steps}` ({info['parameterization']} parameterization: "
-        + ("step 1 runs `transformer`, step 2 `transformer_2`" if info["parameterization"]
-           == "decoupled" else "one `transformer` runs both steps")
+        + ({"decoupled": "step 1 runs `transformer`, step 2 `transformer_2`",
+            "decoupled_lora": "its two LoRA adapters are fused: step 1 runs `transformer`, "
+                              "step 2 `transformer_2`"}.get(info["parameterization"],
+                                                            "one `transformer` runs both steps"))
         + f"). Images are {size}; weights are {info['dtype']} safetensors.", "",
         "## Use", "", load_note, "", "```python", "import torch",
         "from diffusers import DiffusionPipeline", "",

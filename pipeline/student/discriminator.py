@@ -1,6 +1,7 @@
-"""Discriminator: a frozen copy of the teacher transformer as feature extractor (as in latent
+"""Discriminator: the frozen teacher transformer as feature extractor (as in latent
 adversarial diffusion distillation), small trainable heads on the image tokens of a few of its
-blocks, conditioned on the prompt by a projection term.
+blocks, conditioned on the prompt by a projection term. The backbone is a frozen copy of the
+teacher, or, for ``decoupled_lora``, the student's own base with its adapters disabled.
 
 ``D(x0, caption) = sum_l mean_tokens [ w_l . h + <P_l h, C_l c> ]`` where ``h = MLP_l(f_l)``
 are the head features of block ``l``'s image tokens ``f_l`` ``(B, N, dim)``, computed on
@@ -10,7 +11,10 @@ mean of the caption features. Returns logits ``(B,)``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,14 +50,23 @@ class Head(nn.Module):
         return logits.mean(dim=1)
 
 
+def frozen_copy(transformer: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A frozen copy of the teacher as backbone (bf16 on GPUs is fine: it is never updated)."""
+    return _as_dtype(copy.deepcopy(transformer), dtype).eval().requires_grad_(False)
+
+
 class Discriminator(nn.Module):
-    def __init__(self, teacher_transformer: nn.Module, layers: list[int], hidden: int,
-                 backbone_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, backbone: nn.Module, layers: list[int], hidden: int,
+                 backbone_context: Callable[[], Any] = contextlib.nullcontext,
+                 stop_early: bool = True) -> None:
+        """``backbone``: a frozen transformer (see :func:`frozen_copy`), used inside
+        ``backbone_context()`` (the LoRA student's ``base_only``). ``stop_early``: skip the
+        blocks after the last feature layer (off under FSDP2, whose hooks expect whole
+        forwards)."""
         super().__init__()
-        # The frozen backbone may run in bf16 on GPUs (it is never updated); heads stay fp32.
-        backbone = _as_dtype(copy.deepcopy(teacher_transformer), backbone_dtype).eval()
-        backbone.requires_grad_(False)
         self.layers = resolve_layers(layers, len(backbone.layers))
+        self.backbone_context = backbone_context
+        self.stop_early = stop_early
         # Kept out of parameters(): frozen, not trained, not saved with the heads.
         self.__dict__["backbone"] = backbone
         dim = backbone.config.dim
@@ -77,13 +90,14 @@ class Discriminator(nn.Module):
             def grab(_module, _inputs, output):
                 # Basic (non-omni) mode: the unified sequence is [image tokens, caption tokens].
                 captured[index] = output[:, :n_tokens]
-                if index == last:
+                if index == last and self.stop_early:
                     raise _Stop
             return grab
 
         handles = [self.backbone.layers[i].register_forward_hook(hook(i)) for i in self.layers]
         try:
-            transformer_velocity(self.backbone, x, sigma, captions)
+            with self.backbone_context():
+                transformer_velocity(self.backbone, x, sigma, captions)
         except _Stop:
             pass
         finally:

@@ -12,9 +12,10 @@ from typing import Any
 
 from pipeline.errors import ArtifactError, ConfigError, TwostepError
 from pipeline.store import ArtifactStore
+from pipeline.student.checkpoint import checkpoint_state, latest_checkpoint
 from pipeline.student.train import STATUS_FILE, TrainJob, train_worker
 from pipeline.teachers.describe import describe_teacher
-from schemas.config import TeacherConfig
+from schemas.config import LoraConfig, TeacherConfig
 from schemas.manifest import TeacherSamplesManifest
 
 
@@ -39,31 +40,62 @@ def check_samples(store: ArtifactStore, samples: TeacherSamplesManifest,
                           f"configured teacher is {desc.teacher_id}")
 
 
-def check_student_weights(path: Path, teacher: TeacherConfig, parameterization: str) -> None:
-    """The phase-1 weights fit the teacher's architecture (names and shapes, read from the
-    safetensors header; nothing is loaded)."""
+def student_on_meta(teacher: TeacherConfig, parameterization: str,
+                    lora: LoraConfig | None = None):
+    """The student of ``teacher``'s architecture on the meta device (no weights, no memory):
+    for checking names and shapes before anything is loaded."""
     import torch
     from diffusers import ZImageTransformer2DModel
-    from safetensors import SafetensorError, safe_open
+
+    from pipeline.student.model import TwoStepStudent
 
     desc = describe_teacher(teacher)
     config = json.loads((desc.folder / "transformer" / "config.json").read_text())
     with torch.device("meta"):
         model = ZImageTransformer2DModel.from_config(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    prefixes = ["g"] if parameterization == "shared" else ["g1", "g2"]
+        return TwoStepStudent.from_teacher(model, parameterization, 0.5, lora=lora, take=True)
+
+
+def check_student_weights(path: Path, teacher: TeacherConfig, parameterization: str,
+                          lora: LoraConfig | None = None) -> None:
+    """The phase-1 weights fit the teacher's architecture and the parameterization (names and
+    shapes, read from the safetensors header; nothing is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    student = student_on_meta(teacher, parameterization, lora)
+    expected = {student.file_key(n): tuple(p.shape) for n, p in student.trainable().items()}
     try:
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
-    for prefix in prefixes:
-        for name, shape in expected.items():
-            got = shapes.get(f"{prefix}.{name}")
-            if got != shape:
-                found = "missing" if got is None else f"shape {got}"
-                raise ArtifactError(f"{path}: {prefix}.{name} is {found}, the teacher's "
-                                    f"architecture needs {shape} (another architecture?)")
+    for name, shape in expected.items():
+        got = shapes.get(name)
+        if got != shape:
+            found = "missing" if got is None else f"shape {got}"
+            raise ArtifactError(f"{path}: {name} is {found}, the teacher's architecture "
+                                f"({parameterization}) needs {shape} (another architecture?)")
+
+
+def check_resume(out_dir: Path, layout: dict[str, Any]) -> None:
+    """A checkpoint left in ``out_dir`` resumes exactly only under the layout that wrote it
+    (world size, strategy, parameterization): anything else is refused here, in one line,
+    before any worker starts."""
+    latest = latest_checkpoint(out_dir)
+    if latest is None:
+        return
+    state = checkpoint_state(latest)
+    written = {"world_size": state.get("world_size", 1), "strategy": state.get("strategy", "ddp"),
+               "parameterization": state.get("parameterization", layout["parameterization"])}
+    if written != layout:
+        def describe(d):
+            return (f"{d['world_size']} worker(s), strategy {d['strategy']}, "
+                    f"{d['parameterization']}")
+        raise ConfigError(
+            f"{latest}: the checkpoint was written with {describe(written)}; this run has "
+            f"{describe(layout)}. Resume with num_workers={written['world_size']} "
+            f"strategy={written['strategy']}, or start the stage over with --force (the data "
+            f"order depends on the number of workers)")
 
 
 def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
@@ -76,6 +108,8 @@ def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     out = Path(job.out_dir)
+    check_resume(out, {"world_size": num_workers, "strategy": job.config.strategy,
+                       "parameterization": job.parameterization})
     (out / STATUS_FILE).unlink(missing_ok=True)
     cluster = ray.cluster_resources()
     gpus = int(cluster.get("GPU", 0))

@@ -11,20 +11,29 @@ x_mid_teacher) + final_weight * d(x0, x0_teacher)``; then a discriminator step o
 optional lazy R1. Separate AdamW optimizers; an EMA of the student.
 
 Data parallel: each rank reads its share of the shards (:class:`TeacherSampleReader`); the
-student is wrapped in ``DistributedDataParallel``; the discriminator heads (tiny, and R1 needs
-double backward, which DDP does not support) average their gradients with one all-reduce.
+student is parallelized by :func:`pipeline.student.parallel.parallelize` (``ddp``: wrapped in
+``DistributedDataParallel``; ``fsdp2``: every transformer block sharded); the discriminator
+heads (tiny, and R1 needs double backward, which DDP does not support) average their gradients
+with one all-reduce.
 Random draws (discriminator sigmas and noise, data seeds) are made for the global batch on
-every rank from the same generator and sliced per rank. The data split depends on the number
-of workers (shards by rank), so ``num_workers`` is part of the cache key and a checkpoint
+every rank from the same generator and strided per rank, as the reader splits samples. The
+data split depends on the number of workers (shards by rank), so ``num_workers`` is part of the cache key and a checkpoint
 resumes only with the world size that wrote it.
 
+Memory: a worker holds the teacher transformer only as its student (G1, or the LoRA base) and,
+in phase 2, as the discriminator's backbone (a frozen copy, or for ``decoupled_lora`` the LoRA
+base itself with adapters off); the EMA covers trainable parameters only.
+
 Determinism and resume: data position is ``step * local_batch`` samples of a deterministic
-stream, and the checkpoint holds weights, EMA, optimizer states and the generator state, so a
-resumed run continues with the losses of an uninterrupted one (same device, same threads).
+stream, and the checkpoint (:mod:`pipeline.student.checkpoint`, consolidated tensors through
+``torch.distributed.checkpoint.state_dict``) holds the trainable weights, EMA, optimizer states
+and the generator state, so a resumed run continues with the losses of an uninterrupted one
+(same device, threads, strategy and number of workers; the driver refuses others).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -38,10 +47,10 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from pipeline.errors import TwostepError
-from pipeline.flow import ema_update
 from pipeline.samples.reader import TeacherSampleReader, collate_samples
 from pipeline.student import checkpoint as ckpt
-from pipeline.student.discriminator import Discriminator
+from pipeline.student.discriminator import Discriminator, frozen_copy
+from pipeline.student.ema import ParamEMA
 from pipeline.student.losses import (
     discriminator_adversarial,
     generator_adversarial,
@@ -49,9 +58,16 @@ from pipeline.student.losses import (
     regression,
 )
 from pipeline.student.model import TwoStepStudent
+from pipeline.student.parallel import parallelize
 from pipeline.tracking import RunTracker
 from schemas.base import StrictModel
-from schemas.config import OptimizerConfig, TeacherConfig, TrainE2EConfig, TrainInitConfig
+from schemas.config import (
+    LoraConfig,
+    OptimizerConfig,
+    TeacherConfig,
+    TrainE2EConfig,
+    TrainInitConfig,
+)
 from schemas.manifest import SampleShard
 
 STATUS_FILE = "train_status.json"
@@ -80,7 +96,8 @@ class TrainJob(StrictModel):
     train_shards: list[SampleShard]
     eval_shards: list[SampleShard]
     sigma_mid: float
-    parameterization: Literal["decoupled", "shared"]
+    parameterization: Literal["decoupled", "shared", "decoupled_lora"]
+    lora: LoraConfig | None = Field(None, description="decoupled_lora: the adapters.")
     out_dir: str = Field(description="Local path of this stage's folder.")
     init_weights: str | None = Field(None, description="Phase 2: the phase-1 weights file.")
     mlflow_uri: str | None = None
@@ -97,6 +114,8 @@ class TrainJob(StrictModel):
         wanted = TrainInitConfig if self.phase == 1 else TrainE2EConfig
         if type(self.config) is not wanted:
             raise ValueError(f"phase {self.phase} needs a {wanted.__name__}")
+        if (self.parameterization == "decoupled_lora") != (self.lora is not None):
+            raise ValueError("lora is given exactly when parameterization is decoupled_lora")
         return self
 
 
@@ -113,10 +132,11 @@ def _set_lr(opt: torch.optim.Optimizer, cfg: OptimizerConfig, step: int) -> None
 
 
 def _clip(params, cfg: OptimizerConfig) -> float:
+    """Clip to ``grad_clip`` (None: measure only); the global norm, also over FSDP2 shards."""
     params = [p for p in params if p.grad is not None]
-    if cfg.grad_clip is None:
-        return float(torch.norm(torch.stack([p.grad.norm() for p in params])))
-    return float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    limit = float("inf") if cfg.grad_clip is None else cfg.grad_clip
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def _all_reduce_mean(values: dict[str, float], world: int, device) -> dict[str, float]:
@@ -142,49 +162,64 @@ class Worker:
 
     def __init__(self, job: TrainJob, rank: int, world: int) -> None:
         self.job, self.rank, self.world = job, rank, world
-        self.cfg = job.config
+        self.cfg = cfg = job.config
         self.out = Path(job.out_dir)
         use_gpu = job.use_gpu and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu \
             else torch.device("cpu")
         self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
-                             enabled=use_gpu and self.cfg.bf16)
+                             enabled=use_gpu and cfg.bf16)
         from pipeline.teachers import load_teacher
 
+        # The teacher's VAE/decoder stays (sample grids, gan_real=data); its transformer
+        # becomes the student, so no copy of it sits unused.
         self.teacher = load_teacher(job.teacher.kind, job.teacher.path, device=str(self.device))
-        transformer = self.teacher.transformer
+        transformer = self.teacher.take_transformer()
+        lora = job.parameterization == "decoupled_lora"
+        backbone = None
+        if job.phase == 2 and not lora:
+            # copied before the phase-1 weights are loaded: the backbone is the teacher
+            backbone = frozen_copy(transformer, torch.bfloat16 if self.autocast["enabled"]
+                                   else torch.float32).to(self.device)
+            if cfg.gradient_checkpointing:  # the generator step backpropagates through it
+                backbone.enable_gradient_checkpointing()
+        # A LoRA base is frozen: bf16 on GPUs (half the memory of the largest tensor set);
+        # the trained weights (whole generators, or the adapters) are float32 masters.
+        base_dtype = torch.bfloat16 if lora and self.autocast["enabled"] else torch.float32
         self.student = TwoStepStudent.from_teacher(transformer, job.parameterization,
-                                                   job.sigma_mid).to(self.device)
+                                                   job.sigma_mid, dtype=base_dtype,
+                                                   lora=job.lora, take=True).to(self.device)
+        del transformer
         if job.init_weights:
             ckpt.load_student_weights(self.student, Path(job.init_weights))
-        if self.cfg.gradient_checkpointing:
-            for g in self.student.generators().values():
-                g.enable_gradient_checkpointing()
-        self.ema = TwoStepStudent.from_teacher(transformer, job.parameterization, job.sigma_mid)
-        self.ema.load_state_dict(self.student.state_dict())
-        self.ema.to(self.device).eval().requires_grad_(False)
-        self.opt_g = _optimizer(self.student.parameters(), self.cfg.optimizer)
-        self.modules: dict[str, torch.nn.Module] = {"student": self.student, "ema": self.ema}
-        self.optimizers: dict[str, torch.optim.Optimizer] = {"student": self.opt_g}
+        if cfg.gradient_checkpointing:
+            self.student.enable_gradient_checkpointing()
+        self.sharded = world > 1 and cfg.strategy == "fsdp2"
+        self.model = parallelize(self.student, backbone, cfg.strategy, world, self.device,
+                                 bf16=self.autocast["enabled"],
+                                 find_unused_parameters=self._unused_parameters())
+        self.trainable = self.student.trainable()
+        self.ema = ParamEMA(self.trainable)
+        self.opt_g = _optimizer(list(self.trainable.values()), cfg.optimizer)
+        self.optimizers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {
+            "student": (self.student, self.opt_g)}
         if job.phase == 2:
-            d = self.cfg.discriminator
-            backbone = torch.bfloat16 if self.autocast["enabled"] else torch.float32
-            self.disc = Discriminator(transformer, d.layers, d.hidden,
-                                      backbone_dtype=backbone).to(self.device)
+            d = cfg.discriminator
+            self.disc = Discriminator(
+                self.student.g1 if lora else backbone, d.layers, d.hidden,
+                backbone_context=self.student.base_only if lora else contextlib.nullcontext,
+                stop_early=not self.sharded).to(self.device)
             self.opt_d = _optimizer(self.disc.parameters(), d.optimizer)
-            self.modules["discriminator"] = self.disc
-            self.optimizers["discriminator"] = self.opt_d
-        self.gen = torch.Generator().manual_seed(self.cfg.seed)
-        self.model = self.student
-        if world > 1:
-            c = self.cfg
-            # Parameters that get no gradient make DDP fail at the next step unless declared.
-            unused = job.phase == 2 and (
-                (not c.end_to_end and c.step1_weight == 0)
-                or (c.adv_weight == 0 and c.final_weight == 0))
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.student, find_unused_parameters=unused)
-        self.local_batch = self.cfg.batch_size // world
+            self.optimizers["discriminator"] = (self.disc, self.opt_d)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.local_batch = cfg.batch_size // world
+
+    def _unused_parameters(self) -> bool:
+        """Parameters that get no gradient make DDP fail at the next step unless declared."""
+        c = self.cfg
+        return self.job.phase == 2 and (
+            (not c.end_to_end and c.step1_weight == 0)
+            or (c.adv_weight == 0 and c.final_weight == 0))
 
     # -- data ------------------------------------------------------------------------------
     def _reader(self, shards: list[SampleShard], **kw) -> TeacherSampleReader:
@@ -199,9 +234,10 @@ class Worker:
             yield collate_samples(list(islice(stream, self.local_batch)))
 
     def _mine(self, t: torch.Tensor) -> torch.Tensor:
-        """This rank's slice of a tensor drawn for the global batch (ranks hold contiguous
-        blocks of the global batch, as rank-ordered concatenation)."""
-        return t[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+        """This rank's rows of a tensor drawn for the global batch: rows ``rank, rank + world,
+        ...``, the positions the reader's every-n-th split gives this rank, so that a sample
+        gets the draw it gets with one worker."""
+        return t[self.rank::self.world]
 
     # -- steps -----------------------------------------------------------------------------
     def _to(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
@@ -222,7 +258,7 @@ class Worker:
         self._check(loss, step)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        norm = _clip(self.student.parameters(), self.cfg.optimizer)
+        norm = _clip(self.trainable.values(), self.cfg.optimizer)
         self.opt_g.step()
         self._ema(step)
         return {"loss": loss.item(), "loss_step1": loss_1.item(), "loss_step2": loss_2.item(),
@@ -266,7 +302,7 @@ class Worker:
         self._check(loss_g, step)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        norm_g = _clip(self.student.parameters(), cfg.optimizer)
+        norm_g = _clip(self.trainable.values(), cfg.optimizer)
         self.opt_g.step()
         self._ema(step)
         # Discriminator step: real vs the generator's (detached) output.
@@ -306,12 +342,13 @@ class Worker:
                                 f"learning rate or enable gradient clipping)")
 
     def _ema(self, step: int) -> None:
-        ema_update(self.ema, self.student, self.cfg.ema_decay, step)
+        self.ema.update(self.cfg.ema_decay, step)
 
     # -- outputs ---------------------------------------------------------------------------
     @torch.no_grad()
     def sample_grid(self):
-        """Eval prompts, one row each: teacher 8-step image | EMA student 2-step image."""
+        """Eval prompts, one row each: teacher 8-step image | EMA student 2-step image. Every
+        rank calls it (FSDP2 forwards are collective); rank 0 uses the sheet."""
         from PIL import Image
 
         from pipeline.generate import contact_sheet, to_uint8
@@ -320,8 +357,8 @@ class Worker:
                               decode_images=True)
         batch = collate_samples(list(islice(iter(reader), self.cfg.sample_prompts)))
         caps = [c.to(self.device) for c in batch["caption"]]
-        with torch.autocast(**self.autocast):
-            x0 = self.ema.sample(batch["noise"].to(self.device), caps)
+        with torch.autocast(**self.autocast), self.ema.applied():
+            x0 = self.student.sample(batch["noise"].to(self.device), caps)
         student = to_uint8(self.teacher.decode(x0.float()).cpu())
         teacher = batch["image"].permute(0, 2, 3, 1).numpy()
         pairs = [img for pair in zip(teacher, student, strict=True) for img in pair]
@@ -331,13 +368,25 @@ class Worker:
                               scale=max(1, 128 // teacher.shape[1]))
         return sheet if isinstance(sheet, Image.Image) else Image.fromarray(sheet)
 
+    def _gathered(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Consolidated FQN-keyed student and EMA tensors (collective; filled on rank 0)."""
+        student = ckpt.gather_trainable(self.student)
+        with self.ema.applied():
+            ema = ckpt.gather_trainable(self.student)
+        return {"student": student, "ema": ema}
+
     def save_final(self, step: int, last: dict[str, float]) -> None:
+        """Every rank calls (gathering is collective); rank 0 writes."""
         from safetensors.torch import save_file
 
+        weights = self._gathered()
+        if self.rank != 0:
+            return
         # No safetensors metadata: its header order is not stable, and the next stage's cache
         # key hashes these bytes. Phase, parameterization and sigma_mid are in the manifest.
-        save_file(ckpt.student_tensors(self.student), str(self.out / "student.safetensors"))
-        save_file(ckpt.student_tensors(self.ema), str(self.out / "ema.safetensors"))
+        for name, tensors in weights.items():
+            save_file(ckpt.student_file_tensors(self.student, tensors),
+                      str(self.out / f"{name}.safetensors"))
         if self.job.phase == 2:
             save_file(ckpt.module_tensors(self.disc), str(self.out / "discriminator.safetensors"))
         (self.out / "transformer_config.json").write_text(self.student.g1.to_json_string())
@@ -354,11 +403,7 @@ class Worker:
         start_step, run_id = 0, None
         latest = ckpt.latest_checkpoint(self.out)
         if latest is not None:
-            state = ckpt.load_checkpoint(latest, self.modules, self.optimizers,
-                                         {"train": self.gen})
-            if state.get("world_size", self.world) != self.world:
-                raise TwostepError(f"{latest}: written by {state['world_size']} worker(s), "
-                                   f"this run has {self.world}; the data position would differ")
+            state = self._resume(latest)
             start_step, run_id = state["step"], state.get("mlflow_run_id")
         if lead:
             _truncate_losses(self.out / LOSSES_FILE, start_step)
@@ -388,8 +433,10 @@ class Worker:
                         print(f"phase {job.phase} step {step}/{cfg.steps}: " + ", ".join(
                             f"{k} {v:.4g}" for k, v in values.items()) +
                             f" ({rate:.1f} samples/s)", flush=True)
-                    if step % cfg.sample_every == 0 or step == cfg.steps:
-                        tracker.image(self.sample_grid(), f"samples/step-{step:07d}.png")
+                if step % cfg.sample_every == 0 or step == cfg.steps:
+                    grid = self.sample_grid()
+                    if lead:
+                        tracker.image(grid, f"samples/step-{step:07d}.png")
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     self._checkpoint(step, tracker.run_id)
         except NonFiniteLoss:
@@ -403,8 +450,10 @@ class Worker:
             self._checkpoint(step, tracker.run_id)
             raise StoppedEarly(f"stopped after step {step} of {cfg.steps} (stop_after); "
                                f"rerun to resume from the checkpoint")
+        self.save_final(step, last)
+        if self.world > 1:
+            dist.barrier()
         if lead:
-            self.save_final(step, last)
             shutil.rmtree(self.out / ckpt.CHECKPOINTS, ignore_errors=True)
         return tracker.run_id
 
@@ -417,14 +466,32 @@ class Worker:
             run_id=run_id, artifact_location=job.mlflow_artifacts, active=active)
 
     def _checkpoint(self, step: int, run_id: str | None) -> None:
+        """Every rank calls (gathering is collective); rank 0 writes."""
         if self.world > 1:
             dist.barrier()
-        if self.rank == 0:
-            ckpt.save_checkpoint(self.out, step, self.modules, self.optimizers,
-                                 {"train": self.gen},
-                                 {"mlflow_run_id": run_id, "world_size": self.world})
+        ckpt.save_checkpoint(self.out, step, self._heads(), self.optimizers, {"train": self.gen},
+                             {"mlflow_run_id": run_id, **self.layout()},
+                             extra_tensors=self._gathered())
         if self.world > 1:
             dist.barrier()
+
+    def _heads(self) -> dict[str, torch.nn.Module]:
+        return {"discriminator": self.disc} if self.job.phase == 2 else {}
+
+    def layout(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed exactly (the driver checks it first:
+        :func:`pipeline.student.launch.check_resume`)."""
+        return {"world_size": self.world, "strategy": self.cfg.strategy,
+                "parameterization": self.job.parameterization}
+
+    def _resume(self, folder: Path) -> dict[str, Any]:
+        """Restore a checkpoint on every rank; returns its ``state.json``."""
+        for name in ("ema", "student"):  # the EMA through the parameters, sharded like them
+            path = folder / f"{name}.safetensors"
+            ckpt.set_trainable(self.student, ckpt.load_weights(path), str(path))
+            if name == "ema":
+                self.ema.copy_from_params()
+        return ckpt.load_checkpoint(folder, self._heads(), self.optimizers, {"train": self.gen})
 
 
 def _truncate_losses(path: Path, step: int) -> None:

@@ -67,6 +67,12 @@ class TeacherAdapter(abc.ABC):
     def transformer(self) -> nn.Module:
         """The denoiser, for students to copy."""
 
+    @abc.abstractmethod
+    def take_transformer(self) -> nn.Module:
+        """The denoiser, handed over: the adapter keeps no reference to it (a training worker
+        turns it into its student and keeps no teacher transformer it does not use); its
+        ``velocity`` and ``sample`` no longer work afterwards."""
+
     def pipeline_components(self) -> PipelineComponents:
         """The text encoder, tokenizer and decoder an export carries (see
         :mod:`pipeline.export.folder`)."""

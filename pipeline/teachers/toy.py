@@ -105,6 +105,10 @@ class ToyTeacher(TeacherAdapter):
     def transformer(self) -> nn.Module:
         return self.model
 
+    def take_transformer(self) -> nn.Module:
+        model, self.model = self.model, None
+        return model
+
     def _text_encoder(self):
         if self._encoder is None:
             from pipeline.toy.text_encoder import MiniLMTextEncoder

@@ -109,6 +109,10 @@ class ZImageTeacher(TeacherAdapter):
     def transformer(self) -> nn.Module:
         return self.pipe.transformer
 
+    def take_transformer(self) -> nn.Module:
+        model, self.pipe.transformer = self.pipe.transformer, None
+        return model
+
     def pipeline_components(self) -> PipelineComponents:
         return PipelineComponents(text_encoder=self.pipe.text_encoder,
                                   tokenizer=self.pipe.tokenizer, vae=self.pipe.vae,

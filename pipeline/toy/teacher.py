@@ -449,7 +449,7 @@ def _regress_velocity(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        ema_update(ema, model, ema_decay, step)
+        ema_update(ema.parameters(), model.parameters(), ema_decay, step)
         losses.append(loss.item())
         step += 1
         if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:

@@ -25,7 +25,7 @@ def _perturb(student: TwoStepStudent) -> TwoStepStudent:
     # A student that is not the teacher's copy: G1 and G2 differ.
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        for g in student.generators().values():
+        for g in student.transformers():
             for p in g.parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * 1e-2)
     return student.eval()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.student.discriminator import Discriminator
+from pipeline.student.discriminator import Discriminator, frozen_copy
 
 
 def test_logits_heads_only_and_gradients_reach_the_input(tiny_transformer, captions):
-    disc = Discriminator(tiny_transformer, layers=[0, -1], hidden=16)
+    disc = Discriminator(frozen_copy(tiny_transformer), layers=[0, -1], hidden=16)
     assert disc.layers == [0, 1]
     names = [n for n, _ in disc.named_parameters()]
     assert names and all(n.startswith("heads.") for n in names)
@@ -23,7 +23,7 @@ def test_logits_heads_only_and_gradients_reach_the_input(tiny_transformer, capti
 
 
 def test_early_exit_features_equal_a_full_forward(tiny_transformer, captions):
-    disc = Discriminator(tiny_transformer, layers=[0], hidden=16)
+    disc = Discriminator(frozen_copy(tiny_transformer), layers=[0], hidden=16)
     x, sigma = torch.randn(3, 3, 32, 32), torch.full((3,), 0.5)
     seen = {}
     def grab(_module, _inputs, output):
@@ -40,7 +40,7 @@ def test_early_exit_features_equal_a_full_forward(tiny_transformer, captions):
 
 def test_prompt_changes_the_logit(tiny_transformer, captions):
     torch.manual_seed(0)
-    disc = Discriminator(tiny_transformer, layers=[1], hidden=16)
+    disc = Discriminator(frozen_copy(tiny_transformer), layers=[1], hidden=16)
     x0, eps, sigma = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32), torch.tensor([0.2])
     a = disc(x0, captions[:1], sigma, eps)
     b = disc(x0, captions[1:2], sigma, eps)
@@ -49,4 +49,4 @@ def test_prompt_changes_the_logit(tiny_transformer, captions):
 
 def test_bad_layer_index_is_clear(tiny_transformer):
     with pytest.raises(ValueError, match="outside 0..1"):
-        Discriminator(tiny_transformer, layers=[5], hidden=8)
+        Discriminator(frozen_copy(tiny_transformer), layers=[5], hidden=8)

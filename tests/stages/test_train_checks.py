@@ -1,0 +1,53 @@
+"""Bad training settings are one line before anything trains: fsdp2 on one worker, a LoRA rank
+larger than a layer, LoRA targets that match nothing, a checkpoint of another layout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.student.launch import check_resume
+from stages.registry import STAGES
+
+
+def test_fsdp2_needs_two_workers():
+    with pytest.raises(ConfigError, match=r"train_init.*fsdp2 .* needs num_workers >= 2; with "
+                                          r"one worker use strategy ddp"):
+        load_config("smoke", ["train_init.strategy=fsdp2"])
+    load_config("smoke", ["train_init.strategy=fsdp2", "train_init.num_workers=2"])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train_init.lora.rank=4096", r"train_init.lora: rank 4096 is larger than layer "
+                                  r"\S+ \(\d+ -> \d+\); the rank can be at most \d+"),
+    ("train_init.lora.target_modules=[to_qkv]", r"train_init.lora: target_modules \['to_qkv'\] "
+                                                r"match no linear layer .* end in: "),
+])
+def test_lora_settings_that_cannot_apply_are_one_line(override, message):
+    cfg = load_config("smoke", ["train_init.parameterization=decoupled_lora", override])
+    with pytest.raises(ConfigError, match=message) as err:
+        STAGES["train_init"].check(cfg)
+    assert "\n" not in str(err.value)
+    STAGES["train_init"].check(load_config("smoke", ["train_init.parameterization="
+                                                     "decoupled_lora"]))
+
+
+def test_a_checkpoint_resumes_only_under_its_layout(tmp_path):
+    folder = tmp_path / "checkpoints" / "step-0000004"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps(
+        {"step": 4, "world_size": 2, "strategy": "fsdp2", "parameterization": "decoupled"}))
+    check_resume(tmp_path, {"world_size": 2, "strategy": "fsdp2",
+                            "parameterization": "decoupled"})
+    for layout in ({"world_size": 2, "strategy": "ddp"}, {"world_size": 4, "strategy": "fsdp2"}):
+        with pytest.raises(ConfigError, match=r"step-0000004: the checkpoint was written with 2 "
+                                              r"worker\(s\), strategy fsdp2.*Resume with "
+                                              r"num_workers=2 strategy=fsdp2, or .* --force"):
+            check_resume(tmp_path, {**layout, "parameterization": "decoupled"})
+    (folder / "state.json").write_text("{not json")
+    with pytest.raises(Exception, match="state.json: unreadable"):
+        check_resume(tmp_path, {"world_size": 2, "strategy": "fsdp2",
+                                "parameterization": "decoupled"})
