@@ -17,8 +17,8 @@ heads (tiny, and R1 needs double backward, which DDP does not support) average t
 with one all-reduce.
 Random draws (discriminator sigmas and noise, data seeds) are made for the global batch on
 every rank from the same generator and strided per rank, as the reader splits samples. The
-data split depends on the number of workers (shards by rank), so ``num_workers`` is part of the cache key and a checkpoint
-resumes only with the world size that wrote it.
+data split depends on the number of workers (shards by rank), so ``num_workers`` is part of
+the cache key and a checkpoint resumes only with the world size that wrote it.
 
 Memory: a worker holds the teacher transformer only as its student (G1, or the LoRA base) and,
 in phase 2, as the discriminator's backbone (a frozen copy, or for ``decoupled_lora`` the LoRA
