@@ -81,6 +81,6 @@ def test_ema_warms_up_then_holds_its_decay():
     assert ema_decay(0.999, 10_000) == 0.999
     ema, model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     before = ema.weight.detach().clone()
-    # decay 0.1
-    ema_update(ema.parameters(), model.parameters(), 0.99, step=0): 90% of the way to the model
+    # decay 0.1: 90% of the way to the model
+    ema_update(ema.parameters(), model.parameters(), 0.99, step=0)
     torch.testing.assert_close(ema.weight, before + 0.9 * (model.weight - before))
