@@ -10,7 +10,10 @@
    discriminator), bf16 autocast: samples/s;
 4. a memory probe for the 6B case: one phase-2 generator forward + backward with two
    Z-Image-Turbo-sized generators and a frozen 6B discriminator backbone, bf16 weights,
-   gradient checkpointing, batch 1 (no optimizer states: those are sharded by FSDP2).
+   gradient checkpointing, batch 1 (no optimizer states: those are sharded by FSDP2);
+5. a whole 6B ``decoupled_lora`` phase-2 step (one bf16 base, two float32 adapters, AdamW,
+   EMA, the discriminator on the base) at 512 and 1024 px: peak memory against the memory
+   plan, ratio measured/plan.
 
 Caption features are random (no text encoder on the GPU machine); weights of the 6B models
 are random (``zimage_turbo.CONFIG``; timings and memory do not depend on them). Each ratio's
@@ -155,7 +158,7 @@ def toy_latency(report: dict, teacher, bf16: dict, caps) -> None:
 
 def toy_phase2_step(report: dict, teacher, bf16: dict, caps) -> None:
     """One phase-2 training step of the toy architecture: generator and discriminator."""
-    from pipeline.student.discriminator import Discriminator
+    from pipeline.student.discriminator import Discriminator, frozen_copy
     from pipeline.student.losses import (
         discriminator_adversarial,
         generator_adversarial,
@@ -165,7 +168,7 @@ def toy_phase2_step(report: dict, teacher, bf16: dict, caps) -> None:
 
     latent = teacher.latent_shape(32, 32)
     student = TwoStepStudent.from_teacher(teacher.transformer, "decoupled", 0.75).to(DEV)
-    disc = Discriminator(teacher.transformer, [1, 3], 128, backbone_dtype=torch.bfloat16).to(DEV)
+    disc = Discriminator(frozen_copy(teacher.transformer, torch.bfloat16), [1, 3], 128).to(DEV)
     opt_g = torch.optim.AdamW(student.parameters(), 5e-5)
     opt_d = torch.optim.AdamW(disc.parameters(), 2e-4, betas=(0.0, 0.99))
     batch = 4 if QUICK else 256
@@ -221,15 +224,9 @@ def big_probe(report: dict, hw: int) -> None:
     for g in (g1, g2):
         g.enable_gradient_checkpointing()
     backbone.requires_grad_(False)
-    disc = Discriminator.__new__(Discriminator)  # no copy: the backbone is built for it
-    torch.nn.Module.__init__(disc)
     n = config["n_layers"]
-    disc.layers = sorted({max(0, n * k // 3 - 1) for k in (1, 2, 3)})  # 30 layers: 9, 19, 29
-    disc.__dict__["backbone"] = backbone.eval()
-    from pipeline.student.discriminator import Head
-
-    disc.heads = torch.nn.ModuleList(Head(config["dim"], config["cap_feat_dim"], 256)
-                                     for _ in disc.layers).to(DEV)
+    disc = Discriminator(backbone.eval(), sorted({max(0, n * k // 3 - 1) for k in (1, 2, 3)}),
+                         256).to(DEV)  # 30 layers: 9, 19, 29
     init_s = time.perf_counter() - start
     weights_gib = torch.cuda.memory_allocated() / 2**30 if DEV == "cuda" else None
     lat = hw // VAE_SCALE
@@ -264,6 +261,98 @@ def big_probe(report: dict, hw: int) -> None:
         torch.cuda.empty_cache()
 
 
+def _lora_training_step(config: dict, hw: int):
+    """The ``decoupled_lora`` modules as the training loop builds them on ``DEV`` and one
+    whole phase-2 step over them; returns ``(step, trainable parameter count)``."""
+    from diffusers import ZImageTransformer2DModel
+
+    from pipeline.student.discriminator import Discriminator
+    from pipeline.student.ema import ParamEMA
+    from pipeline.student.model import TwoStepStudent
+    from schemas.config import LoraConfig
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if DEV == "cuda" else torch.float32)
+    with torch.device(DEV):
+        base = ZImageTransformer2DModel(**config)
+    torch.set_default_dtype(previous)
+    student = TwoStepStudent.from_teacher(base, "decoupled_lora", 0.75, dtype=base.dtype,
+                                          lora=LoraConfig(), take=True).to(DEV)
+    student.enable_gradient_checkpointing()
+    n = config["n_layers"]
+    disc = Discriminator(student.g1, sorted({max(0, n * k // 3 - 1) for k in (1, 2, 3)}), 256,
+                         backbone_context=student.base_only).to(DEV)
+    trainable = student.trainable()
+    ema = ParamEMA(trainable)
+    opt_g = torch.optim.AdamW(list(trainable.values()), lr=1e-5)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-4)
+    lat = hw // VAE_SCALE
+    caps = [torch.randn(16 if QUICK else CAPTION_TOKENS, config["cap_feat_dim"], device=DEV)]
+    noise = torch.randn(1, config["in_channels"], lat, lat, device=DEV)
+    target = torch.randn_like(noise)
+    sigma = torch.tensor([0.4], device=DEV)
+    autocast = dict(device_type=DEV, dtype=torch.bfloat16, enabled=DEV == "cuda")
+
+    def step() -> None:
+        disc.requires_grad_(False)
+        with torch.autocast(**autocast):
+            x_mid, x0 = student(noise, caps)
+            logits = disc(x0, caps, sigma, torch.randn_like(x0))
+        loss = logits.float().mean() + (x_mid.float() - target).pow(2).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        ema.update(0.99, 0)
+        disc.requires_grad_(True)
+        with torch.autocast(**autocast):
+            d = disc(torch.cat([target, x0.detach()]), caps + caps, torch.cat([sigma, sigma]),
+                     torch.randn(2, *x0.shape[1:], device=DEV))
+        opt_d.zero_grad(set_to_none=True)
+        d.float().mean().backward()
+        opt_d.step()
+
+    return step, sum(p.numel() for p in trainable.values()), caps[0].shape[0]
+
+
+def lora_probe(report: dict, hw: int) -> None:
+    """A whole ``decoupled_lora`` phase-2 step at 6B as the training loop runs it: the frozen
+    bf16 base with two float32 adapters (rank 16), gradient checkpointing, the discriminator on
+    the same base with adapters off, AdamW on the adapters and their EMA; generator forward +
+    backward + optimizer step, then the discriminator's heads step. Peak memory against the
+    plan of ``pipeline/student/memory.py`` (ratio measured/plan)."""
+    from pipeline.student.memory import TransformerShape, plan
+    from schemas.config import LoraConfig
+
+    config = tiny_config() if QUICK else CONFIG
+    key = f"zimage_lora_phase2_step_{hw}px"
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step = None
+    try:
+        step, trainable, caption_tokens = _lora_training_step(config, hw)
+        step_s = timed(step, 2)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else None
+        shape = TransformerShape.of(config, LoraConfig(), latent_scale=VAE_SCALE)
+        planned = plan(shape, 2, "decoupled_lora", "ddp", 1, hw,
+                       caption_tokens=caption_tokens, gpu=DEV == "cuda")["total"]
+        report[key] = {"config": "tiny_config()" if QUICK else "CONFIG (Z-Image Turbo)",
+                       "step_s": round(step_s, 3),
+                       "peak_gib": None if peak is None else round(peak, 2),
+                       "plan_gib": round(planned, 2), "trainable_params": trainable}
+        if peak is not None:
+            name = f"lora_memory_measured_over_plan_{hw}px"
+            report.setdefault("ratios", {})[name] = peak / planned
+            print_ratio(name, peak / planned, f"6B decoupled_lora phase-2 step, {peak:.1f} GiB "
+                        f"measured, {planned:.1f} GiB planned")
+    except torch.cuda.OutOfMemoryError as exc:
+        report[key] = {"oom": str(exc).splitlines()[0]}
+    print(report[key], flush=True)
+    step = None  # frees the modules the step closes over
+    gc.collect()
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="Write the JSON report here.")
@@ -284,7 +373,8 @@ def main() -> None:
         if not args.skip_big:
             for hw in (128,) if QUICK else (512, 1024):
                 big_probe(report, hw)
-        report["ratios"] = {
+                lora_probe(report, hw)
+        report["ratios"] = {**report.get("ratios", {}),
             "stage_loop_vs_naive_pipeline": report["toy_sampling"]["speedup_vs_naive"],
             **{f"student_vs_teacher_batch_{b}": r["speedup"]
                for b, r in report["toy_generate_latency"].items()}}

@@ -40,6 +40,7 @@ class TransformerShape:
     lora_params: int  # one adapter
     dim: int
     ffn: int
+    heads: int
     main_blocks: int
     refiner_blocks: int
     patch: int
@@ -66,7 +67,7 @@ class TransformerShape:
                           for m in targeted_linears(model, lora.target_modules).values())
         layer = model.layers[0]
         return cls(params=total, block_params=max(sizes), root_params=total - sum(sizes),
-                   lora_params=adapter, dim=model.config.dim,
+                   lora_params=adapter, dim=model.config.dim, heads=model.config.n_heads,
                    ffn=layer.feed_forward.w1.out_features, main_blocks=len(model.layers),
                    refiner_blocks=len(model.noise_refiner), patch=model.config.all_patch_size[0],
                    latent_scale=latent_scale)

@@ -90,6 +90,20 @@ def test_device_check_student(tmp_path: Path) -> None:
     assert "stage_loop_vs_naive_pipeline" in report["ratios"]
 
 
+def test_memory_plan(tmp_path: Path) -> None:
+    report = run_benchmark("memory_plan.py", "--tiny", tmp_path=tmp_path)
+    assert report["shape"]["params"] == 6_154_908_736  # Z-Image Turbo, counted on meta
+    assert len(report["table"]) == 2 * 3 * 2 * 2  # phases x parameterizations x strategies x px
+    lora = {(r["phase"], r["strategy"], r["pixels"]): r["gib"] for r in report["table"]
+            if r["parameterization"] == "decoupled_lora"}
+    full = {(r["phase"], r["strategy"], r["pixels"]): r["gib"] for r in report["table"]
+            if r["parameterization"] == "decoupled"}
+    assert lora[(2, "ddp", 512)]["1"] < full[(2, "ddp", 512)]["1"] / 5
+    assert full[(2, "fsdp2", 1024)]["8"] < full[(2, "fsdp2", 1024)]["2"]
+    assert set(report["ratios"]) == {f"memory_measured_over_plan_{c}" for c in (
+        "phase1_decoupled", "phase2_decoupled", "phase2_decoupled_lora")}
+
+
 @pytest.mark.parametrize("script", ["device_check.py", "device_check_student.py"])
 def test_device_checks_need_tiny_without_a_gpu(script: str) -> None:
     import torch

@@ -180,3 +180,40 @@ def test_the_exports_minilm_encoding_is_the_toy_teachers(toy_export):
     assert [len(c) for c in ours] == [len(c) for c in theirs] and len(ours[0]) == 64
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_lora_student_round_trips_through_its_weights_file_into_two_merged_transformers(
+        tmp_path):
+    from safetensors.torch import save_file
+
+    from pipeline.student.checkpoint import student_tensors
+    from pipeline.student.load import load_student
+    from schemas.config import LoraConfig
+    from schemas.manifest import StudentCheckpointManifest
+
+    teacher = load_teacher("toy")
+    lora = LoraConfig(rank=4)
+    torch.manual_seed(0)
+    student = TwoStepStudent.from_teacher(teacher.transformer, "decoupled_lora", 0.75, lora=lora)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in student.trainable().values():
+            p.add_(torch.randn(p.shape, generator=gen) * 2e-2)
+    tensors = student_tensors(student)
+    assert tensors and all(".lora_" in k for k in tensors)  # the file holds adapters only
+    save_file(tensors, str(tmp_path / "ema.safetensors"))
+    manifest = StudentCheckpointManifest.model_construct(
+        stage="train_e2e", parameterization="decoupled_lora", sigma_mid=0.75,
+        lora=lora.model_dump(mode="json"))
+    loaded = load_student(tmp_path, manifest, teacher, "ema")
+    assert loaded.g2 is not None and loaded.parameterization == "decoupled_lora"
+    out = tmp_path / "pipeline"
+    write_pipeline(loaded, teacher, out, dtype=torch.float32, max_shard_size="5GB",
+                   height=32, width=32, info=INFO, card="# card\n")
+    pipe = load_exported(out)
+    caps = teacher.encode_prompts(PROMPTS)
+    noise = noise_for_seeds([5, 6], teacher.latent_shape(32, 32))
+    expected = student.eval().sample(noise, caps)
+    latents = pipe(PROMPTS, generator=[torch.Generator().manual_seed(s) for s in (5, 6)],
+                   output_type="latent").images
+    torch.testing.assert_close(latents, expected, atol=1e-4, rtol=0)
