@@ -51,10 +51,8 @@ def check_lora(model: nn.Module, cfg: LoraConfig) -> None:
     model is enough): targets that match no linear layer, or a rank above a layer's size."""
     found = targeted_linears(model, cfg.target_modules)
     if not found:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                        if isinstance(m, nn.Linear)})
         raise ValueError(f"target_modules {cfg.target_modules} match no linear layer of the "
-                         f"transformer (its linear layers end in: {', '.join(names)})")
+                         f"transformer (its linear layers: {', '.join(_linear_kinds(model))})")
     unmatched = [t for t in cfg.target_modules if not any(matches(n, [t]) for n in found)]
     if unmatched:
         raise ValueError(f"target_modules {unmatched} match no linear layer of the transformer")
@@ -64,6 +62,16 @@ def check_lora(model: nn.Module, cfg: LoraConfig) -> None:
         raise ValueError(f"rank {cfg.rank} is larger than layer {name} "
                          f"({layer.in_features} -> {layer.out_features}); the rank can be at "
                          f"most {limit}")
+
+
+def _linear_kinds(model: nn.Module) -> list[str]:
+    """Linear layer names with block indices dropped (``layers.3.attention.to_q`` ->
+    ``attention.to_q``): what a user can put in ``target_modules``."""
+    import re
+
+    kinds = {re.sub(r"^(\w+)\.\d+\.", "", name) for name, m in model.named_modules()
+             if isinstance(m, nn.Linear)}
+    return sorted(kinds)
 
 
 class StepAdapters:

@@ -23,8 +23,9 @@ def test_fsdp2_needs_two_workers():
 @pytest.mark.parametrize(("override", "message"), [
     ("train_init.lora.rank=4096", r"train_init.lora: rank 4096 is larger than layer "
                                   r"\S+ \(\d+ -> \d+\); the rank can be at most \d+"),
-    ("train_init.lora.target_modules=[to_qkv]", r"train_init.lora: target_modules \['to_qkv'\] "
-                                                r"match no linear layer .* end in: "),
+    ("train_init.lora.target_modules=[to_qkv]",
+     r"train_init.lora: target_modules \['to_qkv'\] match no linear layer .* layers: "
+     r".*attention.to_q"),
 ])
 def test_lora_settings_that_cannot_apply_are_one_line(override, message):
     cfg = load_config("smoke", ["train_init.parameterization=decoupled_lora", override])

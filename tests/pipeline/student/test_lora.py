@@ -82,7 +82,7 @@ def test_the_fused_student_equals_the_adapted_one(tiny_transformer, captions):
 
 
 def test_bad_adapter_settings_are_one_line(tiny_transformer):
-    with pytest.raises(ValueError, match=r"match no linear layer .* end in: .*to_q"):
+    with pytest.raises(ValueError, match=r"match no linear layer .* layers: .*attention.to_q"):
         check_lora(tiny_transformer, LoraConfig(target_modules=["to_qq"]))
     with pytest.raises(ValueError, match=r"\['nope'\] match no linear layer"):
         check_lora(tiny_transformer, LoraConfig(target_modules=["to_q", "nope"]))
