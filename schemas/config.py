@@ -198,9 +198,11 @@ class TeacherConfig(StrictModel):
         "zimage: a Z-Image Turbo diffusers folder (required).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", json_schema_extra={SAMPLING_ONLY: True}, description="Sampling dtype; auto "
-        "is bfloat16 on CUDA, float32 on CPU. On CPU bfloat16/float16 run fp32 weights under "
-        "autocast (faster matmuls on AVX512-BF16).")
+        "auto", json_schema_extra={SAMPLING_ONLY: True}, description="Sampling dtype. auto: "
+        "a local CPU run resolves it before the run to bfloat16 where this CPU computes bf16 "
+        "natively and a cached probe measures it faster, else float32 (the manifest records "
+        "the choice); on CUDA bfloat16. On CPU bfloat16/float16 run fp32 weights under "
+        "autocast.")
     height: int = Field(32, ge=8, description="Image height in pixels (toy: 32).")
     width: int = Field(32, ge=8, description="Image width in pixels (toy: 32).")
     steps: int = Field(8, ge=1, le=1000, description="Teacher sampling steps (Euler).")

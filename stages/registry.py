@@ -96,7 +96,10 @@ def prepare_run(config: str, overrides: list[str] | None, workspace: str | None,
     """Load and validate the config, plan the stages (:func:`plan_run`) and run the
     pre-flight checks; every user mistake is one :class:`~pipeline.errors.TwostepError` here,
     before any work."""
-    cfg = load_config(config, overrides, workspace)
+    from pipeline.precision import resolve_auto_dtype
+
+    # teacher.dtype auto becomes what this machine samples fastest in, before any key
+    cfg = resolve_auto_dtype(load_config(config, overrides, workspace))
     plan = plan_run(only, until)
     store = ArtifactStore(workspace_of(cfg))
     preflight(cfg, store, plan)
