@@ -88,17 +88,18 @@ def cpu_prefers_bf16(cpuinfo: str | None = None, cache: Path | None = None,
     flags = cpu_flags(text)
     if flags is not None and not flags & set(NATIVE_BF16_FLAGS):
         return False
-    import torch
+    from importlib.metadata import version
 
+    torch_version = version("torch")  # not `import torch`: a cached answer costs no import
     key = hashlib.sha256(json.dumps([_cpu_model(text), sorted(flags or []),
-                                     torch.__version__]).encode()).hexdigest()[:16]
+                                     torch_version]).encode()).hexdigest()[:16]
     path = cache or cache_file()
     try:
         known = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         known = {}
     if key not in known:
-        known[key] = {"cpu": _cpu_model(text), "torch": torch.__version__,
+        known[key] = {"cpu": _cpu_model(text), "torch": torch_version,
                       "bf16_speedup": round(probe(), 3)}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,22 +8,7 @@ import json
 from itertools import islice
 from pathlib import Path
 
-import torch
-
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.evaluation.generation import generate_all, generators
-from pipeline.evaluation.report import (
-    ReportContext,
-    TrainingRun,
-    curves_png,
-    first_row_per_prompt,
-    grid_png,
-    render_html,
-    render_report,
-    tile_pngs,
-)
-from pipeline.evaluation.scoring import score_generators, scorer_fingerprint
-from pipeline.samples.reader import TeacherSampleReader, collate_samples
 from pipeline.stage import StageContext, StageResult, StageSpec
 from schemas.config import DistillConfig, EvaluateConfig
 from schemas.manifest import (
@@ -36,6 +21,23 @@ PHASES = ("train_init", "train_e2e")
 
 
 def evaluate(ctx: StageContext) -> StageResult:
+    # Heavy imports here, not at module level: a cache hit imports none of them.
+    import torch
+
+    from pipeline.evaluation.generation import generate_all, generators
+    from pipeline.evaluation.report import (
+        ReportContext,
+        TrainingRun,
+        curves_png,
+        first_row_per_prompt,
+        grid_png,
+        render_html,
+        render_report,
+        tile_pngs,
+    )
+    from pipeline.evaluation.scoring import score_generators
+    from pipeline.samples.reader import TeacherSampleReader, collate_samples
+
     cfg, t = ctx.section, ctx.teacher
     assert isinstance(cfg, EvaluateConfig) and t is not None
     samples = ctx.inputs["sample_teacher"]
@@ -105,6 +107,8 @@ def check(cfg: DistillConfig) -> None:
 
 
 def _fingerprint(cfg: DistillConfig) -> dict[str, str]:
+    from pipeline.evaluation.fingerprint import scorer_fingerprint
+
     return scorer_fingerprint(cfg.teacher.kind, cfg.evaluate.real_metrics,
                               cfg.evaluate.extra_students)
 

@@ -4,13 +4,8 @@ with the trained sigmas, the pipeline's code file and a model card (:mod:`pipeli
 
 from __future__ import annotations
 
-import torch
-
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.export.card import model_card
-from pipeline.export.folder import FORMAT_VERSION, write_pipeline
 from pipeline.stage import StageContext, StageResult, StageSpec, code_version
-from pipeline.student.load import load_student
 from pipeline.teachers.describe import describe_teacher
 from schemas.config import DistillConfig, ExportConfig
 from schemas.manifest import EvalReportManifest, ExportManifest, StudentCheckpointManifest
@@ -19,6 +14,13 @@ PIPELINE_DIR = "pipeline"
 
 
 def export(ctx: StageContext) -> StageResult:
+    # Heavy imports here, not at module level: a cache hit imports none of them.
+    import torch
+
+    from pipeline.export.card import model_card
+    from pipeline.export.folder import FORMAT_VERSION, write_pipeline
+    from pipeline.student.load import load_student
+
     cfg, t = ctx.section, ctx.teacher
     assert isinstance(cfg, ExportConfig) and t is not None
     student_manifest, evaluation = ctx.inputs["train_e2e"], ctx.inputs["evaluate"]

@@ -51,9 +51,11 @@ def plan_run(only: list[str] | None = None, until: str | None = None) -> list[Pl
             if spec.name in needed]
 
 
-def preflight(cfg: DistillConfig, store: ArtifactStore, plan: list[PlannedStage]) -> None:
+def preflight(cfg: DistillConfig, store: ArtifactStore,
+              plan: list[PlannedStage]) -> dict[str, Manifest]:
     """Run each stage's input checks before anything starts, for stages that will compute
-    (not cached). A stage whose upstream is not cached yet is checked too."""
+    (not cached). A stage whose upstream is not cached yet is checked too. Returns the
+    planned stages' cached results (the cache hits)."""
     check_ray_address(cfg.ray)
     known: dict[str, Manifest] = {}
     for step in plan:
@@ -66,6 +68,7 @@ def preflight(cfg: DistillConfig, store: ArtifactStore, plan: list[PlannedStage]
             known[step.name] = manifest
         elif step.compute:
             step.spec.check(cfg)
+    return known
 
 
 def execute(
@@ -89,7 +92,7 @@ class PreparedRun:
     config: DistillConfig
     plan: list[PlannedStage]
     store: ArtifactStore
-
+    cached: Mapping[str, Manifest]  # the planned stages that are cache hits now
 
 def prepare_run(config: str, overrides: list[str] | None, workspace: str | None,
                 only: list[str] | None, until: str | None = None) -> PreparedRun:
@@ -102,5 +105,21 @@ def prepare_run(config: str, overrides: list[str] | None, workspace: str | None,
     cfg = resolve_auto_dtype(load_config(config, overrides, workspace))
     plan = plan_run(only, until)
     store = ArtifactStore(workspace_of(cfg))
-    preflight(cfg, store, plan)
-    return PreparedRun(cfg, plan, store)
+    cached = preflight(cfg, store, plan)
+    return PreparedRun(cfg, plan, store, cached)
+
+
+def cached_run(run: PreparedRun) -> dict[str, dict[str, object]] | None:
+    """When every planned stage is a cache hit: record the hits (``latest.json``) and return
+    the run's summary without starting Prefect or Ray; else None (the run has work)."""
+    if len(run.cached) != len(run.plan):
+        return None
+    outputs: dict[str, Manifest] = {}
+    summary: dict[str, dict[str, object]] = {}
+    for step in run.plan:
+        inputs = {u: outputs[u] for u in step.spec.upstream}
+        outcome = run_stage(step.spec, run.config, run.store, inputs, allow_compute=False)
+        outputs[step.name] = outcome.manifest
+        summary[step.name] = {"key": outcome.manifest.key, "cached": True, "uri": outcome.uri,
+                              "counts": outcome.manifest.counts}
+    return summary

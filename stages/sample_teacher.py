@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
-from pipeline.curation.promptset import read_prompts
 from pipeline.errors import ArtifactError
-from pipeline.flow import sigma_index
-from pipeline.samples.format import plan_shards
-from pipeline.samples.sampling import ShardJob, actors_used, resume_plan, sample_on_actor_pool
 from pipeline.stage import StageContext, StageResult, StageSpec
 from pipeline.teachers.describe import describe_teacher
 from schemas.config import DistillConfig, SampleTeacherConfig
@@ -31,6 +25,8 @@ SPLITS = ("train", "eval")
 
 
 def _prompts(ctx: StageContext, cfg: SampleTeacherConfig) -> dict[str, tuple[list, list]]:
+    from pipeline.curation.promptset import read_prompts
+
     manifest = ctx.inputs["curate"]
     assert isinstance(manifest, PromptSetManifest)
     out = {}
@@ -44,6 +40,18 @@ def _prompts(ctx: StageContext, cfg: SampleTeacherConfig) -> dict[str, tuple[lis
 
 
 def sample_teacher(ctx: StageContext) -> StageResult:
+    # Heavy imports here, not at module level: a cache hit imports none of them.
+    import numpy as np
+
+    from pipeline.flow import sigma_index
+    from pipeline.samples.format import plan_shards
+    from pipeline.samples.sampling import (
+        ShardJob,
+        actors_used,
+        resume_plan,
+        sample_on_actor_pool,
+    )
+
     cfg, teacher_cfg = ctx.section, ctx.teacher
     assert isinstance(cfg, SampleTeacherConfig) and teacher_cfg is not None
     desc = describe_teacher(teacher_cfg)
@@ -104,6 +112,8 @@ def sample_teacher(ctx: StageContext) -> StageResult:
 def check(cfg: DistillConfig) -> None:
     """Before any work: the teacher folder is readable and ``sigma_mid`` lies on its
     schedule."""
+    from pipeline.flow import sigma_index
+
     desc = describe_teacher(cfg.teacher)
     sigma_index(cfg.sample_teacher.sigma_mid, desc.sigmas, "sigma_mid")
 

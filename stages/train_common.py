@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.stage import StageContext, StageResult
-from pipeline.student.launch import check_samples, run_training
-from pipeline.student.train import TrainJob
 from pipeline.tracking import mlflow_artifact_root, mlflow_uri
 from schemas.config import LoraConfig, TrainCommonConfig
 from schemas.manifest import TeacherSamplesManifest
+
+if TYPE_CHECKING:  # the training loop imports torch: not at module level (cheap cache hits)
+    from pipeline.student.train import TrainJob
 
 PHASE2_CHOICES = {
     "discriminator_backbone": "the frozen teacher transformer: a float32 copy, or the "
@@ -31,6 +33,9 @@ PHASE2_CHOICES = {
 
 def build_job(ctx: StageContext, phase: int, parameterization: str,
               init_weights: Path | None, lora: LoraConfig | None = None) -> TrainJob:
+    from pipeline.student.launch import check_samples
+    from pipeline.student.train import TrainJob
+
     cfg = ctx.config
     samples = ctx.inputs["sample_teacher"]
     assert isinstance(samples, TeacherSamplesManifest) and ctx.teacher is not None
@@ -57,6 +62,8 @@ def build_job(ctx: StageContext, phase: int, parameterization: str,
 
 
 def train(ctx: StageContext, job: TrainJob, choices: dict[str, object]) -> StageResult:
+    from pipeline.student.launch import run_training
+
     section = ctx.section
     assert isinstance(section, TrainCommonConfig)
     samples = ctx.inputs["sample_teacher"]

@@ -5,13 +5,14 @@ teacher images (or data), with the step-1 regularization, from the phase-1 weigh
 from __future__ import annotations
 
 from pipeline.stage import StageContext, StageResult, StageSpec
-from pipeline.student.launch import check_student_weights
 from schemas.config import DistillConfig, LoraConfig, TrainE2EConfig
 from schemas.manifest import StudentCheckpointManifest
 from stages.train_common import PHASE2_CHOICES, build_job, train
 
 
 def train_e2e(ctx: StageContext) -> StageResult:
+    from pipeline.student.launch import check_student_weights
+
     cfg = ctx.section
     assert isinstance(cfg, TrainE2EConfig)
     phase1 = ctx.inputs["train_init"]

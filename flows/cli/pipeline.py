@@ -23,20 +23,26 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Recompute, ignore the cache.")] = False,
 ) -> None:
     """Run the pipeline (or some stages) locally: ephemeral Prefect, local Ray."""
-    from stages.registry import prepare_run
+    from stages.registry import cached_run, prepare_run
 
     try:
         # Validate everything before Prefect and Ray start: a user mistake is one line.
-        prepare_run(config, set_, workspace, only)
-        from flows.distill import distill
+        prepared = prepare_run(config, set_, workspace, only)
+        # Nothing to compute: answer from the cache without starting Prefect or Ray.
+        summary = None if force else cached_run(prepared)
+        if summary is None:
+            from flows.distill import distill
 
-        state = distill(config=config, overrides=set_ or [], workspace=workspace,
-                        only=only or None, force=force, return_state=True)
+            state = distill(config=config, overrides=set_ or [], workspace=workspace,
+                            only=only or None, force=force, return_state=True)
+            if not state.is_completed():
+                fail(state.message or "the run failed", code=1)
+            summary = state.result()
+        else:
+            console.print("every stage is a cache hit: nothing to compute (no Prefect flow "
+                          "run, no Ray)")
     except TwostepError as exc:
         fail(exc)
-    if not state.is_completed():
-        fail(state.message or "the run failed", code=1)
-    summary = state.result()
     table = Table(title=f"distill run ({config})")
     for column in ("stage", "key", "result", "counts", "folder"):
         table.add_column(column, overflow="fold")

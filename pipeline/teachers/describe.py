@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.flow import shifted_sigmas
 from pipeline.hashing import files_fingerprint
 from schemas.config import TeacherConfig
 
@@ -29,7 +28,7 @@ class TeacherDescription:
 
 def teacher_folder(cfg: TeacherConfig) -> Path:
     if cfg.kind == "toy" and not cfg.path:
-        from pipeline.toy.teacher import ASSET_DIR
+        from pipeline.toy.paths import TEACHER_DIR as ASSET_DIR
 
         return ASSET_DIR
     return Path(cfg.path or "")
@@ -58,6 +57,8 @@ def describe_teacher(cfg: TeacherConfig) -> TeacherDescription:
         if (cfg.height, cfg.width) != (32, 32):
             raise ConfigError(f"teacher.height/width {cfg.height}x{cfg.width}: the toy teacher "
                               f"makes 32x32 images")
+        from pipeline.flow import shifted_sigmas  # imports torch: only for a toy teacher
+
         sigmas = shifted_sigmas(cfg.steps)
         latent = (channels, 32, 32)
         parts: tuple[str, ...] = ("transformer",)

@@ -20,10 +20,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.errors import ArtifactError
+from pipeline.toy.paths import FEATURES_DIR
 from pipeline.toy.prompts import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, ToyAttributes
 from pipeline.toy.render import render, sample_scene
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "feature_net"
+ASSET_DIR = FEATURES_DIR
 HEADS: dict[str, tuple] = {
     "size": SIZES,
     "color": tuple(COLORS),

@@ -45,11 +45,12 @@ from pipeline.toy.autoencoder import (
     ToyAutoencoder,
     train_autoencoder,
 )
+from pipeline.toy.paths import TEACHER_DIR
 from pipeline.toy.prompts import generate_prompts
 from pipeline.toy.render import render, sample_scene
 from schemas.base import StrictModel
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "teacher"
+ASSET_DIR = TEACHER_DIR
 PATCH = 4
 TOY_TEACHER_CONFIG: dict[str, object] = dict(
     all_patch_size=(PATCH,), all_f_patch_size=(1,), in_channels=3, dim=128, n_layers=4,

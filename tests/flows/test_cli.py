@@ -66,6 +66,9 @@ def test_run_twice_is_cached_and_status_reports_it(tmp_path):
     second = distill("run", "--config", "smoke", "--workspace", ws, "--only", "curate")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "cached" in second.stdout and "computed" not in second.stdout
+    # a run with nothing to compute answers from the cache: no Prefect server, no Ray
+    assert "every stage is a cache hit" in second.stdout
+    assert "temporary server" not in second.stdout + second.stderr
     status = distill("status", "--workspace", ws)
     assert status.returncode == 0, status.stderr
     assert "curate" in status.stdout and "cached" in status.stdout
