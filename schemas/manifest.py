@@ -170,11 +170,13 @@ class StudentCheckpointManifest(Manifest):
     """Output of ``train_init`` (phase 1) and ``train_e2e`` (phase 2).
 
     Files: ``student.safetensors`` (generator weights: ``g1.*`` and ``g2.*``, or ``g.*`` when
-    shared), ``ema.safetensors`` (same keys, the EMA), phase 2 also
+    shared, or for ``decoupled_lora`` only the adapters ``g1.<module>.lora_{A,B}.step{1,2}.*``
+    over the frozen teacher), ``ema.safetensors`` (same keys, the EMA), phase 2 also
     ``discriminator.safetensors`` (trainable heads only; the backbone is the frozen teacher),
     ``transformer_config.json`` (the generators' diffusers config) and ``train_state.json``.
     Resumable checkpoints under ``checkpoints/step-NNNNNNN/`` hold the same plus optimizer
-    states (safetensors + JSON), RNG states and the data position.
+    states (safetensors + JSON), RNG states, the data position and the layout (world size,
+    strategy, parameterization) they resume under.
     """
 
     stage: Literal["train_init", "train_e2e"]

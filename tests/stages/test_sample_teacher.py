@@ -127,8 +127,12 @@ def test_sigkill_then_rerun_writes_every_key_exactly_once(tmp_path):
     done = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    cfg = load_config("smoke", [args[i + 1] for i, a in enumerate(args) if a == "--set"],
-                      workspace=str(workspace))
+    from pipeline.precision import resolve_auto_dtype
+
+    # the config as `distill run` resolves it (teacher.dtype auto -> this machine's choice)
+    cfg = resolve_auto_dtype(load_config(
+        "smoke", [args[i + 1] for i, a in enumerate(args) if a == "--set"],
+        workspace=str(workspace)))
     store = ArtifactStore(cfg.workspace)
     prompts = run_stage(curate.STAGE, cfg, store).manifest
     outcome = run_stage(sample_teacher.STAGE, cfg, store, {"curate": prompts})
