@@ -173,6 +173,13 @@ def save_checkpoint(root: Path, step: int, modules: dict[str, torch.nn.Module],
     return final
 
 
+def resume_layout(world_size: int, strategy: str, parameterization: str) -> dict[str, Any]:
+    """What a checkpoint records and must match to be resumed exactly (the data order depends
+    on the number of workers; the float sums on the strategy)."""
+    return {"world_size": world_size, "strategy": strategy,
+            "parameterization": parameterization}
+
+
 def checkpoint_state(folder: Path) -> dict[str, Any]:
     """``state.json`` of a checkpoint (step, world_size, strategy, ...)."""
     try:

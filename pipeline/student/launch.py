@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.errors import ArtifactError, ConfigError, TwostepError
 from pipeline.store import ArtifactStore
-from pipeline.student.checkpoint import checkpoint_state, latest_checkpoint
+from pipeline.student.checkpoint import checkpoint_state, latest_checkpoint, resume_layout
 from pipeline.student.train import STATUS_FILE, TrainJob, train_worker
 from pipeline.teachers.describe import describe_teacher
 from schemas.config import LoraConfig, TeacherConfig
@@ -108,8 +108,7 @@ def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     out = Path(job.out_dir)
-    check_resume(out, {"world_size": num_workers, "strategy": job.config.strategy,
-                       "parameterization": job.parameterization})
+    check_resume(out, resume_layout(num_workers, job.config.strategy, job.parameterization))
     (out / STATUS_FILE).unlink(missing_ok=True)
     cluster = ray.cluster_resources()
     gpus = int(cluster.get("GPU", 0))

@@ -481,8 +481,7 @@ class Worker:
     def layout(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed exactly (the driver checks it first:
         :func:`pipeline.student.launch.check_resume`)."""
-        return {"world_size": self.world, "strategy": self.cfg.strategy,
-                "parameterization": self.job.parameterization}
+        return ckpt.resume_layout(self.world, self.cfg.strategy, self.job.parameterization)
 
     def _resume(self, folder: Path) -> dict[str, Any]:
         """Restore a checkpoint on every rank; returns its ``state.json``."""
