@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 
 import torch
 
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from pipeline.precision import cpu_model as from_cpuinfo
+
+    return from_cpuinfo() or platform.processor() or platform.machine()
 
 
 def _memory_gib() -> float | None:

@@ -133,26 +133,38 @@ def ablate(
     overrides: list[str] | None = None,
     workspace: str | None = None,
     variants: list[str] | None = None,
-) -> dict[str, dict[str, float]]:
+    seeds: int = 1,
+) -> dict[str, list[dict[str, float]]]:
     """Train and evaluate the full method and each ablation variant (from the same teacher
-    shards: upstream stages are cached), then write ``<workspace>/ablation/ablation.md``."""
-    from pipeline.ablation import VARIANTS, student_metrics, write_ablation
+    shards: upstream stages are cached), ``seeds`` training seeds each (0 .. seeds-1; with 1,
+    the config's own), then write ``<workspace>/ablation/ablation.md``. Every (variant, seed)
+    is cached on its own, so a stopped ablation resumes where it was."""
+    from pipeline.ablation import (
+        VARIANTS,
+        seed_overrides,
+        student_metrics,
+        write_ablation,
+    )
 
-    results: dict[str, dict[str, float]] = {}
-    sources: dict[str, str] = {}
+    results: dict[str, list[dict[str, float]]] = {}
+    sources: dict[str, list[str]] = {}
     for name in variants or list(VARIANTS):
-        try:
-            # Up to evaluate: a variant is scored, not exported.
-            run = prepare_run(config, [*(overrides or []), *VARIANTS[name]], workspace, None,
-                              until="evaluate")
-        except TwostepError as exc:
-            get_run_logger().error("%s", exc)
-            return Failed(message=str(exc))
-        summary = run_prepared(run, False)
-        if isinstance(summary, State):
-            return summary
-        evaluation = summary["evaluate"]
-        results[name] = student_metrics(run.store, f"evaluate/{evaluation['key']}")
-        sources[name] = str(evaluation["uri"])
+        for seed in range(seeds):
+            extra = seed_overrides(seed) if seeds > 1 else []
+            try:
+                # Up to evaluate: a variant is scored, not exported.
+                run = prepare_run(config, [*(overrides or []), *VARIANTS[name], *extra],
+                                  workspace, None, until="evaluate")
+            except TwostepError as exc:
+                get_run_logger().error("%s", exc)
+                return Failed(message=str(exc))
+            get_run_logger().info("ablation: variant %s, seed %d of %d", name, seed + 1, seeds)
+            summary = run_prepared(run, False)
+            if isinstance(summary, State):
+                return summary
+            evaluation = summary["evaluate"]
+            results.setdefault(name, []).append(
+                student_metrics(run.store, f"evaluate/{evaluation['key']}"))
+            sources.setdefault(name, []).append(str(evaluation["uri"]))
     print(write_ablation(run.store, results, sources))
     return results

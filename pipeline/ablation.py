@@ -4,6 +4,7 @@ shards, evaluated on the same eval samples and noise)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 VARIANTS: dict[str, list[str]] = {
@@ -42,38 +43,93 @@ CLAIMS = (
 )
 
 PRIMARY = "fd_teacher"
-TOLERANCE = 0.05
-"""A relative difference below 5% of the primary metric is called inconclusive."""
+LOWER_IS_BETTER = {"fd_teacher": True, "fd_data": True, "mean_accuracy": False,
+                   "valid_rate": False, "psnr": False, "ssim": False, "diversity": False}
+TABLE_METRICS = tuple(LOWER_IS_BETTER)
+Z = 2.0
+"""A claim holds (or does not) only when the difference of the means exceeds ``Z`` standard
+errors of the difference; otherwise it is inconclusive."""
 
 
-def verdict(full: dict[str, float], ablated: dict[str, float]) -> tuple[str, float]:
-    """('holds' | 'does not hold' | 'inconclusive', relative change of the primary metric,
-    ablated vs full: positive means the ablation is worse, i.e. the claim holds)."""
-    a, b = full[PRIMARY], ablated[PRIMARY]
-    change = (b - a) / max(abs(a), 1e-12)
-    if abs(change) < TOLERANCE:
-        return "inconclusive", change
-    return ("holds" if change > 0 else "does not hold"), change
+def seed_overrides(seed: int) -> list[str]:
+    """The overrides of training seed ``seed``: initial noise, data order and every draw of
+    both phases (the teacher shards, hence curation and sampling, are shared)."""
+    return [f"train_init.seed={seed}", f"train_e2e.seed={seed}"]
 
 
-def ablation_markdown(results: dict[str, dict[str, float]]) -> str:
-    """The variants' metrics and one line per claim (student at 2 steps for each variant)."""
-    keys = [PRIMARY, "fd_data", "mean_accuracy", "valid_rate", "psnr", "ssim", "diversity"]
-    lines = ["| variant | overrides | " + " | ".join(keys) + " |",
-             "|---|---|" + "---|" * len(keys)]
-    for name, metrics in results.items():
-        cells = [f"{metrics[k]:.4g}" if k in metrics else "-" for k in keys]
+@dataclass(frozen=True)
+class Spread:
+    """Mean, sample standard deviation (ddof 1; NaN for one value) and count of one metric
+    over seeds."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        n = len(values)
+        mean = sum(values) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+        return cls(mean, std, n)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4g}" if self.n < 2 else f"{self.mean:.4g} ± {self.std:.2g}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim's verdict: ``word`` is ``holds``, ``does not hold``, ``inconclusive`` or
+    ``untested (1 seed)``; ``change`` is the ablated mean relative to the full method's
+    (positive: the ablation is worse, i.e. the claim holds); ``z`` the difference in standard
+    errors (NaN with one seed)."""
+
+    word: str
+    change: float
+    z: float
+
+
+def verdict(full: list[dict[str, float]], ablated: list[dict[str, float]],
+            metric: str = PRIMARY) -> Verdict:
+    """Judge a claim on ``metric`` from per-seed results of the full method and the ablated
+    variant: the difference of the means against ``Z`` standard errors of the difference
+    (Welch: ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``). One seed on either side gives no error
+    estimate, so no verdict."""
+    a = Spread.of([r[metric] for r in full])
+    b = Spread.of([r[metric] for r in ablated])
+    worse = (b.mean - a.mean) if LOWER_IS_BETTER.get(metric, True) else (a.mean - b.mean)
+    change = worse / max(abs(a.mean), 1e-12)
+    if a.n < 2 or b.n < 2:
+        return Verdict("untested (1 seed)", change, math.nan)
+    se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
+    z = worse / se if se > 0 else math.copysign(math.inf, worse) if worse else 0.0
+    if abs(z) <= Z:
+        return Verdict("inconclusive", change, z)
+    return Verdict("holds" if z > 0 else "does not hold", change, z)
+
+
+def ablation_markdown(results: dict[str, list[dict[str, float]]]) -> str:
+    """The variants' metrics (mean ± std over seeds) and one line per claim (student at 2
+    steps for each variant and seed)."""
+    keys = list(TABLE_METRICS)
+    lines = ["| variant | overrides | seeds | " + " | ".join(keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for name, runs in results.items():
+        cells = [str(Spread.of([r[k] for r in runs])) if all(k in r for r in runs) else "-"
+                 for k in keys]
         overrides = ", ".join(VARIANTS.get(name, [])) or "(the method)"
-        lines.append(f"| {name} | {overrides} | " + " | ".join(cells) + " |")
-    lines += ["", "| claim | statement | ablation | verdict | FD to teacher, full -> ablated |",
-              "|---|---|---|---|---|"]
+        lines.append(f"| {name} | {overrides} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += ["", f"| claim | statement | ablation | verdict | {PRIMARY}, full -> ablated | "
+              "difference / its standard error |", "|---|---|---|---|---|---|"]
     for claim in CLAIMS:
         if claim.variant not in results or "full" not in results:
             continue
-        word, change = verdict(results["full"], results[claim.variant])
-        lines.append(f"| {claim.name} | {claim.statement} | {claim.variant} | **{word}** | "
-                     f"{results['full'][PRIMARY]:.4g} -> {results[claim.variant][PRIMARY]:.4g} "
-                     f"({change:+.1%}) |")
+        full, ablated = results["full"], results[claim.variant]
+        v = verdict(full, ablated)
+        spread = [Spread.of([r[PRIMARY] for r in runs]) for runs in (full, ablated)]
+        z = "-" if math.isnan(v.z) else f"{v.z:+.1f}"
+        lines.append(f"| {claim.name} | {claim.statement} | {claim.variant} | **{v.word}** | "
+                     f"{spread[0]} -> {spread[1]} ({v.change:+.1%}) | {z} |")
     return "\n".join(lines) + "\n"
 
 
@@ -86,16 +142,20 @@ def student_metrics(store, evaluate_dir: str) -> dict[str, float]:
     return dict(student.metrics)
 
 
-def write_ablation(store, results: dict[str, dict[str, float]],
-                   sources: dict[str, str]) -> str:
-    """``<workspace>/ablation/ablation.md`` and ``ablation.json``; returns the Markdown."""
+def write_ablation(store, results: dict[str, list[dict[str, float]]],
+                   sources: dict[str, list[str]]) -> str:
+    """``<workspace>/ablation/ablation.md`` and ``ablation.json`` (per-seed metrics and the
+    evaluations they come from); returns the Markdown."""
     import json
 
+    seeds = sorted({len(runs) for runs in results.values()})
     text = ("# Ablation of the paper's claims (toy world)\n\n"
-            f"Student at 2 steps, per variant; verdicts on `{PRIMARY}` (lower is better; "
-            f"changes under {TOLERANCE:.0%} are called inconclusive).\n\n"
-            + ablation_markdown(results) + "\nEvaluations:\n\n"
-            + "".join(f"- {name}: {uri}\n" for name, uri in sources.items()))
+            f"Student at 2 steps, per variant, {'/'.join(map(str, seeds))} training seed(s) "
+            f"each (mean ± sample std); verdicts on `{PRIMARY}` (lower is better): a claim "
+            f"holds or does not only when the difference of the means exceeds {Z:g} standard "
+            "errors of the difference, else it is inconclusive.\n\n"
+            + ablation_markdown(results) + "\nEvaluations (one per seed):\n\n"
+            + "".join(f"- {name}: {', '.join(uris)}\n" for name, uris in sources.items()))
     store.write_bytes(text.encode(), "ablation", "ablation.md")
     store.write_bytes(json.dumps({"results": results, "evaluations": sources},
                                  indent=2).encode(), "ablation", "ablation.json")

@@ -8,7 +8,8 @@ against 12.0 images/s per thread on an AVX2 EPYC). The decision on a CPU:
 1. Linux CPU flags without ``avx512_bf16`` / ``amx_bf16``: float32, no measurement;
 2. otherwise a short probe (about a second: the matmul shapes of a small transformer, float32
    against bf16 autocast), cached per machine in ``$XDG_CACHE_HOME/twostep/precision.json``
-   keyed by CPU model, flags and torch version; bf16 only when it is at least
+   keyed by CPU model, flags, torch version and the kernel-dispatch variables
+   (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``); bf16 only when it is at least
    :data:`MIN_SPEEDUP` faster.
 
 ``auto`` is resolved on the machine that runs ``distill`` when the run is local (no Ray
@@ -27,6 +28,7 @@ from pathlib import Path
 
 MIN_SPEEDUP = 1.2
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+DISPATCH_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
@@ -42,7 +44,13 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
     return None
 
 
-def _cpu_model(cpuinfo: str) -> str:
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return ""
     for line in cpuinfo.splitlines():
         if line.lower().startswith("model name"):
             return line.split(":", 1)[1].strip()
@@ -91,16 +99,20 @@ def cpu_prefers_bf16(cpuinfo: str | None = None, cache: Path | None = None,
     from importlib.metadata import version
 
     torch_version = version("torch")  # not `import torch`: a cached answer costs no import
-    key = hashlib.sha256(json.dumps([_cpu_model(text), sorted(flags or []),
-                                     torch_version]).encode()).hexdigest()[:16]
+    # Kernel-dispatch overrides change the answer on the same CPU (they also let one machine
+    # stand in for an older one: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2).
+    dispatch = [os.environ.get(name, "") for name in DISPATCH_ENV]
+    key = hashlib.sha256(json.dumps([cpu_model(text), sorted(flags or []), torch_version,
+                                     *dispatch]).encode()).hexdigest()[:16]
     path = cache or cache_file()
     try:
         known = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         known = {}
     if key not in known:
-        known[key] = {"cpu": _cpu_model(text), "torch": torch_version,
-                      "bf16_speedup": round(probe(), 3)}
+        known[key] = {"cpu": cpu_model(text), "torch": torch_version,
+                      **{name: value for name, value in zip(DISPATCH_ENV, dispatch, strict=True)
+                         if value}, "bf16_speedup": round(probe(), 3)}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")

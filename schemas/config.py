@@ -13,7 +13,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
@@ -248,10 +256,20 @@ class SampleTeacherConfig(StrictModel):
     storage_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the stored latents and caption features.")
     batch_size: int = speed_only(64, ge=1, description="Samples per teacher batch.")
-    num_actors: int = speed_only(
-        1, ge=1, description="Sampling actors when the cluster has no GPU. With GPUs there is "
-        "one actor per GPU.")
-    cpus_per_actor: int = speed_only(1, ge=1, description="CPUs (and torch threads) per actor.")
+    num_actors: int | Literal["auto"] = speed_only(
+        "auto", description="Sampling actors. auto: one per GPU when the cluster has GPUs, "
+        "else each node's CPUs split into actors of at most 16 threads (one actor on a "
+        "laptop); an integer caps the count (pipeline.samples.sampling.plan_actor_pool).")
+    cpus_per_actor: int | Literal["auto"] = speed_only(
+        "auto", description="CPUs (and torch threads) per actor. auto: the node's CPUs "
+        "divided among its actors.")
+
+    @field_validator("num_actors", "cpus_per_actor")
+    @classmethod
+    def _at_least_one(cls, value: int | str, info: ValidationInfo) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"{info.field_name} must be >= 1 or auto (got {value})")
+        return value
 
 
 class OptimizerConfig(StrictModel):
@@ -350,6 +368,10 @@ class DiscriminatorConfig(StrictModel):
         default_factory=lambda: OptimizerConfig(lr=2e-4, betas=(0.0, 0.99)))
     r1_weight: float = Field(0.0, ge=0.0, description="R1 penalty on real inputs (0: off).")
     r1_every: int = Field(4, ge=1, description="Lazy R1: every N discriminator steps.")
+    eval_samples: int = speed_only(
+        64, ge=0, description="Held-out eval samples on which the discriminator's accuracy "
+        "(teacher vs current student) is measured at step 0 and every sample_every steps, "
+        "logged to MLflow and heldout_discriminator.jsonl (0: off).")
 
     @model_validator(mode="after")
     def _sigma_range(self) -> DiscriminatorConfig:

@@ -47,7 +47,7 @@ def sample_teacher(ctx: StageContext) -> StageResult:
     from pipeline.samples.format import plan_shards
     from pipeline.samples.sampling import (
         ShardJob,
-        actors_used,
+        busy_seconds,
         resume_plan,
         sample_on_actor_pool,
     )
@@ -96,9 +96,9 @@ def sample_teacher(ctx: StageContext) -> StageResult:
               "shards_written": len(written), "shards_reused": plan.reused,
               "samples_written": new_samples}
     sizes = [s.size / s.num_samples for sp in splits.values() for s in sp.shards]
-    # Per-actor busy time (shard sampling and writing, teacher loading included), without
-    # Ray start-up: the rate a long run settles at.
-    busy = sum(r["seconds"] for r in written) / max(1, actors_used(written))
+    # Busy time (shard sampling and writing, without Ray start-up and teacher loading): the
+    # rate a long run settles at.
+    busy = busy_seconds(written)
     metrics = {"samples_per_s": round(new_samples / max(sample_s, 1e-9), 3),
                "steady_samples_per_s": round(new_samples / max(busy, 1e-9), 3),
                "bytes_per_sample": round(float(np.mean(sizes)), 1) if sizes else 0.0}

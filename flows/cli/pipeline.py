@@ -61,11 +61,15 @@ def ablate(
         list[str] | None,
         typer.Option("--variant", help="Only these variants (repeat; default: all)."),
     ] = None,
+    seeds: Annotated[int, typer.Option(
+        min=1, help="Training seeds per variant (0..N-1: noise, data order; same teacher "
+        "shards). With N >= 2 a claim holds only beyond two standard errors.")] = 1,
 ) -> None:
     """Train and evaluate the full method and its ablation variants (parameterization=shared,
     gan_real=data, end_to_end=false, step1_weight=0) from the same teacher shards; write the
-    claims table to <workspace>/ablation/ablation.md."""
-    from pipeline.ablation import VARIANTS
+    claims table to <workspace>/ablation/ablation.md. Each (variant, seed) is cached, so a
+    stopped ablation resumes when run again."""
+    from pipeline.ablation import VARIANTS, seed_overrides
     from stages.registry import prepare_run
 
     unknown = [v for v in variant or [] if v not in VARIANTS]
@@ -73,12 +77,13 @@ def ablate(
         fail(f"unknown variant {unknown[0]!r} (variants: {', '.join(VARIANTS)})")
     try:
         for name in variant or list(VARIANTS):
-            prepare_run(config, [*(set_ or []), *VARIANTS[name]], workspace, None,
+            prepare_run(config, [*(set_ or []), *VARIANTS[name],
+                                 *(seed_overrides(0) if seeds > 1 else [])], workspace, None,
                         until="evaluate")
         from flows.distill import ablate as ablate_flow
 
         state = ablate_flow(config=config, overrides=set_ or [], workspace=workspace,
-                            variants=variant or None, return_state=True)
+                            variants=variant or None, seeds=seeds, return_state=True)
     except TwostepError as exc:
         fail(exc)
     if not state.is_completed():

@@ -35,6 +35,12 @@ def discriminator_adversarial(real_logits: torch.Tensor, fake_logits: torch.Tens
     raise ValueError(f"unknown adversarial loss {kind!r}")
 
 
+def discriminator_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> float:
+    """Balanced accuracy of the sign of the logits: the mean of the real side's rate of
+    ``> 0`` and the fake side's rate of ``< 0`` (0.5: chance)."""
+    return 0.5 * ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean()).item()
+
+
 def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
     """``E ||grad_x D(x)||^2`` on real inputs (``real_inputs`` must require grad)."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True)

@@ -52,6 +52,7 @@ from pipeline.student import checkpoint as ckpt
 from pipeline.student.discriminator import Discriminator, frozen_copy
 from pipeline.student.ema import ParamEMA
 from pipeline.student.losses import (
+    discriminator_accuracy,
     discriminator_adversarial,
     generator_adversarial,
     r1_penalty,
@@ -72,6 +73,9 @@ from schemas.manifest import SampleShard
 
 STATUS_FILE = "train_status.json"
 LOSSES_FILE = "losses.jsonl"
+HELDOUT_FILE = "heldout_discriminator.jsonl"
+"""Phase 2: the discriminator's accuracy on held-out teacher vs student samples over training
+(:meth:`Worker.heldout_discrimination`), one JSON record per evaluation."""
 FINAL_FILES = ("student.safetensors", "ema.safetensors", "transformer_config.json",
                "train_state.json")
 
@@ -213,6 +217,7 @@ class Worker:
             self.optimizers["discriminator"] = (self.disc, self.opt_d)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.local_batch = cfg.batch_size // world
+        self._heldout: dict[str, Any] | None = None
 
     def _unused_parameters(self) -> bool:
         """Parameters that get no gradient make DDP fail at the next step unless declared."""
@@ -328,7 +333,40 @@ class Worker:
         return {"loss_g": loss_g.item(), "loss_adv_g": adv.item(), "loss_step1": step1.item(),
                 "loss_final": final.item(), "loss_d": loss_d.item(), "r1": r1.item(),
                 "d_real": real_logits.mean().item(), "d_fake": fake_logits_d.mean().item(),
+                "d_accuracy": discriminator_accuracy(real_logits, fake_logits_d),
                 "grad_norm_g": norm_g, "grad_norm_d": norm_d}
+
+    @torch.no_grad()
+    def heldout_discrimination(self) -> dict[str, float]:
+        """How well the discriminator tells held-out teacher samples (real) from the current
+        generator's samples of the same eval prompts and noise (fake): balanced accuracy,
+        per side, and the mean logit margin, on the first ``discriminator.eval_samples`` eval
+        samples re-noised with fixed draws over the training range (the same every time, so
+        the curve over training compares like with like). With ``gan_real=data`` the real
+        side here is still the teacher's. Every rank calls (FSDP2 forwards are collective)."""
+        d = self.cfg.discriminator
+        if self._heldout is None:
+            reader = self._reader(self.job.eval_shards or self.job.train_shards)
+            batch = collate_samples(list(islice(iter(reader), d.eval_samples)))
+            gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+            n = batch["x0"].shape[0]
+            sigma = d.sigma_min + (d.sigma_max - d.sigma_min) * torch.rand(n, generator=gen)
+            noise = torch.randn(batch["x0"].shape, generator=gen)
+            self._heldout = {"caps": [c.to(self.device) for c in batch["caption"]],
+                             "noise": batch["noise"].to(self.device),
+                             "x0": batch["x0"].to(self.device),
+                             "sigma": torch.cat([sigma, sigma]).to(self.device),
+                             "renoise": torch.cat([noise, noise]).to(self.device)}
+        h = self._heldout
+        with torch.autocast(**self.autocast):
+            fake = self.student.sample(h["noise"], h["caps"])
+            logits = self.disc(torch.cat([h["x0"], fake.to(h["x0"].dtype)]),
+                               h["caps"] + h["caps"], h["sigma"], h["renoise"])
+        real_logits, fake_logits = logits.float().chunk(2)
+        return {"heldout_d_accuracy": discriminator_accuracy(real_logits, fake_logits),
+                "heldout_d_real_accuracy": (real_logits > 0).float().mean().item(),
+                "heldout_d_fake_accuracy": (fake_logits < 0).float().mean().item(),
+                "heldout_d_margin": (real_logits.mean() - fake_logits.mean()).item()}
 
     def _check(self, loss: torch.Tensor, step: int) -> None:
         """Every rank raises together (before backward, so none waits in DDP's all-reduce)."""
@@ -406,14 +444,18 @@ class Worker:
             state = self._resume(latest)
             start_step, run_id = state["step"], state.get("mlflow_run_id")
         if lead:
-            _truncate_losses(self.out / LOSSES_FILE, start_step)
+            for name in (LOSSES_FILE, HELDOUT_FILE):
+                _truncate_losses(self.out / name, start_step)
         tracker = self._tracker(run_id, active=lead)
         step_fn = self.phase1_step if job.phase == 1 else self.phase2_step
         batches = self._batches(start_step)
         last: dict[str, float] = {}
         step = start_step
         began, status = time.perf_counter(), "FINISHED"
+        watch_d = job.phase == 2 and cfg.discriminator.eval_samples > 0
         try:
+            if watch_d and start_step == 0:
+                self._track_heldout(tracker, 0)
             while step < cfg.steps:
                 if cfg.stop_after is not None and step - start_step >= cfg.stop_after:
                     break
@@ -437,6 +479,8 @@ class Worker:
                     grid = self.sample_grid()
                     if lead:
                         tracker.image(grid, f"samples/step-{step:07d}.png")
+                    if watch_d:
+                        self._track_heldout(tracker, step)
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     self._checkpoint(step, tracker.run_id)
         except NonFiniteLoss:
@@ -456,6 +500,18 @@ class Worker:
         if lead:
             shutil.rmtree(self.out / ckpt.CHECKPOINTS, ignore_errors=True)
         return tracker.run_id
+
+    def _track_heldout(self, tracker: RunTracker, step: int) -> None:
+        values = self.heldout_discrimination()
+        if self.rank == 0:
+            tracker.metric(step, values)
+            tracker.flush()
+            with (self.out / HELDOUT_FILE).open("a") as handle:
+                handle.write(json.dumps({"step": step, **values}) + "\n")
+            v = {k.removeprefix("heldout_d_"): x for k, x in values.items()}
+            print(f"phase 2 step {step}: held-out discriminator accuracy {v['accuracy']:.3f} "
+                  f"(real {v['real_accuracy']:.3f}, fake {v['fake_accuracy']:.3f}, margin "
+                  f"{v['margin']:+.3g})", flush=True)
 
     def _tracker(self, run_id: str | None, active: bool) -> RunTracker:
         job = self.job

@@ -34,6 +34,17 @@ def test_native_bf16_is_probed_once_per_machine(tmp_path, speedup, expected):
     assert len(calls) == 1 and "Other CPU" in cache.read_text()
 
 
+def test_a_kernel_dispatch_override_is_probed_on_its_own(tmp_path, monkeypatch):
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA make the same CPU behave like an older one."""
+    cache, answers = tmp_path / "p.json", iter([2.5, 0.3])
+    for name in precision.DISPATCH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert precision.cpu_prefers_bf16(AVX512_BF16, cache, lambda: next(answers)) is True
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert precision.cpu_prefers_bf16(AVX512_BF16, cache, lambda: next(answers)) is False
+    assert '"ONEDNN_MAX_CPU_ISA": "AVX2"' in cache.read_text()
+
+
 def test_the_probe_measures_a_ratio():
     assert precision.probe_bf16_speedup(seconds=0.05) > 0
 

@@ -4,6 +4,7 @@ a plain `pipe(...)` call, and broken inputs are one line."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -114,3 +115,23 @@ def test_bad_inputs_are_one_line(finished, tmp_path):
         run_stage(STAGES["export"], cfg, fresh,
                   {u: outputs[u].manifest for u in STAGES["export"].upstream},
                   allow_compute=False)
+
+
+def test_ablate_with_two_seeds_reports_mean_and_std_and_reuses_the_cache(finished):
+    """`distill ablate --seeds 2`: seed 0 is the finished run's cached stages (seed 0 is the
+    default), seed 1 trains anew; the table shows mean ± std over both."""
+    cfg, store, outputs = finished
+    args = ["ablate", "--config", "smoke", "--workspace", cfg.workspace, "--variant", "full",
+            "--seeds", "2"]
+    for item in TINY:
+        args += ["--set", item]
+    result = _distill(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((store.local_path("ablation") / "ablation.json").read_text())
+    fds = [r["fd_teacher"] for r in data["results"]["full"]]
+    evaluations = data["evaluations"]["full"]
+    assert len(fds) == 2 and len(set(evaluations)) == 2
+    assert evaluations[0].endswith(outputs["evaluate"].stage_dir)  # seed 0: the cache
+    table = (store.local_path("ablation") / "ablation.md").read_text()
+    mean = sum(fds) / 2
+    assert f"| full | (the method) | 2 | {mean:.4g} ± " in table

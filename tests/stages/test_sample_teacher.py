@@ -68,9 +68,24 @@ def test_samples_hold_the_teacher_trajectory(tmp_path):
     assert s["meta"]["sigmas"] == m.teacher.sigmas and s["meta"]["split"] == "train"
 
 
-def test_two_runs_from_scratch_are_byte_identical_and_actor_count_does_not_matter(tmp_path):
-    store_a, a = _run(tmp_path / "a", "sample_teacher.num_actors=1")
-    store_b, b = _run(tmp_path / "b", "sample_teacher.num_actors=2")
+def test_two_runs_from_scratch_are_byte_identical_and_actor_count_does_not_matter(
+        tmp_path, monkeypatch, caplog):
+    """Run a calibrates its actor split (auto: 1x2 vs 2x1 threads measured on the heads of
+    the shards, nothing written), then writes every shard with the faster; run b has one
+    fixed actor with the same threads. Same key, same bytes."""
+    import json
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shards = "sample_teacher.samples_per_shard=8"
+    with caplog.at_level("INFO"):
+        store_a, a = _run(tmp_path / "a", shards)
+    assert a.manifest.counts["shards"] == 8
+    calibrated = json.loads((tmp_path / "cache" / "twostep" / "sampling.json").read_text())
+    (record,) = calibrated.values()
+    assert set(record["samples_per_s"]) == {"1", "2"} and record["threads"] in (1, 2)
+    assert caplog.text.count("calibrating") == 2
+    store_b, b = _run(tmp_path / "b", shards, "sample_teacher.num_actors=1",
+                      f"sample_teacher.cpus_per_actor={record['threads']}")
     assert a.manifest.key == b.manifest.key  # actor count is speed-only: not in the key
     for split in ("train", "eval"):
         assert ([s.sha256 for s in a.manifest.splits[split].shards]
@@ -80,11 +95,16 @@ def test_two_runs_from_scratch_are_byte_identical_and_actor_count_does_not_matte
     for key in sa:
         for field in ("x_mid", "x0"):
             assert sa[key][field].numpy().tobytes() == sb[key][field].numpy().tobytes()
-    again = run_stage(sample_teacher.STAGE, load_config("smoke", SMALL, str(tmp_path / "a")),
-                      store_a, {"curate": run_stage(
-                          curate.STAGE, load_config("smoke", SMALL, str(tmp_path / "a")),
-                          store_a).manifest})
+    cfg = load_config("smoke", [*SMALL, shards], str(tmp_path / "a"))
+    again = run_stage(sample_teacher.STAGE, cfg, store_a,
+                      {"curate": run_stage(curate.STAGE, cfg, store_a).manifest})
     assert again.cached
+    # a new workspace on this machine uses the calibrated split without trying again
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        _run(tmp_path / "c", shards)
+    assert "calibrating" not in caplog.text
+    assert f"x {record['threads']} thread(s)" in caplog.text
 
 
 def test_config_problems_are_found_before_work(tmp_path):

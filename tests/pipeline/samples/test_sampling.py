@@ -1,0 +1,66 @@
+"""The sampling actor pool's plan: how many actors with how many threads, from the cluster."""
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.samples.sampling import (
+    MAX_THREADS_PER_ACTOR,
+    ActorPlan,
+    plan_actor_pool,
+    split_candidates,
+)
+
+
+@pytest.mark.parametrize(("node_cpus", "gpus", "shards", "actors", "cpus", "expected"), [
+    # auto on one node: one actor with every core, up to MAX_THREADS_PER_ACTOR per actor
+    ([2], 0, 30, "auto", "auto", ActorPlan(1, 2, gpu=False)),
+    ([16], 0, 30, "auto", "auto", ActorPlan(1, 16, gpu=False)),
+    ([64], 0, 30, "auto", "auto", ActorPlan(4, 16, gpu=False)),
+    ([20], 0, 30, "auto", "auto", ActorPlan(2, 10, gpu=False)),
+    # a cluster: every node split on its own
+    ([8, 8, 8], 0, 30, "auto", "auto", ActorPlan(3, 8, gpu=False)),
+    # a fixed count splits the node that many ways; a fixed size packs actors of that size
+    ([2], 0, 30, 2, "auto", ActorPlan(2, 1, gpu=False)),
+    ([8], 0, 30, 3, "auto", ActorPlan(3, 2, gpu=False)),
+    ([8], 0, 30, "auto", 2, ActorPlan(4, 2, gpu=False)),
+    ([8], 0, 30, 2, 2, ActorPlan(2, 2, gpu=False)),
+    ([2, 4], 0, 30, "auto", 2, ActorPlan(3, 2, gpu=False)),
+    # fewer shards than actors: the left-out actors' cores go to the others (auto threads)
+    ([64], 0, 1, "auto", "auto", ActorPlan(1, 16, gpu=False)),
+    ([8], 0, 1, 4, "auto", ActorPlan(1, 8, gpu=False)),
+    ([8], 0, 2, "auto", 1, ActorPlan(2, 1, gpu=False)),
+    # GPUs: one actor per GPU, the CPUs shared among them
+    ([32], 4, 30, "auto", "auto", ActorPlan(4, 8, gpu=True)),
+    ([32], 4, 2, "auto", "auto", ActorPlan(2, 8, gpu=True)),
+    ([32], 4, 30, 1, 4, ActorPlan(1, 4, gpu=True)),
+])
+def test_plan_actor_pool(node_cpus, gpus, shards, actors, cpus, expected):
+    plan = plan_actor_pool(node_cpus, gpus, shards, actors, cpus)
+    assert plan == expected
+    # never an actor the cluster cannot place
+    if not plan.gpu:
+        assert plan.actors * plan.cpus_per_actor <= sum(node_cpus)
+        assert plan.cpus_per_actor <= max(node_cpus)
+    assert plan.cpus_per_actor <= max(MAX_THREADS_PER_ACTOR, max(node_cpus))
+
+
+def test_an_actor_larger_than_any_node_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"cpus_per_actor=8 but the largest Ray node has 4"):
+        plan_actor_pool([4, 4], 0, 10, "auto", 8)
+
+
+def test_config_takes_auto_or_a_positive_count():
+    from pydantic import ValidationError
+
+    from schemas.config import SampleTeacherConfig
+
+    assert SampleTeacherConfig().num_actors == "auto"
+    assert SampleTeacherConfig(num_actors=3, cpus_per_actor=2).cpus_per_actor == 2
+    with pytest.raises(ValidationError, match="num_actors must be >= 1 or auto"):
+        SampleTeacherConfig(num_actors=0)
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, [1]), (2, [2, 1]), (16, [16, 1]),
+                                                 (64, [16, 4])])
+def test_calibration_tries_the_default_and_a_many_actor_split(cpus, expected):
+    assert split_candidates(cpus) == expected
