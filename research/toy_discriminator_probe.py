@@ -33,6 +33,9 @@ SETTINGS: dict[str, dict] = {
                                            "layers": [0, 1, 2, 3]},
     "lr 1e-3, sigma 0.0-0.3, hidden 256": {"lr": 1e-3, "sigma_min": 0.0, "sigma_max": 0.3,
                                            "hidden": 256},
+    "lr 1e-3, sigma 0.0-0.1": {"lr": 1e-3, "sigma_min": 0.0, "sigma_max": 0.1},
+    "lr 1e-3, sigma 0.0-0.1, layers 0-3": {"lr": 1e-3, "sigma_min": 0.0, "sigma_max": 0.1,
+                                           "layers": [0, 1, 2, 3]},
 }
 
 

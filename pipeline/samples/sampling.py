@@ -82,8 +82,8 @@ class ShardSampler:
             return f"sample_teacher: {exc}"
         return None
 
-    def probe(self, unit: ShardUnit, batches: int = 2) -> int:
-        """Sample the first ``batches`` batches of ``unit`` and drop them (calibration: a
+    def probe(self, unit: ShardUnit, batches: int = 1) -> int:
+        """Sample the first ``batches`` batch(es) of ``unit`` and drop them (calibration: a
         shard's bytes can depend on the torch thread count, so trial splits write nothing);
         the number of samples computed."""
         n = 0

@@ -121,6 +121,18 @@ def test_phase2_resume_continues_with_the_uninterrupted_losses(samples_workspace
     assert client.get_run(m.mlflow_run_id).data.params["adv_loss"] == "non_saturating"
     artifacts = [f.path for f in client.list_artifacts(m.mlflow_run_id, "samples")]
     assert len(artifacts) >= 2
+    # The discriminator's held-out accuracy (teacher vs student), before training and at
+    # every sample grid, the same across the resume.
+    heldout = [[json.loads(line) for line in (Path(r.uri) / "heldout_discriminator.jsonl")
+                .read_text().splitlines()] for r in (a, b)]
+    assert [h["step"] for h in heldout[1]] == [0, 3, 6]
+    for ha, hb in zip(*heldout, strict=True):
+        assert 0.0 <= hb["heldout_d_accuracy"] <= 1.0
+        assert hb["heldout_d_margin"] == pytest.approx(ha["heldout_d_margin"], rel=1e-4,
+                                                       abs=1e-6)
+    history = client.get_metric_history(m.mlflow_run_id, "heldout_d_accuracy")
+    assert sorted(h.step for h in history) == [0, 3, 6]
+    assert all(0.0 <= r["d_accuracy"] <= 1.0 for r in lb)
 
 
 def test_problems_are_found_before_training(samples_workspace, tmp_path):
