@@ -1,7 +1,7 @@
 """Phase-2 levers on the toy preset: each lever is a set of `--set` overrides on top of
-`configs/toy.yaml`; phase 1 and the teacher samples are shared (cached after the first lever),
-phase 2 and evaluate run per lever through `distill run`, so a lever already run is a cache hit and the study
-resumes where it stopped.
+`configs/toy.yaml`; phase 1 and the teacher samples are shared (cached after the first
+lever), phase 2 and evaluate run per lever through `distill run`, so a lever already run is a
+cache hit and the study resumes where it stopped.
 
 For each lever: the student's attributes, valid rate and FD to the teacher next to the
 8-step teacher and the naive 2-step teacher, the targets of issue 21 (every attribute and the
@@ -34,6 +34,11 @@ LEVERS: dict[str, list[str]] = {
                               f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weight=0.005"],
     "d_low_noise_r1_1": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3", f"{D}.optimizer.lr=1e-3",
                          f"{D}.r1_weight=1.0"],
+    # a discriminating D with ground-truth renders as real: does it pull shape and validity
+    # toward crisp single shapes?
+    "d_low_noise_adv_0.005_real_data": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
+                                        f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weight=0.005",
+                                        "train_e2e.gan_real=data"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
@@ -48,7 +53,8 @@ def run_lever(config: str, overrides: list[str], workspace: str | None) -> float
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        raise RuntimeError(lines[-1] if lines else result.stderr[-2000:])
     return time.perf_counter() - start
 
 
@@ -86,7 +92,12 @@ def main() -> None:
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
     for name in args.levers:
-        seconds = run_lever(args.config, LEVERS[name], args.workspace)
+        try:
+            seconds = run_lever(args.config, LEVERS[name], args.workspace)
+        except RuntimeError as exc:
+            print(f"{name}: failed: {exc}", flush=True)
+            results[name] = {"overrides": LEVERS[name], "failed": str(exc)}
+            continue
         results[name] = {"overrides": LEVERS[name], "seconds": round(seconds),
                          **collect(REPO / args.workspace)}
         r = results[name]

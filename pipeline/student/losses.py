@@ -41,7 +41,22 @@ def discriminator_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor)
     return 0.5 * ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean()).item()
 
 
+def twice_differentiable_attention(enabled: bool = True):
+    """Inside: scaled-dot-product attention on the math kernel, whose backward is itself
+    differentiable. R1 backpropagates through ``grad_x D(x)``, and the fused kernels (flash
+    on CPU and CUDA, memory-efficient) have no double backward ("derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented")."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
-    """``E ||grad_x D(x)||^2`` on real inputs (``real_inputs`` must require grad)."""
+    """``E ||grad_x D(x)||^2`` on real inputs (``real_inputs`` must require grad; run the
+    forward inside :func:`twice_differentiable_attention` when it has attention)."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean()

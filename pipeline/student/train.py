@@ -57,6 +57,7 @@ from pipeline.student.losses import (
     generator_adversarial,
     r1_penalty,
     regression,
+    twice_differentiable_attention,
 )
 from pipeline.student.model import TwoStepStudent
 from pipeline.student.parallel import parallelize
@@ -317,7 +318,7 @@ class Worker:
         sigma_d, noise_d = self._disc_draws(x0_t)
         r1_now = d.r1_weight > 0 and step % d.r1_every == 0
         real_in = real.detach().requires_grad_(r1_now)
-        with torch.autocast(**self.autocast):
+        with torch.autocast(**self.autocast), twice_differentiable_attention(r1_now):
             logits = self.disc(torch.cat([real_in, x0.detach()]), caps + caps,
                                torch.cat([sigma_d, sigma_d]), torch.cat([noise_d, noise_d]))
         real_logits, fake_logits_d = logits.float().chunk(2)
@@ -444,8 +445,9 @@ class Worker:
             state = self._resume(latest)
             start_step, run_id = state["step"], state.get("mlflow_run_id")
         if lead:
+            # A fresh start (step 0) records the held-out step 0 again: keep nothing then.
             for name in (LOSSES_FILE, HELDOUT_FILE):
-                _truncate_losses(self.out / name, start_step)
+                _truncate_losses(self.out / name, start_step if start_step else -1)
         tracker = self._tracker(run_id, active=lead)
         step_fn = self.phase1_step if job.phase == 1 else self.phase2_step
         batches = self._batches(start_step)

@@ -50,3 +50,18 @@ def test_prompt_changes_the_logit(tiny_transformer, captions):
 def test_bad_layer_index_is_clear(tiny_transformer):
     with pytest.raises(ValueError, match="outside 0..1"):
         Discriminator(frozen_copy(tiny_transformer), layers=[5], hidden=8)
+
+
+def test_r1_backpropagates_through_the_transformer_discriminator(tiny_transformer, captions):
+    """R1 differentiates grad_x D(x): the fused attention kernels cannot, the math one can."""
+    from pipeline.student.losses import r1_penalty, twice_differentiable_attention
+
+    disc = Discriminator(frozen_copy(tiny_transformer), layers=[0, -1], hidden=16)
+    real = torch.randn(3, 3, 32, 32, requires_grad=True)
+    with twice_differentiable_attention():
+        logits = disc(real, captions, torch.full((3,), 0.05), torch.randn(3, 3, 32, 32))
+    penalty = r1_penalty(logits, real)
+    penalty.backward()
+    assert penalty.item() > 0
+    # grad_x D depends on the heads' weights (not on their output biases)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.heads.parameters())
