@@ -31,7 +31,9 @@ pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 TINY = ["curate.sources=[{kind: toy, num_prompts: 30, seed: 3}]", "curate.eval_fraction=0.3",
         "sample_teacher.samples_per_shard=64", "train_init.steps=2", "train_init.batch_size=4",
         "train_init.cpus_per_worker=1", "train_e2e.steps=2", "train_e2e.batch_size=4",
-        "train_e2e.cpus_per_worker=1", "evaluate.latency_repeats=1"]
+        "train_e2e.cpus_per_worker=1", "evaluate.latency_repeats=1",
+        # explicit: `distill` resolves `auto` per machine, run_stage here does not
+        "teacher.dtype=float32"]
 PROMPT = "a small red circle on the left"
 
 
