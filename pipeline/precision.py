@@ -58,8 +58,9 @@ def cpu_model(cpuinfo: str | None = None) -> str:
 
 
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "twostep" / "precision.json"
+    from pipeline.machine_cache import cache_path
+
+    return cache_path("precision")
 
 
 def probe_bf16_speedup(seconds: float = 0.4) -> float:
@@ -104,23 +105,16 @@ def cpu_prefers_bf16(cpuinfo: str | None = None, cache: Path | None = None,
     dispatch = [os.environ.get(name, "") for name in DISPATCH_ENV]
     key = hashlib.sha256(json.dumps([cpu_model(text), sorted(flags or []), torch_version,
                                      *dispatch]).encode()).hexdigest()[:16]
+    from pipeline.machine_cache import recall, remember
+
     path = cache or cache_file()
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        known = {}
-    if key not in known:
-        known[key] = {"cpu": cpu_model(text), "torch": torch_version,
-                      **{name: value for name, value in zip(DISPATCH_ENV, dispatch, strict=True)
-                         if value}, "bf16_speedup": round(probe(), 3)}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known, indent=2))
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only home: measure again next time
-    return known[key]["bf16_speedup"] >= MIN_SPEEDUP
+    record = recall("precision", key, path)
+    if record is None or "bf16_speedup" not in record:
+        record = {"cpu": cpu_model(text), "torch": torch_version,
+                  **{name: value for name, value in zip(DISPATCH_ENV, dispatch, strict=True)
+                     if value}, "bf16_speedup": round(probe(), 3)}
+        remember("precision", key, record, path)
+    return record["bf16_speedup"] >= MIN_SPEEDUP
 
 
 def _has_gpu() -> bool:

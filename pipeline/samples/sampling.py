@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ArtifactError, ConfigError, TwostepError
@@ -185,6 +184,9 @@ def _guard(results: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
                             f"sample_teacher.batch_size needs less memory)") from None
 
 
+CALIBRATION_CACHE = "sampling"
+"""The per-machine cache of calibrated splits (:mod:`pipeline.machine_cache`)."""
+
 MAX_THREADS_PER_ACTOR = 16
 """``auto``: torch threads per CPU actor at most. One process with all of a node's cores
 beats several smaller ones where it was measured (2 cores: one 2-thread actor 18.3 steady
@@ -261,11 +263,6 @@ def split_candidates(cpus: int) -> list[int]:
     return [default] if many == default else [default, many]
 
 
-def calibration_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "twostep" / "sampling.json"
-
-
 def calibration_key(job: ShardJob, cpus: int) -> str:
     """What the fastest split depends on: the machine, the teacher and the batch."""
     from importlib.metadata import version
@@ -279,26 +276,13 @@ def calibration_key(job: ShardJob, cpus: int) -> str:
 
 
 def _known_split(key: str) -> int | None:
+    from pipeline.machine_cache import recall
+
+    record = recall(CALIBRATION_CACHE, key)
     try:
-        return int(json.loads(calibration_file().read_text())[key]["threads"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(record["threads"]) if record else None
+    except (KeyError, TypeError, ValueError):
         return None
-
-
-def _remember_split(key: str, record: dict[str, Any]) -> None:
-    path = calibration_file()
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    known[key] = record
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=2))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only home: calibrate again next time
 
 
 class _Progress:
@@ -384,7 +368,9 @@ def calibrate_split(job: ShardJob, cpus: int, units: list[ShardUnit],
         log.info("sample_teacher: calibrating, %s: %.1f samples/s", plan.describe(),
                  rates[threads])
     best = max(rates, key=rates.__getitem__)
-    _remember_split(key, {"cpus": cpus, "teacher": job.record.get("teacher_id"),
+    from pipeline.machine_cache import remember
+
+    remember(CALIBRATION_CACHE, key, {"cpus": cpus, "teacher": job.record.get("teacher_id"),
                           "batch_size": job.batch_size, "threads": best,
                           "samples_per_s": {str(t): round(r, 2) for t, r in rates.items()}})
     return best
