@@ -6,7 +6,7 @@ STAMP := $(VENV)/.twostep-installed
 CONSTRAINTS := $(VENV)/torch-constraints.txt
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup browser demo test lint clean-runs
+.PHONY: setup browser demo test test-reliability lint clean-runs
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ browser:
 
 test: setup browser
 	$(BIN)/python -m pytest -q --durations=10
+
+# The whole fault-injection suite (kills at seeded points of every stage, ...): long.
+test-reliability: setup browser
+	$(BIN)/python -m pytest -q -m "soak or not soak" tests/reliability
 
 lint: setup
 	$(BIN)/ruff check .

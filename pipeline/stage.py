@@ -30,7 +30,8 @@ from pydantic import BaseModel
 
 from pipeline.errors import ArtifactError, StageDependencyError
 from pipeline.hashing import canonical_json, sha256_text, stage_key
-from pipeline.store import ArtifactStore
+from pipeline.lock import stage_lock
+from pipeline.store import ArtifactStore, disk_full_is_one_line
 from schemas.config import (
     SAMPLING_ONLY,
     SPEED_ONLY,
@@ -190,23 +191,45 @@ def run_stage(
             f"{store.uri(spec.name)}); run it first, or include it in --only"
         )
     spec.check(cfg)
-    work_dir = _prepare_work_dir(store, spec, stage_dir, force)
-    ctx = StageContext(
-        name=spec.name, key=key, store=store, out_dir=work_dir, config=cfg,
-        section=spec.section(cfg), teacher=cfg.teacher if spec.uses_teacher else None,
-        inputs=inputs, input_dirs={name: _dir_of(m) for name, m in inputs.items()},
-        log=logging.getLogger(f"twostep.stages.{spec.name}"),
-        progress=progress or (lambda fraction: None),
-    )
-    log.info("%s: computing into %s", spec.name, store.uri(work_dir))
-    start = time.perf_counter()
-    result = spec.run(ctx)
-    manifest = _manifest(spec, ctx, result, elapsed=time.perf_counter() - start)
-    store.write_manifest(work_dir, manifest)
-    if work_dir != stage_dir:  # a forced recomputation replaces the old result only now
-        store.replace_tree(work_dir, stage_dir)
-    _write_latest(store, spec.name, manifest, cached=False)
+    with stage_lock(store, spec.name, key) as lock, disk_full_is_one_line(store, stage_dir):
+        if not force:  # another run may have finished it while this one checked
+            cached = cached_manifest(store, stage_dir, spec.manifest_type)
+            if cached is not None:
+                log.info("%s: finished meanwhile by another run %s", spec.name,
+                         store.uri(stage_dir))
+                _write_latest(store, spec.name, cached, cached=True)
+                return StageOutcome(cached, True, stage_dir, store.uri(stage_dir))
+        verify_inputs(store, inputs)
+        work_dir = _prepare_work_dir(store, spec, stage_dir, force)
+        ctx = StageContext(
+            name=spec.name, key=key, store=store, out_dir=work_dir, config=cfg,
+            section=spec.section(cfg), teacher=cfg.teacher if spec.uses_teacher else None,
+            inputs=inputs, input_dirs={name: _dir_of(m) for name, m in inputs.items()},
+            log=logging.getLogger(f"twostep.stages.{spec.name}"),
+            progress=progress or (lambda fraction: None),
+        )
+        log.info("%s: computing into %s", spec.name, store.uri(work_dir))
+        start = time.perf_counter()
+        result = spec.run(ctx)
+        manifest = _manifest(spec, ctx, result, elapsed=time.perf_counter() - start)
+        lock.ensure_held()  # never commit over a run that took the stage over
+        store.write_manifest(work_dir, manifest)
+        if work_dir != stage_dir:  # a forced recomputation replaces the old result only now
+            store.replace_tree(work_dir, stage_dir)
+        _write_latest(store, spec.name, manifest, cached=False)
     return StageOutcome(manifest, False, stage_dir, store.uri(stage_dir))
+
+
+def verify_inputs(store: ArtifactStore, inputs: Mapping[str, Manifest]) -> None:
+    """Before a stage computes: every file of its inputs is as their manifests say (size and
+    sha256), except those its reader verifies as it streams them
+    (:meth:`Manifest.verified_when_read`); a corrupt input is one line naming the file and
+    the way out (recompute that stage)."""
+    for name, manifest in inputs.items():
+        streamed = manifest.verified_when_read()
+        store.verify_files(_dir_of(manifest), [f for f in manifest.files
+                                               if f.path not in streamed], full=True,
+                           way_out=f"recompute it: distill run --only {name} --force")
 
 
 FORCED_SUFFIX = ".forced"

@@ -8,9 +8,11 @@ a partial file; on object stores (s3://) each object is written whole by a singl
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -202,18 +204,72 @@ class ArtifactStore:
             self.verify_files(stage_dir, manifest.files, full=verify == "sha256")
         return manifest
 
-    def verify_files(self, stage_dir: str, files: Sequence[ContentEntry], full: bool) -> None:
+    def verify_files(self, stage_dir: str, files: Sequence[ContentEntry], full: bool,
+                     way_out: str = "") -> None:
         """Each file exists with its manifest size (and, ``full``, its sha256); the one check
-        every consumer of a stage folder uses."""
+        every consumer of a stage folder uses. ``way_out`` ends the message."""
+        suffix = f"; {way_out}" if way_out else ""
         for entry in files:
             where = self.uri(stage_dir, entry.path)
             full_path = self.path(stage_dir, entry.path)
             if not self.fs.exists(full_path):
-                raise ArtifactError(f"{where}: listed in the manifest but missing")
+                raise ArtifactError(f"{where}: listed in the manifest but missing{suffix}")
             size = self.fs.size(full_path)
             if size != entry.size:
                 raise ArtifactError(f"{where}: size {size} bytes, manifest says {entry.size} "
-                                    f"(truncated or replaced)")
+                                    f"(truncated or replaced){suffix}")
             if full and self.sha256(stage_dir, entry.path) != entry.sha256:  # streamed
                 raise ArtifactError(f"{where}: sha256 does not match the manifest (corrupt or "
-                                    f"replaced)")
+                                    f"replaced){suffix}")
+
+    def free_bytes(self, *parts: str) -> int | None:
+        """Free space where ``parts`` lives (local filesystems; None elsewhere)."""
+        if not self.is_local:
+            return None
+        path = Path(self.path(*parts))
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            return None
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps: Ray task and Ray Train errors carry the worker's
+    exception as ``cause`` or only in their text) is a full disk or an exceeded quota."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        text = str(current)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(store: ArtifactStore, stage_dir: str) -> Iterator[None]:
+    """Turn a full disk inside the block (in this process or a Ray worker) into one
+    :class:`ArtifactError` naming where, with the way out; the unfinished folder stays
+    without a manifest, so a rerun after space is freed resumes its committed units."""
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, ArtifactError) or not is_disk_full(exc):
+            raise
+        free = store.free_bytes(stage_dir)
+        room = f" ({free / 2**20:.1f} MiB free now)" if free is not None else ""
+        raise ArtifactError(
+            f"{store.uri(stage_dir)}: no space left on the device{room}; free space (or move "
+            f"the workspace) and rerun: finished units are kept, nothing was committed"
+        ) from None

@@ -59,6 +59,11 @@ class Manifest(StrictModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
 
+    def verified_when_read(self) -> set[str]:
+        """Files that their reader checks against this manifest as it streams them; a
+        consuming stage verifies every other file (size, sha256) before it starts."""
+        return set()
+
 
 class PromptShard(StrictModel):
     """One Parquet shard of prompts."""
@@ -164,6 +169,11 @@ class TeacherSamplesManifest(Manifest):
     splits: dict[str, SampleSplit]
     teacher: TeacherInfo
     storage_dtype: str
+
+    def verified_when_read(self) -> set[str]:
+        """The shards: :class:`~pipeline.samples.reader.TeacherSampleReader` checks each one's
+        size and sha256 as it reads it (at 6B scale they are too large to read twice)."""
+        return {shard.path for split in self.splits.values() for shard in split.shards}
 
 
 class StudentCheckpointManifest(Manifest):

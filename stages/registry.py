@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from pipeline.config import load_config, workspace_of
 from pipeline.errors import ConfigError
+from pipeline.lock import check_unlocked
 from pipeline.ray_runtime import check_ray_address
 from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key, run_stage
 from pipeline.store import ArtifactStore
@@ -54,13 +55,14 @@ def plan_run(only: list[str] | None = None, until: str | None = None) -> list[Pl
 def preflight(cfg: DistillConfig, store: ArtifactStore,
               plan: list[PlannedStage]) -> dict[str, Manifest]:
     """Run each stage's input checks before anything starts, for stages that will compute
-    (not cached). A stage whose upstream is not cached yet is checked too. Returns the
-    planned stages' cached results (the cache hits)."""
+    (not cached), and refuse a stage that another live run is computing now (its lock). A
+    stage whose upstream is not cached yet is checked too. Returns the planned stages'
+    cached results (the cache hits)."""
     check_ray_address(cfg.ray)
     known: dict[str, Manifest] = {}
     for step in plan:
         inputs = {u: known[u] for u in step.spec.upstream if u in known}
-        manifest = None
+        manifest = key = None
         if len(inputs) == len(step.spec.upstream):
             key = compute_key(step.spec, cfg, inputs)
             manifest = cached_manifest(store, f"{step.name}/{key}", step.spec.manifest_type)
@@ -68,6 +70,8 @@ def preflight(cfg: DistillConfig, store: ArtifactStore,
             known[step.name] = manifest
         elif step.compute:
             step.spec.check(cfg)
+            if key is not None:  # another live run computing it: say so before any start
+                check_unlocked(store, step.name, key)
     return known
 
 
