@@ -236,6 +236,8 @@ class ArtifactStore:
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded",
+                   "database or disk is full")  # the last: SQLite (MLflow's store)
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -251,7 +253,7 @@ def is_disk_full(exc: BaseException) -> bool:
         if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
             return True
         text = str(current)
-        if "No space left on device" in text or "Disk quota exceeded" in text:
+        if any(sign in text for sign in DISK_FULL_TEXTS):
             return True
         todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
     return False
