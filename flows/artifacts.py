@@ -4,6 +4,7 @@ one. Runs inside a task; knows nothing of the stages' internals beyond their man
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from prefect.artifacts import (
@@ -16,6 +17,8 @@ from prefect.artifacts import (
 from pipeline.stage import StageOutcome
 from pipeline.store import ArtifactStore
 
+log = logging.getLogger(__name__)
+
 
 def _key(stage: str, suffix: str) -> str:
     return f"{stage.replace('_', '-')}-{suffix}"
@@ -26,12 +29,21 @@ def progress_reporter(stage: str) -> Callable[[float], None]:
     artifact_id = create_progress_artifact(0.0, key=_key(stage, "progress"),
                                            description=f"{stage}: progress")
     last = [0]
+    reachable = [True]
 
     def report(fraction: float) -> None:
         percent = int(max(0.0, min(1.0, fraction)) * 100)
-        if percent > last[0]:
+        if percent > last[0] and reachable[0]:
             last[0] = percent
-            update_progress_artifact(artifact_id, float(percent))
+            try:
+                update_progress_artifact(artifact_id, float(percent))
+            except Exception as exc:  # noqa: BLE001 - any API failure: the work goes on
+                # A dashboard that went away (the Prefect server stopped) must not stop the
+                # stage: it finishes and commits; the flow run's state is Prefect's matter.
+                reachable[0] = False
+                log.warning("%s: the Prefect API is unreachable, progress is no longer "
+                            "reported (%s)", stage, str(exc).splitlines()[0] if str(exc)
+                            else type(exc).__name__)
 
     return report
 

@@ -179,13 +179,17 @@ def run_stage(
         raise StageDependencyError(f"stage {spec.name} needs the output of {', '.join(missing)}")
     key = compute_key(spec, cfg, inputs)
     stage_dir = f"{spec.name}/{key}"
+    rejected = None
     if not force:
-        cached = cached_manifest(store, stage_dir, spec.manifest_type)
+        cached, rejected = check_cache(store, stage_dir, spec.manifest_type)
         if cached is not None:
             log.info("%s: cache hit %s", spec.name, store.uri(stage_dir))
             _write_latest(store, spec.name, cached, cached=True)
             return StageOutcome(cached, True, stage_dir, store.uri(stage_dir))
     if not allow_compute:
+        if rejected is not None:
+            raise StageDependencyError(f"stage {spec.name}: {rejected}; recompute it: include "
+                                       f"it in --only, with --force")
         raise StageDependencyError(
             f"stage {spec.name} has no finished result for this config (key {key} under "
             f"{store.uri(spec.name)}); run it first, or include it in --only"
@@ -284,13 +288,21 @@ def _dir_of(manifest: Manifest) -> str:
 
 def cached_manifest(store: ArtifactStore, stage_dir: str, model: type[M]) -> M | None:
     """The finished result in ``stage_dir``, or None (absent, invalid or with missing files)."""
+    return check_cache(store, stage_dir, model)[0]
+
+
+def check_cache(store: ArtifactStore, stage_dir: str,
+                model: type[M]) -> tuple[M | None, str | None]:
+    """``(manifest, None)`` for a finished result in ``stage_dir`` (its manifest valid, every
+    file present with its size: cheap, so the sha256 is checked by consumers); ``(None,
+    why)`` for a rejected one; ``(None, None)`` when there is none."""
     if not store.exists(stage_dir, MANIFEST_FILENAME):
-        return None
+        return None, None
     try:
-        return store.read_manifest(stage_dir, model, verify="size")
+        return store.read_manifest(stage_dir, model, verify="size"), None
     except ArtifactError as exc:
         log.warning("ignoring the cached result: %s", exc)
-        return None
+        return None, str(exc)
 
 
 def _write_latest(store: ArtifactStore, stage: str, manifest: Manifest, cached: bool) -> None:

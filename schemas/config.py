@@ -255,7 +255,9 @@ class SampleTeacherConfig(StrictModel):
                                    "shard of a split may hold fewer).")
     storage_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the stored latents and caption features.")
-    batch_size: int = speed_only(64, ge=1, description="Samples per teacher batch.")
+    batch_size: int = Field(
+        64, ge=1, description="Samples per teacher batch. In the cache key: a sample's bytes "
+        "can depend on the batch it is computed in (caption padding, kernel blocking).")
     num_actors: int | Literal["auto"] = speed_only(
         "auto", description="Sampling actors. auto: one per GPU when the cluster has GPUs, "
         "else each node's CPUs split into actors of at most 16 threads (one actor on a "

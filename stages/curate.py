@@ -21,7 +21,7 @@ from pipeline.curation.select import (
     source_stats,
     split_rows,
 )
-from pipeline.curation.sources import check_source_header, fingerprint_sources, resolve_sources
+from pipeline.curation.sources import check_source, fingerprint_sources, resolve_sources
 from pipeline.ray_runtime import ray_session
 from pipeline.stage import StageContext, StageResult, StageSpec
 from schemas.config import CurateConfig, DistillConfig
@@ -71,10 +71,11 @@ def curate(ctx: StageContext) -> StageResult:
 
 
 def check(cfg: DistillConfig) -> None:
-    """Fail before any work if a source is missing, its format cannot be inferred, or a
-    CSV/Parquet source lacks the configured column."""
+    """Fail before any work if a source is missing, its format cannot be inferred, a text
+    source is empty, binary, not UTF-8 or one huge line, or a CSV/Parquet source lacks the
+    configured column (:func:`~pipeline.curation.sources.check_source`)."""
     for src in resolve_sources(cfg.curate.sources):
-        check_source_header(src)
+        check_source(src)
 
 
 STAGE: StageSpec[PromptSetManifest] = StageSpec(

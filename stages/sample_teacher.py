@@ -2,7 +2,9 @@
 
 Each split's samples (``samples_per_prompt`` noise seeds per prompt, seeds from
 ``hash(seed, prompt_id, k)``) are cut into shards of ``samples_per_shard`` by a deterministic
-plan and written by a Ray actor pool, resumably (:mod:`pipeline.samples.sampling`).
+plan and written by a Ray actor pool, resumably (:mod:`pipeline.samples.sampling`): a rerun
+of an unfinished folder keeps the shards whose bytes match their checksums and writes the
+rest with the settings recorded in the folder (``sampling-settings.json``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pipeline.stage import StageContext, StageResult, StageSpec
 from pipeline.teachers.describe import describe_teacher
 from schemas.config import DistillConfig, SampleTeacherConfig
 from schemas.manifest import (
+    FileEntry,
     PromptSetManifest,
     SampleShard,
     SampleSplit,
@@ -48,8 +51,13 @@ def sample_teacher(ctx: StageContext) -> StageResult:
     from pipeline.samples.sampling import (
         ShardJob,
         busy_seconds,
+        check_reproducible,
+        plan_pool,
+        read_settings,
         resume_plan,
         sample_on_actor_pool,
+        settings_of,
+        write_settings,
     )
 
     cfg, teacher_cfg = ctx.section, ctx.teacher
@@ -62,23 +70,46 @@ def sample_teacher(ctx: StageContext) -> StageResult:
                                 cfg.samples_per_shard) for split in SPLITS}
     if not plans["train"]:
         raise ArtifactError("sample_teacher: the curated train split holds no prompts")
-    plan = resume_plan(ctx.store, ctx.out_dir, [u for split in SPLITS for u in plans[split]])
-    if plan.reused or plan.temporaries_removed:
-        ctx.log.info("sample_teacher: resuming; %d complete shard(s) kept, %d to write, %d "
-                     "stale temporary file(s) removed", plan.reused, len(plan.todo),
-                     plan.temporaries_removed)
     job = ShardJob(teacher=teacher_cfg, record={"teacher_id": desc.teacher_id,
                                                 "sigmas": desc.sigmas,
                                                 "sigma_mid": cfg.sigma_mid},
                    sigma_mid=cfg.sigma_mid, storage_dtype=cfg.storage_dtype,
                    batch_size=cfg.batch_size, store_root=ctx.store.root_uri,
                    out_dir=ctx.out_dir)
+    # The settings the shards already here were written with (None: a fresh folder, or one
+    # whose record is lost: its shards cannot be trusted to match and are written again).
+    units = [u for split in SPLITS for u in plans[split]]
+    recorded = read_settings(ctx.store, ctx.out_dir, ctx.log)
+    if recorded is not None and not any(ctx.store.exists(ctx.out_dir, u.path) for u in units):
+        recorded = None  # no shard written with it yet: nothing to stay consistent with
+    if recorded is not None:  # before anything in the folder changes
+        check_reproducible(job, recorded)
+    plan = resume_plan(ctx.store, ctx.out_dir, units, trusted=recorded is not None)
+    if plan.rejected:
+        why = "damaged or unverifiable" if recorded else "written with unrecorded settings"
+        ctx.log.warning("sample_teacher: %d shard(s) %s removed, written again: %s",
+                        len(plan.rejected), why, ", ".join(plan.rejected))
+    if plan.reused or plan.temporaries_removed:
+        ctx.log.info("sample_teacher: resuming; %d complete shard(s) kept, %d to write, %d "
+                     "stale temporary file(s) removed", plan.reused, len(plan.todo),
+                     plan.temporaries_removed)
     start = time.perf_counter()
-    written = sample_on_actor_pool(job, plan.todo, cfg.num_actors, cfg.cpus_per_actor,
-                                   ctx.log, ctx.progress) if plan.todo else []
+    written: list[dict] = []
+    if plan.todo:
+        # A forced recomputation builds beside the finished result: reproduce its settings.
+        finished = f"{ctx.name}/{ctx.key}"
+        previous = read_settings(ctx.store, finished) if ctx.out_dir != finished else None
+        pool = plan_pool(job, plan.todo, cfg.num_actors, cfg.cpus_per_actor, ctx.log,
+                         recorded=recorded, previous=previous)
+        if recorded is None:  # before the first shard
+            write_settings(ctx.store, ctx.out_dir, settings_of(job, pool))
+        written = sample_on_actor_pool(job, plan.todo, pool, ctx.log, ctx.progress)
     sample_s = round(time.perf_counter() - start, 3)
 
-    entries = {u.path: ctx.store.file_entry(ctx.out_dir, u.path)
+    # Shards are hashed once: as written (by the actor) or as verified (on resume).
+    entries = {**plan.entries, **{r["path"]: FileEntry(path=r["path"], size=r["size"],
+                                                       sha256=r["sha256"]) for r in written}}
+    entries = {u.path: entries.get(u.path) or ctx.store.file_entry(ctx.out_dir, u.path)
                for split in SPLITS for u in plans[split]}
     splits = {split: SampleSplit(
         num_prompts=len(prompts[split][0]),
@@ -94,6 +125,7 @@ def sample_teacher(ctx: StageContext) -> StageResult:
     counts = {"train_samples": splits["train"].num_samples,
               "eval_samples": splits["eval"].num_samples, "shards": len(entries),
               "shards_written": len(written), "shards_reused": plan.reused,
+              "shards_rejected": len(plan.rejected),
               "samples_written": new_samples}
     sizes = [s.size / s.num_samples for sp in splits.values() for s in sp.shards]
     # Busy time (shard sampling and writing, without Ray start-up and teacher loading): the
@@ -130,7 +162,7 @@ STAGE: StageSpec[TeacherSamplesManifest] = StageSpec(
     section=lambda cfg: cfg.sample_teacher,
     run=sample_teacher,
     check=check,
-    version=1,
+    version=2,  # 2: checksums and the settings record beside the shards
     fingerprint=_fingerprint,
     uses_teacher=True,
     samples_teacher=True,

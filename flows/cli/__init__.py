@@ -11,7 +11,7 @@ import sys
 import typer
 
 from flows.cli import generate, metrics, pipeline, toy
-from flows.cli.common import err_console
+from flows.cli.common import print_error
 from pipeline.errors import TwostepError
 
 app = typer.Typer(
@@ -32,5 +32,5 @@ def main() -> None:  # pragma: no cover - console entry point
     try:
         app()
     except TwostepError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        print_error(exc)
         sys.exit(2)

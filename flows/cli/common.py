@@ -9,6 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from flows.env import apply_defaults
 from pipeline.errors import TwostepError
@@ -31,7 +32,14 @@ WorkspaceOpt = Annotated[
 ]
 
 
+def print_error(problem: TwostepError | str) -> None:
+    """One ``error:`` line on stderr: the message as plain text (a path such as
+    ``data/[a-z]*.txt`` or ``x[/y]`` is not read as rich markup), never wrapped."""
+    err_console.print(f"[bold red]error:[/] {escape(str(problem))}", highlight=False,
+                      soft_wrap=True)
+
+
 def fail(problem: TwostepError | str, code: int = 2) -> NoReturn:
     """Print one ``error:`` line and exit (2: a user mistake, 1: the run itself failed)."""
-    err_console.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+    print_error(problem)
     raise typer.Exit(code=code)

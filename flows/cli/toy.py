@@ -94,7 +94,7 @@ def teacher_build_config(overrides: list[str]) -> TeacherTrainConfig:
     overrides; a mistake is one line per problem and exit 2."""
     from pydantic import ValidationError
 
-    from pipeline.config import apply_override, format_validation_error, parse_override
+    from pipeline.config import apply_override, one_line_problems, parse_override
     from pipeline.toy.teacher import TeacherTrainConfig
 
     data: dict[str, Any] = {}
@@ -105,7 +105,7 @@ def teacher_build_config(overrides: list[str]) -> TeacherTrainConfig:
     except TwostepError as exc:
         fail(exc)
     except ValidationError as exc:
-        fail(format_validation_error(exc, "build-teacher --set"))
+        fail(f"build-teacher --set: {one_line_problems(exc, TeacherTrainConfig)}")
 
 
 @app.command("refine-decoder")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from datasketch import MinHash
 
 from pipeline.curation.text import shingles
 
@@ -33,6 +32,10 @@ def signatures(
     present = [i for i, t in enumerate(texts) if t]
     if not present:
         return out
+    # imported here: datasketch pulls in scipy (~1 s), which a CLI command that stops at
+    # pre-flight never needs
+    from datasketch import MinHash
+
     sets = [shingles(texts[i], unit, size) for i in present]
     hashes = MinHash.bulk(sets, num_perm=num_perm, seed=seed, scheme=_SCHEME)
     out[present] = np.stack([np.asarray(m.hashvalues, dtype=np.uint32) for m in hashes])

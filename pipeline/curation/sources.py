@@ -111,22 +111,104 @@ def fingerprint_sources(sources: list[ResolvedSource]) -> dict[str, str]:
     return out
 
 
-def check_source_header(src: ResolvedSource) -> None:
-    """Cheap pre-flight check that a CSV or Parquet source has the configured column."""
-    if src.format not in ("csv", "parquet"):
+SAMPLE_BYTES = 1 << 20
+"""How much of a text source (after decompression) the pre-flight check reads."""
+_LINE_FORMATS = ("txt", "jsonl", "csv")
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def check_source(src: ResolvedSource) -> None:
+    """Cheap pre-flight check of one file source, before any work (see docs/curation.md,
+    "Whole-file checks"): a text source must be non-blank UTF-8 text with lines shorter than
+    :data:`SAMPLE_BYTES` (judged on its first :data:`SAMPLE_BYTES`); a CSV or Parquet source
+    must have the configured column, and a Parquet source at least one row."""
+    if src.toy is not None:
         return
     try:
         with fsspec.open(src.uri, "rb", compression="infer") as f:
-            if src.format == "csv":
-                head = f.read(1 << 16).split(b"\n", 1)[0]
-                line = head.decode("utf-8-sig", errors="replace").rstrip("\r")
-                _csv_column([h.strip() for h in next(csv.reader([line]), [])], src)
-            else:
-                _parquet_column(pq.ParquetFile(f).schema_arrow.names, src)
+            if src.format == "parquet":
+                meta = pq.ParquetFile(f)
+                _parquet_column(meta.schema_arrow.names, src)
+                if meta.metadata.num_rows == 0:
+                    raise SourceError(f"{src.config_path}.path: {src.uri} has no rows; give a "
+                                      f"file with prompts or remove this source")
+                return
+            head = f.read(SAMPLE_BYTES + 1)
     except pa.ArrowException as exc:
-        raise SourceError(f"{src.config_path}: {src.uri} is not a Parquet file: {exc}") from None
-    except OSError as exc:
-        raise SourceError(f"{src.config_path}: cannot read {src.uri}: {exc}") from None
+        raise SourceError(f"{src.config_path}.path: {src.uri} is not a Parquet file: "
+                          f"{_first_line(exc)}") from None
+    except (OSError, EOFError) as exc:  # also a corrupt .gz/.bz2/.xz
+        raise SourceError(f"{src.config_path}.path: cannot read {src.uri}: "
+                          f"{_first_line(exc)}") from None
+    _check_text_sample(head[:SAMPLE_BYTES], len(head) <= SAMPLE_BYTES, src)
+    if src.format == "csv":
+        line = head.removeprefix(_UTF8_BOM).split(b"\n", 1)[0]
+        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        _csv_column([h.strip() for h in next(csv.reader([text]), [])], src)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _check_text_sample(head: bytes, whole: bool, src: ResolvedSource) -> None:
+    """Refuse a text source that is not text: ``head`` is its first bytes (all of it when
+    ``whole``). The rules, so that a few malformed rows in a good file are still only counted
+    and dropped (``malformed_utf8``):
+
+    - a UTF-16/UTF-32 byte-order mark, or any NUL byte: not UTF-8 text (binary or UTF-16);
+    - nothing but whitespace (the whole file): empty;
+    - a line-based format (txt, jsonl, csv) with no newline in the sample: line 1 is longer
+      than the sample (one huge line is not a prompt file; it is refused before being read);
+    - more than half of the sample's non-blank lines not valid UTF-8: another encoding
+      (latin-1, cp1252, ...)."""
+    where = f"{src.config_path}.path: {src.uri}"
+    size = _size(len(head))
+    scope = "it" if whole else f"its first {size}"
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        raise SourceError(f"{where} is UTF-32 text; save it as UTF-8 (e.g. iconv -f UTF-32 "
+                          f"-t UTF-8)")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SourceError(f"{where} is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 "
+                          f"-t UTF-8)")
+    body = head.removeprefix(_UTF8_BOM)
+    if whole and not body.strip():
+        what = "empty (0 bytes)" if not head else "empty (blank lines only)"
+        raise SourceError(f"{where} is {what}; give a file with prompts or remove this source")
+    if b"\x00" in body:
+        raise SourceError(f"{where} is binary, not UTF-8 text (NUL bytes in {scope}); give a "
+                          f"{src.format} file of UTF-8 text (UTF-16 text: convert it with "
+                          f"iconv -f UTF-16 -t UTF-8)")
+    if src.format in _LINE_FORMATS and not whole and b"\n" not in body:
+        raise SourceError(f"{where}: line 1 is longer than {size} (no newline in its first "
+                          f"{size}): not a {src.format} file of one prompt a line; split it "
+                          f"into lines")
+    lines = body.split(b"\n")
+    if not whole:
+        lines = lines[:-1]  # the sample may end inside a line (and inside a character)
+    nonblank = [line for line in lines if line.strip()]
+    bad = sum(1 for line in nonblank if not _is_utf8(line))
+    if bad * 2 > len(nonblank):
+        first = next(i for i, line in enumerate(lines, 1) if line.strip() and not _is_utf8(line))
+        raise SourceError(
+            f"{where} is not UTF-8 text ({bad} of {len(nonblank)} non-blank lines in {scope} "
+            f"are not valid UTF-8, the first at line {first}: latin-1 or cp1252?); convert it "
+            f"to UTF-8 (e.g. iconv -f latin1 -t UTF-8)")
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g} {unit}"
+    return f"{n} bytes"
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _csv_column(header: list[str], src: ResolvedSource) -> int:

@@ -36,6 +36,9 @@ from pipeline.store import ArtifactStore, verify_content
 from schemas.manifest import SAMPLE_FIELDS, SampleShard, TeacherSamplesManifest
 
 TENSOR_FIELDS = ("caption", "noise", "x_mid", "x0")
+WAY_OUT = "recompute the teacher samples with distill run --only sample_teacher --force"
+"""How a damaged shard is repaired: the forced stage writes the same bytes again (the key's
+settings and the recorded threads decide them), so downstream caches stay valid."""
 
 
 class TeacherSampleReader(torch.utils.data.IterableDataset):
@@ -122,20 +125,21 @@ class TeacherSampleReader(torch.utils.data.IterableDataset):
         try:
             data = store.read_bytes(self.stage_dir, shard.path)
         except FileNotFoundError:
-            raise ArtifactError(f"{where}: listed in the manifest but missing") from None
+            raise ArtifactError(f"{where}: listed in the manifest but missing; "
+                                f"{WAY_OUT}") from None
         if self.verify:
-            verify_content(where, data, shard, way_out="recompute the teacher samples with "
-                           "distill run --only sample_teacher --force")
+            verify_content(where, data, shard, way_out=WAY_OUT)
         count = 0
         try:
             for key, members in _group_by_key(data):
                 yield self._decode(key, members, where)
                 count += 1
         except (tarfile.TarError, ValueError, OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{where}: unreadable sample after {count} ({exc})") from None
+            raise ArtifactError(f"{where}: unreadable sample after {count} ({exc}); "
+                                f"{WAY_OUT}") from None
         if count != shard.num_samples:
             raise ArtifactError(f"{where}: {count} samples, the manifest says "
-                                f"{shard.num_samples}")
+                                f"{shard.num_samples}; {WAY_OUT}")
 
     def _decode(self, key: str, members: dict[str, bytes], where: str) -> dict[str, Any]:
         missing = [f for f in SAMPLE_FIELDS if f not in members]

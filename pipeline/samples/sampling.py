@@ -1,10 +1,15 @@
-"""Teacher sampling into shards on a Ray actor pool, resumable.
+"""Teacher sampling into shards on Ray actors, resumable and retried.
 
 A :class:`ShardSampler` (one per Ray actor; the teacher loads once, lazily) samples a whole
 shard in batches and writes it under a temporary name, renamed when complete
-(:meth:`ArtifactStore.open_atomic`). A killed run therefore leaves only complete shards plus
-temporaries; :func:`resume_plan` removes the temporaries and keeps every complete shard, so
-each key is written exactly once. :func:`sample_on_actor_pool` runs the shards still to do.
+(:meth:`ArtifactStore.open_atomic`); just before the rename it writes the shard's sha256
+beside it (``<shard>.sha256``, ``sha256sum`` format). A killed run therefore leaves complete
+shards with their checksums plus temporaries; :func:`resume_plan` removes the temporaries and
+keeps a shard only if its bytes match its checksum, so each key is written exactly once and a
+damaged shard is never kept. The settings that decide a shard's bytes beyond the cache key
+(the torch threads per actor) are recorded in the folder before the first shard
+(:class:`SamplingSettings`), and a resumed run writes with them. :func:`sample_on_actor_pool`
+writes the shards still to do and retries a shard whose actor died on a fresh actor.
 """
 
 from __future__ import annotations
@@ -13,20 +18,34 @@ import hashlib
 import json
 import logging
 import os
-import tarfile
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import islice
-from typing import Any
+from typing import IO, Any
 
 from pipeline.errors import ArtifactError, ConfigError, TwostepError
 from pipeline.samples.format import ShardUnit, encode_sample
 from pipeline.store import TMP_MARKER, ArtifactStore
 from schemas.config import TeacherConfig
-from schemas.manifest import SAMPLE_FIELDS
+from schemas.manifest import FileEntry
 
 _PROGRESS_EVERY_S = 5.0
+
+MAX_SHARD_RETRIES = 2
+"""Times a shard is resubmitted, each on a fresh actor, after the actor writing it died (a
+node lost, a worker killed); one more death and the stage stops (complete shards kept)."""
+
+WAY_OUT = "distill run --only sample_teacher --force"
+"""The command that recomputes a teacher-sample folder from scratch."""
+
+CHECKSUM_SUFFIX = ".sha256"
+"""``<shard>.sha256`` beside each shard: its sha256 in ``sha256sum`` format, written before
+the shard's rename, so every shard on disk has one (``sha256sum -c *.sha256`` checks them)."""
+
+SETTINGS_FILE = "sampling-settings.json"
+"""The settings the folder's shards are written with (:class:`SamplingSettings`)."""
 
 
 @dataclass(frozen=True)
@@ -106,12 +125,17 @@ class ShardSampler:
 
         # mtime fixed and no user names: the same samples give the same tar bytes.
         with self.store.open_atomic(self.job.out_dir, unit.path) as handle:
-            writer = wds.TarWriter(handle, user="twostep", group="twostep", mtime=0.0,
+            hashed = _HashingWriter(handle)
+            writer = wds.TarWriter(hashed, user="twostep", group="twostep", mtime=0.0,
                                    encoder=False)
             for sample in samples:
                 writer.write(sample)
             writer.close()
+            # Before the shard's rename: a shard on disk always has its checksum.
+            digest = hashed.digest.hexdigest()
+            write_checksum(self.store, self.job.out_dir, unit.path, digest)
         return {"path": unit.path, "split": unit.split, "num_samples": len(samples),
+                "size": hashed.size, "sha256": digest,
                 "seconds": time.perf_counter() - start, "actor": os.getpid()}
 
     def _samples(self, unit: ShardUnit) -> Iterator[dict[str, object]]:
@@ -136,16 +160,62 @@ class ShardSampler:
                                     result.final[i], images[i], job.storage_dtype)
 
 
-def complete_samples(store: ArtifactStore, out_dir: str, path: str) -> int:
-    """Number of complete samples in an existing shard (0 if it cannot be read)."""
+class _HashingWriter:
+    """A write-only stream that hashes what it passes on (the tar is hashed as written,
+    never read back)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+
+def checksum_name(path: str) -> str:
+    return f"{path}{CHECKSUM_SUFFIX}"
+
+
+def write_checksum(store: ArtifactStore, out_dir: str, path: str, digest: str) -> None:
+    name = path.rsplit("/", 1)[-1]
+    store.write_bytes(f"{digest}  {name}\n".encode(), out_dir, checksum_name(path))
+
+
+def read_checksum(store: ArtifactStore, out_dir: str, path: str) -> str | None:
+    """The sha256 recorded beside a shard, or None (absent or unreadable)."""
     try:
-        with store.fs.open(store.path(out_dir, path), "rb") as handle, \
-                tarfile.open(fileobj=handle, mode="r:") as tar:
-            names = [m.name for m in tar.getmembers()]
-    except (OSError, tarfile.TarError):
+        text = store.read_bytes(out_dir, checksum_name(path)).decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    digest = text.split(" ", 1)[0]
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) \
+        else None
+
+
+def verified_shard(store: ArtifactStore, out_dir: str, path: str) -> FileEntry | None:
+    """The shard's entry if its bytes match the checksum written beside it, else None (the
+    shard is damaged, or its checksum is missing)."""
+    digest = read_checksum(store, out_dir, path)
+    if digest is None:
+        return None
+    try:
+        entry = store.file_entry(out_dir, path)
+    except OSError:
+        return None
+    return entry if entry.sha256 == digest else None
+
+
+def remove_temporaries(store: ArtifactStore, out_dir: str) -> int:
+    """Remove the temporaries of interrupted writes (a killed run, a dead actor): their
+    count. Only while no writer of this folder runs."""
+    if not store.exists(out_dir):
         return 0
-    keys = {name.split(".", 1)[0] for name in names}
-    return len(keys) if len(names) == len(keys) * len(SAMPLE_FIELDS) else 0
+    stale = [p for p in store.fs.find(store.path(out_dir))
+             if TMP_MARKER in p.rsplit("/", 1)[-1]]
+    for path in stale:
+        store.fs.rm(path)
+    return len(stale)
 
 
 @dataclass(frozen=True)
@@ -153,35 +223,116 @@ class ResumePlan:
     todo: list[ShardUnit]
     reused: int
     temporaries_removed: int
+    rejected: list[str]
+    """Shards on disk that were removed: damaged (bytes not matching their checksum), or
+    without a checksum, or written with unknown settings."""
+    entries: dict[str, FileEntry]
+    """Size and sha256 of the reused shards (hashed once, while verifying them)."""
 
 
-def resume_plan(store: ArtifactStore, out_dir: str, units: list[ShardUnit]) -> ResumePlan:
-    """Remove a killed run's temporaries and incomplete shards; the units still to write."""
-    stale = [p for p in store.fs.find(store.path(out_dir)) if TMP_MARKER in p.rsplit("/", 1)[-1]]
-    for path in stale:
-        store.fs.rm(path)
-    todo, reused = [], 0
+def resume_plan(store: ArtifactStore, out_dir: str, units: list[ShardUnit],
+                trusted: bool = True) -> ResumePlan:
+    """Remove a killed run's temporaries and every shard that cannot be reused; the units
+    still to write. A shard is reused only when ``trusted`` (the folder's settings are
+    known, :func:`read_settings`) and its bytes match its checksum: a truncated, altered or
+    unverifiable shard is removed and written again."""
+    removed = remove_temporaries(store, out_dir)
+    todo, reused, rejected, entries = [], 0, [], {}
     for unit in units:
         if store.exists(out_dir, unit.path):
-            if complete_samples(store, out_dir, unit.path) == len(unit.samples):
+            entry = verified_shard(store, out_dir, unit.path) if trusted else None
+            if entry is not None:
                 reused += 1
+                entries[unit.path] = entry
                 continue
             store.fs.rm(store.path(out_dir, unit.path))
+            rejected.append(unit.path)
+        if store.exists(out_dir, checksum_name(unit.path)):
+            store.fs.rm(store.path(out_dir, checksum_name(unit.path)))
         todo.append(unit)
-    return ResumePlan(todo, reused, len(stale))
+    return ResumePlan(todo, reused, removed, rejected, entries)
 
 
-def _guard(results: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """A dead actor (killed by the OS for memory, say) becomes one clear line; the complete
-    shards stay, so a rerun resumes."""
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What a shard's bytes depend on beyond the cache key: the torch threads per actor (a
+    6-sample toy shard differed in the last bits between 1 and 2 threads), and, recorded to
+    check, the device kind, the batch size and the teacher's dtype (both in the key)."""
+
+    batch_size: int
+    dtype: str
+    device: str
+    threads_per_actor: int
+
+    def describe(self) -> str:
+        return (f"batch_size={self.batch_size}, dtype={self.dtype}, device={self.device}, "
+                f"{self.threads_per_actor} thread(s) per actor")
+
+
+def read_settings(store: ArtifactStore, out_dir: str,
+                  log: logging.Logger | None = None) -> SamplingSettings | None:
+    """The settings recorded in ``out_dir`` (None: absent, or unreadable, which is logged)."""
+    if not store.exists(out_dir, SETTINGS_FILE):
+        return None
+    try:
+        raw = json.loads(store.read_bytes(out_dir, SETTINGS_FILE))
+        return SamplingSettings(batch_size=int(raw["batch_size"]), dtype=str(raw["dtype"]),
+                                device=str(raw["device"]),
+                                threads_per_actor=int(raw["threads_per_actor"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if log:
+            log.warning("sample_teacher: %s unreadable (%s); its shards are not reused",
+                        store.uri(out_dir, SETTINGS_FILE), exc)
+        return None
+
+
+def write_settings(store: ArtifactStore, out_dir: str, settings: SamplingSettings) -> None:
+    store.write_bytes(json.dumps(asdict(settings), indent=2, sort_keys=True).encode() + b"\n",
+                      out_dir, SETTINGS_FILE)
+
+
+def settings_of(job: ShardJob, plan: ActorPlan) -> SamplingSettings:
+    return SamplingSettings(batch_size=job.batch_size, dtype=job.teacher.dtype,
+                            device="gpu" if plan.gpu else "cpu",
+                            threads_per_actor=plan.cpus_per_actor)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Ray reports the death as an out-of-memory kill (its memory monitor, or the node)."""
+    import ray
+
+    text = str(exc)
+    return isinstance(exc, ray.exceptions.OutOfMemoryError) or any(
+        mark in text for mark in ("OUT_OF_MEMORY", "running low on memory",
+                                  "OutOfMemoryError"))
+
+
+def death_message(exc: BaseException, what: str) -> str:
+    """One line for a sampling actor that died doing ``what``: out of memory names the batch
+    size to lower; otherwise the first line of Ray's report and the way to resume."""
+    if _out_of_memory(exc):
+        return (f"sample_teacher: a sampling actor was killed for running out of memory "
+                f"{what}; lower sample_teacher.batch_size (a new batch size is a new sample "
+                f"folder) or give the actors more memory")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"sample_teacher: a sampling actor died {what} ({first}); complete shards are "
+            f"kept, rerun to resume")
+
+
+def _actor_died() -> tuple[type[BaseException], ...]:
+    import ray
+
+    return ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError
+
+
+def _get_all(refs: list[Any], what: str) -> list[Any]:
+    """``ray.get`` of a whole pool's calls; a dead actor becomes one clear line."""
     import ray
 
     try:
-        yield from results
-    except ray.exceptions.RayActorError as exc:
-        raise ArtifactError(f"sample_teacher: a sampling actor died ({str(exc).splitlines()[0]}"
-                            f"); complete shards are kept, rerun to resume (a smaller "
-                            f"sample_teacher.batch_size needs less memory)") from None
+        return ray.get(refs)
+    except _actor_died() as exc:
+        raise ArtifactError(death_message(exc, what)) from None
 
 
 CALIBRATION_CACHE = "sampling"
@@ -310,15 +461,20 @@ class _Progress:
                           rate, (self.total - self.done) / max(rate, 1e-9))
 
 
-def _start_pool(job: ShardJob, plan: ActorPlan) -> list[Any]:
-    """``plan``'s actors with their teachers loaded (so that timing counts sampling only)."""
+def _actor_class(plan: ActorPlan) -> Any:
     import ray
 
-    actor_cls = ray.remote(num_cpus=plan.cpus_per_actor,
-                           num_gpus=1 if plan.gpu else 0)(ShardSampler)
+    return ray.remote(num_cpus=plan.cpus_per_actor,
+                      num_gpus=1 if plan.gpu else 0)(ShardSampler)
+
+
+def _start_pool(job: ShardJob, plan: ActorPlan) -> list[Any]:
+    """``plan``'s actors with their teachers loaded (so that timing counts sampling only)."""
+    actor_cls = _actor_class(plan)
     actors = [actor_cls.remote(job, plan.cpus_per_actor) for _ in range(plan.actors)]
     try:
-        for message in _guard(iter(ray.get([a.ready.remote() for a in actors]))):
+        for message in _get_all([a.ready.remote() for a in actors], "while loading the "
+                                "teacher"):
             if message:
                 raise ArtifactError(message)
     except BaseException:
@@ -336,13 +492,11 @@ def _stop_pool(actors: list[Any]) -> None:
 
 def _probe_rate(job: ShardJob, plan: ActorPlan, units: list[ShardUnit]) -> float:
     """Samples/s of ``plan``'s actors sampling (not writing) the head of one unit each."""
-    import ray
-
     actors = _start_pool(job, plan)
     try:
         start = time.perf_counter()
-        samples = sum(_guard(iter(ray.get([a.probe.remote(u)
-                                           for a, u in zip(actors, units, strict=False)]))))
+        samples = sum(_get_all([a.probe.remote(u) for a, u in zip(actors, units, strict=False)],
+                               "while calibrating the actor split"))
         return samples / max(time.perf_counter() - start, 1e-9)
     finally:
         _stop_pool(actors)
@@ -376,34 +530,110 @@ def calibrate_split(job: ShardJob, cpus: int, units: list[ShardUnit],
     return best
 
 
-def sample_on_actor_pool(job: ShardJob, todo: list[ShardUnit], num_actors: int | str,
-                         cpus_per_actor: int | str, log: logging.Logger,
-                         progress: Callable[[float], None]) -> list[dict[str, Any]]:
-    """Write ``todo`` on a Ray actor pool planned by :func:`plan_actor_pool` from the
-    cluster's resources; the shard records, as they finish.
-
-    On a one-node CPU cluster with both settings ``auto`` the split is calibrated once per
-    machine, teacher and batch (:func:`calibrate_split`). Every shard of one run is written
-    with one thread count: a shard's bytes can depend on it (seen on the toy teacher for a
-    6-sample shard with 1 vs 2 threads)."""
+def check_reproducible(job: ShardJob, recorded: SamplingSettings) -> None:
+    """The shards already in ``job``'s folder were written with ``recorded``: an
+    :class:`ArtifactError` naming them and the way out unless this run and this cluster can
+    write the rest the same way (same batch size, dtype and device kind; the recorded threads
+    per actor fit its largest node)."""
     import ray
-    from ray.util import ActorPool
+
+    nodes = _node_cpus()
+    device = "gpu" if int(ray.cluster_resources().get("GPU", 0)) else "cpu"
+    if (recorded.batch_size, recorded.dtype, recorded.device) == \
+            (job.batch_size, job.teacher.dtype, device) \
+            and recorded.threads_per_actor <= max(nodes, default=1):
+        return
+    raise ArtifactError(
+        f"sample_teacher: {ArtifactStore(job.store_root).uri(job.out_dir)} holds shards "
+        f"written with {recorded.describe()}; this run has batch_size={job.batch_size}, "
+        f"dtype={job.teacher.dtype} on {device} nodes of at most {max(nodes, default=0)} "
+        f"CPU(s); resume it where those settings fit, or recompute it with {WAY_OUT}")
+
+
+def plan_pool(job: ShardJob, todo: list[ShardUnit], num_actors: int | str,
+              cpus_per_actor: int | str, log: logging.Logger,
+              recorded: SamplingSettings | None = None,
+              previous: SamplingSettings | None = None) -> ActorPlan:
+    """The actor pool for ``todo``, planned by :func:`plan_actor_pool` from the cluster's
+    resources.
+
+    ``recorded``: the settings of the shards already in the folder (a resumed run): their
+    threads per actor are used whatever ``cpus_per_actor`` says (logged), so that the shards
+    of one folder never mix thread counts (:func:`check_reproducible` refuses settings this
+    cluster cannot reproduce). ``previous``: the settings of the finished folder a forced
+    recomputation replaces: its threads are used where they fit, so that the recomputation
+    reproduces its bytes. Otherwise, on a one-node CPU cluster with both settings ``auto``,
+    the split is calibrated once per machine, teacher and batch (:func:`calibrate_split`)."""
+    import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     nodes = _node_cpus()
-    if not gpus and len(nodes) == 1 and num_actors == cpus_per_actor == "auto":
+    device = "gpu" if gpus else "cpu"
+    wanted = cpus_per_actor
+    if recorded is not None:
+        check_reproducible(job, recorded)
+        cpus_per_actor = recorded.threads_per_actor
+    elif previous is not None and previous.device == device \
+            and previous.threads_per_actor <= max(nodes, default=1):
+        cpus_per_actor = previous.threads_per_actor
+    elif not gpus and len(nodes) == 1 and num_actors == cpus_per_actor == "auto":
         cpus_per_actor = calibrate_split(job, nodes[0], todo, log) or "auto"
-    plan = plan_actor_pool(nodes, gpus, len(todo), num_actors, cpus_per_actor)
+    if wanted not in ("auto", cpus_per_actor):
+        why = "the shards already written" if recorded else "the result it recomputes"
+        log.info("sample_teacher: %d thread(s) per actor as %s, not cpus_per_actor=%s (a "
+                 "shard's bytes can depend on the thread count)", cpus_per_actor, why, wanted)
+    return plan_actor_pool(nodes, gpus, len(todo), num_actors, cpus_per_actor)
+
+
+def sample_on_actor_pool(job: ShardJob, todo: list[ShardUnit], plan: ActorPlan,
+                         log: logging.Logger,
+                         progress: Callable[[float], None]) -> list[dict[str, Any]]:
+    """Write ``todo`` on ``plan``'s actors; the shard records, as they finish.
+
+    Each actor writes one shard at a time. When an actor dies (its process killed: by the
+    OS or Ray for memory, by a lost node, by hand), the shard it was writing goes back to
+    the queue and a fresh actor of the same plan takes its place; a shard is retried at
+    most :data:`MAX_SHARD_RETRIES` times. The dead write's temporary never becomes the shard
+    (the rename is atomic) and is removed once the pool is done."""
+    import ray
+
     sink = _Progress(todo, log, progress)
     log.info("sample_teacher: %d shards (%d samples) on %s", len(todo), sink.total,
              plan.describe())
     actors = _start_pool(job, plan)
+    queue, idle = deque(todo), list(range(len(actors)))
+    running: dict[Any, tuple[int, ShardUnit]] = {}
+    retries: Counter[str] = Counter()
     try:
-        for result in _guard(ActorPool(actors).map_unordered(lambda a, u: a.write.remote(u),
-                                                             todo)):
+        while queue or running:
+            while queue and idle:
+                slot, unit = idle.pop(), queue.popleft()
+                running[actors[slot].write.remote(unit)] = (slot, unit)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            slot, unit = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except _actor_died() as exc:
+                retries[unit.path] += 1
+                if retries[unit.path] > MAX_SHARD_RETRIES:
+                    raise ArtifactError(death_message(
+                        exc, f"writing {unit.path} (attempt {retries[unit.path]} of "
+                             f"{MAX_SHARD_RETRIES + 1})")) from None
+                cause = str(exc).strip().splitlines()[0] if str(exc).strip() else "no cause"
+                log.warning("sample_teacher: the actor writing %s died (%s); retry %d of %d "
+                            "on a fresh actor", unit.path, cause, retries[unit.path],
+                            MAX_SHARD_RETRIES)
+                ray.kill(actors[slot])
+                actors[slot] = _actor_class(plan).remote(job, plan.cpus_per_actor)
+                queue.appendleft(unit)
+                idle.append(slot)
+                continue
+            idle.append(slot)
             sink.add({**result, "concurrency": plan.actors})
     finally:
         _stop_pool(actors)
+    if retries:
+        remove_temporaries(ArtifactStore(job.store_root), job.out_dir)
     return sink.results
 
 

@@ -33,7 +33,8 @@ def check_samples(store: ArtifactStore, samples: TeacherSamplesManifest,
         raise ArtifactError(f"{store.uri(stage_dir)}: the teacher sample set has no train "
                             f"samples")
     store.verify_files(stage_dir, [s for split in samples.splits.values() for s in split.shards],
-                       full=False)
+                       full=False, way_out="recompute the teacher samples with distill run "
+                                           "--only sample_teacher --force")
     desc = describe_teacher(teacher)
     if desc.teacher_id != samples.teacher.teacher_id:
         raise ConfigError(f"the teacher samples were made by {samples.teacher.teacher_id}, the "

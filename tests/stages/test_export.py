@@ -119,6 +119,7 @@ def test_bad_inputs_are_one_line(finished, tmp_path):
                   allow_compute=False)
 
 
+@pytest.mark.soak  # trains a second seed end to end: ~2.5 min, out of the default suite
 def test_ablate_with_two_seeds_reports_mean_and_std_and_reuses_the_cache(finished):
     """`distill ablate --seeds 2`: seed 0 is the finished run's cached stages (seed 0 is the
     default), seed 1 trains anew; the table shows mean ± std over both."""

@@ -3,6 +3,7 @@ resume after SIGKILL, and errors found before any work."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,13 @@ def test_samples_hold_the_teacher_trajectory(tmp_path):
     assert m.counts["eval_samples"] == m.splits["eval"].num_prompts > 0  # 1 per eval prompt
     assert all(s.num_samples == 16 for s in m.splits["train"].shards[:-1])
     assert m.teacher.sigma_mid == 0.75 and m.teacher.steps == 8
+    # beside each shard its sha256 (sha256sum format), and the settings that wrote them
+    folder = tmp_path / "a" / "sample_teacher" / m.key
+    for shard in m.splits["train"].shards + m.splits["eval"].shards:
+        assert (folder / f"{shard.path}.sha256").read_text() == f"{shard.sha256}  {shard.path}\n"
+    settings = json.loads((folder / "sampling-settings.json").read_text())
+    assert settings["batch_size"] == 16 and settings["device"] == "cpu"
+    assert {f.path for f in m.files} >= {"sampling-settings.json", "train-000000.tar.sha256"}
     samples = _by_key(store, m)
     assert len(samples) == m.counts["train_samples"]
     # Recompute one sample with the teacher: same noise from the seed, same latents, same PNG.
@@ -73,8 +81,6 @@ def test_two_runs_from_scratch_are_byte_identical_and_actor_count_does_not_matte
     """Run a calibrates its actor split (auto: 1x2 vs 2x1 threads measured on the heads of
     the shards, nothing written), then writes every shard with the faster; run b has one
     fixed actor with the same threads. Same key, same bytes."""
-    import json
-
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     shards = "sample_teacher.samples_per_shard=8"
     with caplog.at_level("INFO"):

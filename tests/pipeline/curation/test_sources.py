@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import gzip
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.curation.sources import infer_format, read_source, resolve_sources
+from pipeline.curation.sources import (
+    SAMPLE_BYTES,
+    check_source,
+    infer_format,
+    read_source,
+    resolve_sources,
+)
 from pipeline.errors import SourceError
 from schemas.config import FileSource, ToySource
 
@@ -53,3 +61,40 @@ def test_toy_source_is_deterministic():
     (src,) = resolve_sources([ToySource(num_prompts=50, seed=3)])
     assert read_source(src).equals(read_source(src))
     assert read_source(src).num_rows == 50
+
+
+def _check(path, **kw):
+    (src,) = resolve_sources([FileSource(path=str(path), **kw)])
+    check_source(src)
+
+
+def test_the_text_check_passes_good_files_with_a_few_bad_rows(tmp_path, messy_sources):
+    for path in messy_sources.values():
+        _check(path)  # one malformed row among good ones: counted later, not refused
+    big = tmp_path / "big.txt"  # many normal lines, well past the sample
+    big.write_bytes(b"a red circle on the left\n" * (2 * SAMPLE_BYTES // 25))
+    _check(big)
+    gz = tmp_path / "big.txt.gz"
+    gz.write_bytes(gzip.compress(big.read_bytes()))
+    _check(gz)
+    half = tmp_path / "half.txt"  # half the lines bad: still counted, not refused
+    half.write_bytes(b"good one\ncaf\xe9\n")
+    _check(half)
+    minified = tmp_path / "one.json"  # a .json document may be one long line
+    minified.write_text("[" + ",".join(['"a red circle"'] * (SAMPLE_BYTES // 10)) + "]")
+    _check(minified)
+
+
+@pytest.mark.parametrize(("name", "data", "message"), [
+    ("empty.txt", b"", r"empty \(0 bytes\)"),
+    ("blank.jsonl", b"\n \n\t\n", r"empty \(blank lines only\)"),
+    ("utf16.csv", "prompt\na\n".encode("utf-16"), "is UTF-16 text"),
+    ("nul.txt", b"a red\x00circle\n", "is binary"),
+    ("latin1.txt", b"ok\ncaf\xe9\nna\xefve\n", r"not UTF-8 text \(2 of 3 .* line 2"),
+    ("long.jsonl", b"x" * (SAMPLE_BYTES + 10), "line 1 is longer than 1 MiB"),
+])
+def test_the_text_check_refuses_files_that_are_not_prompt_text(tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(SourceError, match=rf"curate.sources\[0\].path: .*{name}.*{message}"):
+        _check(path)
