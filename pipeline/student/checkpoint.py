@@ -165,12 +165,50 @@ def save_checkpoint(root: Path, step: int, modules: dict[str, torch.nn.Module],
     save_file({name: g.get_state() for name, g in generators.items()},
               str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    write_checksums(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
     for old in _complete(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+CHECKSUMS = "checksums.json"
+"""Size and sha256 of every other file of a checkpoint, written last inside its temporary
+folder: a resume verifies them (:func:`verify_checkpoint`) before any worker loads it."""
+
+
+def write_checksums(folder: Path) -> None:
+    from pipeline.hashing import file_sha256
+
+    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(files, indent=2))
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Every file of a checkpoint as its ``checksums.json`` says (size, then sha256); an
+    :class:`ArtifactError` naming the file and the way out otherwise. A checkpoint of an
+    older version (no checksums) is taken as it is."""
+    from pipeline.hashing import file_sha256
+
+    listing = folder / CHECKSUMS
+    if not listing.exists():
+        return
+    way_out = (f"delete {folder} to resume from the checkpoint before it (or from step 0 if "
+               f"there is none), or start the stage over with --force")
+    try:
+        files = json.loads(listing.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{listing}: unreadable ({exc}); {way_out}") from None
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing from the checkpoint; {way_out}")
+        if path.stat().st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
+            raise ArtifactError(f"{path}: does not match the checkpoint's checksums (corrupt); "
+                                f"{way_out}")
 
 
 def resume_layout(world_size: int, strategy: str, parameterization: str) -> dict[str, Any]:

@@ -12,7 +12,12 @@ from typing import Any
 
 from pipeline.errors import ArtifactError, ConfigError, TwostepError
 from pipeline.store import ArtifactStore
-from pipeline.student.checkpoint import checkpoint_state, latest_checkpoint, resume_layout
+from pipeline.student.checkpoint import (
+    checkpoint_state,
+    latest_checkpoint,
+    resume_layout,
+    verify_checkpoint,
+)
 from pipeline.student.train import STATUS_FILE, TrainJob, train_worker
 from pipeline.teachers.describe import describe_teacher
 from schemas.config import LoraConfig, TeacherConfig
@@ -79,12 +84,14 @@ def check_student_weights(path: Path, teacher: TeacherConfig, parameterization: 
 
 
 def check_resume(out_dir: Path, layout: dict[str, Any]) -> None:
-    """A checkpoint left in ``out_dir`` resumes exactly only under the layout that wrote it
-    (world size, strategy, parameterization): anything else is refused here, in one line,
-    before any worker starts."""
+    """A checkpoint left in ``out_dir`` resumes exactly only when its files verify against
+    its checksums and under the layout that wrote it (world size, strategy,
+    parameterization): anything else is refused here, in one line, before any worker
+    starts."""
     latest = latest_checkpoint(out_dir)
     if latest is None:
         return
+    verify_checkpoint(latest)  # a corrupt checkpoint never resumes silently
     state = checkpoint_state(latest)
     written = {"world_size": state.get("world_size", 1), "strategy": state.get("strategy", "ddp"),
                "parameterization": state.get("parameterization", layout["parameterization"])}

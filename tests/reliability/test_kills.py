@@ -164,6 +164,7 @@ def _losses(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "losses.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.timeout(3600)
 @pytest.mark.soak
 def test_sigkill_at_seeded_points_of_every_stage_then_rerun_equals_an_uninterrupted_run(
         tmp_path, monkeypatch):

@@ -66,6 +66,7 @@ def _holds_lock(workspace: Path, stage: str, pid: int) -> bool:
     return False
 
 
+@pytest.mark.timeout(3600)
 @pytest.mark.soak
 def test_the_prefect_server_stops_during_a_stage_and_the_next_run_resumes(tmp_path):
     workspace, home = tmp_path / "ws", tmp_path / "prefect"
