@@ -2,10 +2,11 @@
 compare with an uninterrupted run.
 
 One uninterrupted reference run, then one workspace that is killed again and again: for each
-stage in pipeline order, ``POINTS`` runs are started and killed a seeded random delay after
-that stage took its lock (began computing; a later kill of the same stage lands in its
-resumed work). A run that finishes before its kill time counts as such. Then one last run
-completes the workspace, and:
+stage in pipeline order, up to ``POINTS`` runs are started and killed a seeded random delay
+after that stage took its lock (began computing), drawn in [0.1, 0.9] of the stage's compute
+time in the reference run; a later kill of the same stage lands in its resumed work (a run
+that finishes before its kill time counts as such). Then one last run completes the
+workspace, and:
 
 - every stage folder with a manifest verifies (size and sha256 of every file), no temporary,
   ``.forced`` folder or stage lock is left;
@@ -47,10 +48,6 @@ SETTINGS = ["curate.sources=[{kind: toy, num_prompts: 120, seed: 9}]",
             "sample_teacher.samples_per_shard=16", "sample_teacher.batch_size=16",
             "sample_teacher.num_actors=1", "sample_teacher.cpus_per_actor=2",
             "teacher.dtype=float32", "train_init.steps=6", "train_e2e.steps=6"]
-STAGE_SECONDS = {"curate": 4.0, "sample_teacher": 20.0, "train_init": 30.0,
-                 "train_e2e": 35.0, "evaluate": 8.0, "export": 1.5}
-"""Rough compute time of each stage with SETTINGS on 2 cores: kill delays are drawn in
-[0, 1.2 x this] after the stage took its lock."""
 
 
 def _args(workspace: Path) -> list[str]:
@@ -111,8 +108,13 @@ def _kill_during(workspace: Path, stage: str, delay: float) -> dict[str, object]
             record["outcome"] = f"run ended (exit {proc.returncode}) before {stage} began"
             return record
         time.sleep(delay)
-        record["outcome"] = "killed" if proc.poll() is None else \
-            f"{stage} finished first (exit {proc.returncode})"
+        if proc.poll() is not None:
+            record["outcome"] = f"the run finished first (exit {proc.returncode})"
+        else:
+            during = not _finished(workspace, stage)
+            kill_session(proc)
+            record["outcome"] = "killed during the stage" if during and \
+                not _finished(workspace, stage) else "killed after the stage finished"
     finally:
         kill_session(proc)
     record["on_disk"] = _disk_state(workspace, stage)
@@ -171,19 +173,23 @@ def test_sigkill_at_seeded_points_of_every_stage_then_rerun_equals_an_uninterrup
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     _complete(reference)
+    # Kill points are drawn within each stage's compute time in the reference run.
+    seconds = {name: manifest.timings["total_s"]
+               for name, (_, manifest) in _results(reference).items()}
     rng = random.Random(SEED)
     kills = []
     for stage in STAGES:
         for _ in range(POINTS):
             if _finished(killed, stage):
                 break
-            delay = rng.uniform(0, 1.2 * STAGE_SECONDS[stage])
+            delay = rng.uniform(0.1, 0.9) * seconds[stage]
             kills.append(_kill_during(killed, stage, delay))
             _assert_no_finished_folder_lies(killed)
     _complete(killed)
     (tmp_path / "kills.json").write_text(json.dumps(kills, indent=2))
     print(json.dumps(kills, indent=2))
-    assert sum(k["outcome"] == "killed" for k in kills) >= len(STAGES)
+    during = {k["stage"] for k in kills if k["outcome"] == "killed during the stage"}
+    assert during >= set(STAGES) - {"export"}, kills  # export takes ~1 s: may finish first
 
     _assert_clean(killed)
     ref, got = _results(reference), _results(killed)
