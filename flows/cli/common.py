@@ -39,6 +39,43 @@ def print_error(problem: TwostepError | str) -> None:
                       soft_wrap=True)
 
 
+def unreachable_prefect_api() -> str | None:
+    """The configured Prefect API (``PREFECT_API_URL``) when it does not answer now; None
+    when it answers or none is configured (an ephemeral server is the run's own)."""
+    import os
+    import urllib.request
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return None
+    try:
+        urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=5).close()
+    except OSError:
+        return url
+    return None
+
+
+def leave_if_the_api_went_away(code: int, problem: str | None = None) -> None:
+    """End now, with ``code``, when the Prefect server went away during the run. Prefect's
+    log and event services would otherwise retry delivering to it at interpreter exit for as
+    long as it is gone (a run that finished its work would hang); what they hold is lost."""
+    import os
+    import sys
+
+    url = unreachable_prefect_api()
+    if url is None:
+        return
+    if problem is not None:
+        print_error(problem)
+    err_console.print(f"warning: the Prefect API at {url} stopped answering during the run: "
+                      f"its flow-run state and logs there are incomplete; what is on disk is "
+                      f"consistent (finished stages have manifests; rerun to resume the rest)",
+                      highlight=False, soft_wrap=True, markup=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def fail(problem: TwostepError | str, code: int = 2) -> NoReturn:
     """Print one ``error:`` line and exit (2: a user mistake, 1: the run itself failed)."""
     print_error(problem)

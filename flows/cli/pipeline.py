@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli.common import ConfigOpt, SetOpt, WorkspaceOpt, console, fail
+from flows.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    WorkspaceOpt,
+    console,
+    fail,
+    leave_if_the_api_went_away,
+)
 from pipeline.errors import TwostepError
 
 
@@ -36,6 +43,7 @@ def run(
             state = distill(config=config, overrides=set_ or [], workspace=workspace,
                             only=only or None, force=force, return_state=True)
             if not state.is_completed():
+                leave_if_the_api_went_away(1, state.message or "the run failed")
                 fail(state.message or "the run failed", code=1)
             summary = state.result()
         else:
@@ -51,6 +59,7 @@ def run(
         table.add_row(stage, str(info["key"]), "cached" if info["cached"] else "computed",
                       counts, str(info["uri"]))
     console.print(table)
+    leave_if_the_api_went_away(0)
 
 
 def ablate(

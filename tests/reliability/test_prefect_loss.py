@@ -90,13 +90,14 @@ def test_the_prefect_server_stops_during_a_stage_and_the_next_run_resumes(tmp_pa
     tail = "\n".join(output.splitlines()[-12:])
     print(f"exit {run.returncode}; the run's last lines:\n{tail}")
     store = ArtifactStore(str(workspace))
-    (stage_dir,) = (workspace / "sample_teacher").iterdir()
+    (stage_dir,) = [p for p in (workspace / "sample_teacher").iterdir() if p.is_dir()]
     finished = (stage_dir / "manifest.json").exists()
     if finished:  # the stage finished its work and committed it before the run ended
         store.read_manifest(f"sample_teacher/{stage_dir.name}", TeacherSamplesManifest,
                             verify="sha256")
     assert "Traceback" not in tail
-    assert not list((workspace / LOCKS_DIR).glob("*.lock")) or run.returncode is not None
+    assert "the Prefect API at" in tail and "stopped answering during the run" in tail
+    assert not list((workspace / LOCKS_DIR).glob("*.lock"))  # released, not left held
 
     server = _start_server(home, port)
     try:
