@@ -151,7 +151,7 @@ def check(cfg: DistillConfig) -> None:
 
 
 def _fingerprint(cfg: DistillConfig) -> dict[str, str]:
-    desc = describe_teacher(cfg.teacher)
+    desc = describe_teacher(cfg.teacher, check_weights=False)  # the key: configs and files
     return {f"teacher:{name}": value for name, value in desc.fingerprint.items()}
 
 
