@@ -7,11 +7,12 @@ in :mod:`flows.cli.common`, which applies the Prefect/Ray environment defaults f
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 
 from flows.cli import generate, metrics, pipeline, toy
-from flows.cli.common import print_error
+from flows.cli.common import leave_if_the_api_went_away, print_error
 from pipeline.errors import TwostepError
 
 app = typer.Typer(
@@ -33,4 +34,13 @@ def main() -> None:  # pragma: no cover - console entry point
         app()
     except TwostepError as exc:
         print_error(exc)
+        leave_if_the_api_went_away(2)
         sys.exit(2)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        leave_if_the_api_went_away(code)
+        raise
+    except BaseException:
+        traceback.print_exc()  # a bug: keep its traceback, but do not hang after it
+        leave_if_the_api_went_away(1)
+        raise

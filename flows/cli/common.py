@@ -55,18 +55,17 @@ def unreachable_prefect_api() -> str | None:
     return None
 
 
-def leave_if_the_api_went_away(code: int, problem: str | None = None) -> None:
-    """End now, with ``code``, when the Prefect server went away during the run. Prefect's
-    log and event services would otherwise retry delivering to it at interpreter exit for as
-    long as it is gone (a run that finished its work would hang); what they hold is lost."""
+def leave_if_the_api_went_away(code: int) -> None:
+    """End the command now, with ``code``, when the Prefect server went away during it
+    (``distill`` calls this on its way out). Prefect's log and event services would
+    otherwise retry delivering to it at interpreter exit for as long as it is gone, so a run
+    that finished its work would hang; what they hold is lost."""
     import os
     import sys
 
     url = unreachable_prefect_api()
     if url is None:
         return
-    if problem is not None:
-        print_error(problem)
     err_console.print(f"warning: the Prefect API at {url} stopped answering during the run: "
                       f"its flow-run state and logs there are incomplete; what is on disk is "
                       f"consistent (finished stages have manifests; rerun to resume the rest)",

@@ -14,7 +14,7 @@ from flows.cli.common import (
     WorkspaceOpt,
     console,
     fail,
-    leave_if_the_api_went_away,
+    unreachable_prefect_api,
 )
 from pipeline.errors import TwostepError
 
@@ -40,10 +40,19 @@ def run(
         if summary is None:
             from flows.distill import distill
 
-            state = distill(config=config, overrides=set_ or [], workspace=workspace,
-                            only=only or None, force=force, return_state=True)
+            try:
+                state = distill(config=config, overrides=set_ or [], workspace=workspace,
+                                only=only or None, force=force, return_state=True)
+            except Exception as exc:  # noqa: BLE001 - only the lost server is ours to explain
+                url = unreachable_prefect_api()
+                if url is None:
+                    raise
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                fail(f"the Prefect API at {url} stopped answering during the run "
+                     f"({type(exc).__name__}: {first}); stages that finished are on disk with "
+                     f"their manifests, the others resume: rerun once the server is back",
+                     code=1)
             if not state.is_completed():
-                leave_if_the_api_went_away(1, state.message or "the run failed")
                 fail(state.message or "the run failed", code=1)
             summary = state.result()
         else:
@@ -59,7 +68,6 @@ def run(
         table.add_row(stage, str(info["key"]), "cached" if info["cached"] else "computed",
                       counts, str(info["uri"]))
     console.print(table)
-    leave_if_the_api_went_away(0)
 
 
 def ablate(

@@ -96,6 +96,7 @@ def test_the_prefect_server_stops_during_a_stage_and_the_next_run_resumes(tmp_pa
         store.read_manifest(f"sample_teacher/{stage_dir.name}", TeacherSamplesManifest,
                             verify="sha256")
     assert "Traceback" not in tail
+    assert run.returncode in (0, 1)  # it ends by itself: no hang at exit
     assert "the Prefect API at" in tail and "stopped answering during the run" in tail
     assert not list((workspace / LOCKS_DIR).glob("*.lock"))  # released, not left held
 
