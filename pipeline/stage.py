@@ -9,8 +9,11 @@ fields. It knows nothing of Prefect. The runner owns caching, lineage and the ma
   stage that declares ``uses_teacher``, content hashes of the inputs); speed-only fields
   (:func:`schemas.config.speed_only`) are left out;
 - ``<workspace>/<stage>/<key>/manifest.json`` valid, with its files present: a cache hit;
-- otherwise the stage runs, then the runner lists every file (size, sha256) and writes the
-  manifest last, atomically; ``<workspace>/<stage>/latest.json`` records the last run.
+- otherwise the runner takes the stage folder's lock (:mod:`pipeline.lock`: one writer per
+  folder), verifies its inputs' files (:func:`verify_inputs`), the stage runs, then the
+  runner lists every file (size, sha256) and writes the manifest last, atomically;
+  ``<workspace>/<stage>/latest.json`` records the last run. A full disk on the way is one
+  line (:func:`~pipeline.store.disk_full_is_one_line`).
 """
 
 from __future__ import annotations
