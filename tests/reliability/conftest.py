@@ -4,6 +4,7 @@ the one-line-error check and snapshots of what is on disk."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -45,3 +46,15 @@ def snapshot(root: Path) -> dict[str, tuple[int, str]]:
         out[str(path.relative_to(root))] = (path.stat().st_size,
                                             hashlib.sha256(path.read_bytes()).hexdigest())
     return out
+
+
+def holds_lock(workspace: Path, stage: str, pid: int) -> bool:
+    """Whether process ``pid`` holds ``stage``'s lock in ``workspace`` (a killed run's lock
+    stays behind until the next run takes it over)."""
+    for path in (workspace / ".locks").glob(f"{stage}-*.lock"):
+        try:
+            if json.loads(path.read_text())["pid"] == pid:
+                return True
+        except (OSError, ValueError, KeyError):
+            continue
+    return False

@@ -42,6 +42,7 @@ from pipeline.store import TMP_MARKER, ArtifactStore
 from stages.registry import STAGES
 from tests.conftest import REPO_ROOT
 from tests.processes import kill_session
+from tests.reliability.conftest import holds_lock
 
 SEED = 20
 POINTS = 2
@@ -83,17 +84,6 @@ def _disk_state(workspace: Path, stage: str) -> str:
     return "; ".join(parts) or "no folder"
 
 
-def _holds_lock(workspace: Path, stage: str, pid: int) -> bool:
-    """Whether process ``pid`` holds ``stage``'s lock (a killed run's lock stays behind)."""
-    for path in (workspace / ".locks").glob(f"{stage}-*.lock"):
-        try:
-            if json.loads(path.read_text())["pid"] == pid:
-                return True
-        except (OSError, ValueError, KeyError):
-            continue
-    return False
-
-
 def _checkpointed(workspace: Path, stage: str) -> bool:
     return any((workspace / stage).glob("*/checkpoints/step-*"))
 
@@ -109,7 +99,7 @@ def _kill_during(workspace: Path, stage: str, delay: float,
     try:
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:
-            if _holds_lock(workspace, stage, proc.pid) and (
+            if holds_lock(workspace, stage, proc.pid) and (
                     not after_checkpoint or _checkpointed(workspace, stage)):
                 break
             time.sleep(0.05)

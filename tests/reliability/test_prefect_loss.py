@@ -5,7 +5,6 @@ resumes. What the user sees is recorded in docs/reliability.md."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from pipeline.store import ArtifactStore
 from schemas.manifest import TeacherSamplesManifest
 from tests.conftest import REPO_ROOT
 from tests.processes import free_port, kill_session
+from tests.reliability.conftest import holds_lock
 
 BIN = Path(sys.executable).parent
 SETTINGS = ["curate.sources=[{kind: toy, num_prompts: 300, seed: 9}]",
@@ -56,16 +56,6 @@ def _run(workspace: Path, port: int, home: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _holds_lock(workspace: Path, stage: str, pid: int) -> bool:
-    for path in (workspace / LOCKS_DIR).glob(f"{stage}-*.lock"):
-        try:
-            if json.loads(path.read_text())["pid"] == pid:
-                return True
-        except (OSError, ValueError, KeyError):
-            continue
-    return False
-
-
 @pytest.mark.timeout(3600)
 @pytest.mark.soak
 def test_the_prefect_server_stops_during_a_stage_and_the_next_run_resumes(tmp_path):
@@ -75,7 +65,7 @@ def test_the_prefect_server_stops_during_a_stage_and_the_next_run_resumes(tmp_pa
     run = _run(workspace, port, home)
     try:
         deadline = time.monotonic() + 300
-        while not _holds_lock(workspace, "sample_teacher", run.pid):
+        while not holds_lock(workspace, "sample_teacher", run.pid):
             assert run.poll() is None and time.monotonic() < deadline, run.stdout.read()
             time.sleep(0.1)
         time.sleep(3)  # into the sampling
