@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 _HASH_CONTENT_BELOW = 64 << 20  # weight files larger than this are identified by size + mtime
 
@@ -15,13 +15,18 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a local file, streamed in 1 MiB blocks."""
+def stream_sha256(handle: IO[bytes]) -> str:
+    """sha256 of what is left to read in ``handle``, in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a local file, streamed."""
+    with open(path, "rb") as handle:
+        return stream_sha256(handle)
 
 
 def sha256_text(text: str) -> str:

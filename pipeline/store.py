@@ -22,6 +22,7 @@ import fsspec
 from pydantic import ValidationError
 
 from pipeline.errors import ArtifactError, ConfigError
+from pipeline.hashing import stream_sha256
 from schemas.manifest import MANIFEST_FILENAME, FileEntry, Manifest
 
 TMP_MARKER = ".tmp-"
@@ -149,11 +150,8 @@ class ArtifactStore:
             return handle.read()
 
     def sha256(self, *parts: str) -> str:
-        digest = hashlib.sha256()
         with self.fs.open(self.path(*parts), "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+            return stream_sha256(handle)
 
     def file_entry(self, stage_dir: str, rel: str) -> FileEntry:
         """Size and sha256 of one file (read once)."""
