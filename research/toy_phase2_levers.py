@@ -39,16 +39,20 @@ LEVERS: dict[str, list[str]] = {
     "d_low_noise_adv_0.005_real_data": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
                                         f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weight=0.005",
                                         "train_e2e.gan_real=data"],
+    # 2026-12-02: the optimizer. Phase 1 of decoupled_lora at 2e-3 beat decoupled's at 2e-4
+    # (FD 4.46 vs 5.67 after phase 1), and phase 2's 2e-5 was set for a game that is at chance
+    "lr_p1_1e-3_p2_1e-4": ["train_init.optimizer.lr=1e-3", "train_e2e.optimizer.lr=1e-4"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
 
-def run_lever(config: str, overrides: list[str], workspace: str | None) -> float:
+def run_lever(config: str, overrides: list[str], workspace: str | None,
+              common: list[str] = ()) -> float:
     cmd = [sys.executable, "-m", "flows.cli", "run", "--config", config, "--only", "train_init",
            "--only", "train_e2e", "--only", "evaluate"]
     if workspace:
         cmd += ["--workspace", workspace]
-    for item in overrides:
+    for item in [*common, *overrides]:
         cmd += ["--set", item]
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -89,11 +93,13 @@ def main() -> None:
     parser.add_argument("--workspace", default="runs/toy")
     parser.add_argument("--levers", nargs="*", default=list(LEVERS))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--common", nargs="*", default=[], help="overrides for every lever "
+                        "(e.g. teacher.dtype=float32 to reuse float32 teacher samples)")
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
     for name in args.levers:
         try:
-            seconds = run_lever(args.config, LEVERS[name], args.workspace)
+            seconds = run_lever(args.config, LEVERS[name], args.workspace, args.common)
         except RuntimeError as exc:
             print(f"{name}: failed: {exc}", flush=True)
             results[name] = {"overrides": LEVERS[name], "failed": str(exc)}
