@@ -397,6 +397,10 @@ class TrainE2EConfig(TrainCommonConfig):
                               "loss.")
     final_weight: float = Field(1.0, ge=0.0, description="Weight of d(x0, x0_teacher) from the "
                                 "same noise (0: off).")
+    feature_weight: float = Field(
+        0.0, ge=0.0, description="Weight of the perceptual term: the distance between the "
+        "discriminator backbone's (layer-normalized) features of the student's x0 and of the "
+        "teacher's x0 from the same noise, both re-noised alike (0: off).")
     adv_warmup_steps: int = Field(
         0, ge=0, description="Ramp the generator's adversarial weight linearly from 0 over "
         "these steps, so the discriminator learns before its gradients steer the student.")

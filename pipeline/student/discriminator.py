@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.flow import noised, transformer_velocity
@@ -105,9 +106,26 @@ class Discriminator(nn.Module):
                 handle.remove()
         return [captured[i] for i in self.layers]
 
+    def logits_and_features(self, x0: torch.Tensor, captions: list[torch.Tensor],
+                            sigma: torch.Tensor, noise: torch.Tensor
+                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits ``(B,)`` for clean samples ``x0`` re-noised to ``sigma`` with ``noise``, and
+        the backbone features ``(B, N, dim)`` of the selected blocks they were computed from."""
+        feats = self.features(noised(x0, noise, sigma), sigma, captions)
+        caption = torch.stack([c.float().mean(0) for c in captions]).to(x0.device)
+        logits = sum(head(f.float(), caption) for head, f in zip(self.heads, feats, strict=True))
+        return logits, feats
+
     def forward(self, x0: torch.Tensor, captions: list[torch.Tensor], sigma: torch.Tensor,
                 noise: torch.Tensor) -> torch.Tensor:
         """Logits ``(B,)`` for clean samples ``x0`` re-noised to ``sigma`` with ``noise``."""
-        feats = self.features(noised(x0, noise, sigma), sigma, captions)
-        caption = torch.stack([c.float().mean(0) for c in captions]).to(x0.device)
-        return sum(head(f.float(), caption) for head, f in zip(self.heads, feats, strict=True))
+        return self.logits_and_features(x0, captions, sigma, noise)[0]
+
+
+def feature_distance(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """The perceptual term: mean squared difference of layer-normalized backbone features
+    ``(B, N, dim)`` per selected block (normalized per token, as LPIPS normalizes channels, so
+    that blocks of different scale weigh alike), averaged over blocks; a scalar."""
+    terms = [(F.layer_norm(f.float(), f.shape[-1:]) - F.layer_norm(r.float(), r.shape[-1:]))
+             .pow(2).mean() for f, r in zip(fake, real, strict=True)]
+    return torch.stack(terms).mean()

@@ -6,7 +6,9 @@ G2 ``x_mid_teacher -> x0_teacher``, each alone.
 
 Phase 2 (end to end): ``x_mid, x0 = student(eps, c)`` chained (``x_mid`` detached unless
 ``end_to_end``). Generator loss ``adv_weight * L_adv(D(x0)) + step1_weight * d(x_mid,
-x_mid_teacher) + final_weight * d(x0, x0_teacher)``; then a discriminator step on real
+x_mid_teacher) + final_weight * d(x0, x0_teacher) + feature_weight * f(x0, x0_teacher)`` (``f``:
+:func:`~pipeline.student.discriminator.feature_distance` of the discriminator backbone's
+features, both re-noised alike); then a discriminator step on real
 (teacher ``x0``, or ground-truth renders for ``gan_real: data``) versus ``x0.detach()``, with
 optional lazy R1. Separate AdamW optimizers; an EMA of the student.
 
@@ -49,7 +51,7 @@ from pydantic import Field, model_validator
 from pipeline.errors import TwostepError
 from pipeline.samples.reader import TeacherSampleReader, collate_samples
 from pipeline.student import checkpoint as ckpt
-from pipeline.student.discriminator import Discriminator, frozen_copy
+from pipeline.student.discriminator import Discriminator, feature_distance, frozen_copy
 from pipeline.student.ema import ParamEMA
 from pipeline.student.losses import (
     discriminator_accuracy,
@@ -298,13 +300,18 @@ class Worker:
         self.disc.requires_grad_(False)
         with torch.autocast(**self.autocast):
             x_mid, x0 = self.model(noise, caps, detach_mid=not cfg.end_to_end)
-            fake_logits = self.disc(x0, caps, sigma_g, noise_g)
+            fake_logits, fake_feats = self.disc.logits_and_features(x0, caps, sigma_g, noise_g)
+            feature = torch.zeros((), device=self.device)
+            if cfg.feature_weight:
+                with torch.no_grad():  # the teacher's x0 from the same noise, re-noised alike
+                    _, real_feats = self.disc.logits_and_features(x0_t, caps, sigma_g, noise_g)
+                feature = feature_distance(fake_feats, real_feats)
         adv = generator_adversarial(fake_logits.float(), cfg.adv_loss)
         step1 = self._reg(x_mid, x_mid_t)
         final = self._reg(x0, x0_t)
         ramp = min(1.0, step / cfg.adv_warmup_steps) if cfg.adv_warmup_steps else 1.0
         loss_g = ramp * cfg.adv_weight * adv + cfg.step1_weight * step1 + \
-            cfg.final_weight * final
+            cfg.final_weight * final + cfg.feature_weight * feature
         self._check(loss_g, step)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -332,7 +339,8 @@ class Worker:
         norm_d = _clip(self.disc.parameters(), d.optimizer)
         self.opt_d.step()
         return {"loss_g": loss_g.item(), "loss_adv_g": adv.item(), "loss_step1": step1.item(),
-                "loss_final": final.item(), "loss_d": loss_d.item(), "r1": r1.item(),
+                "loss_final": final.item(), "loss_feature": feature.item(),
+                "loss_d": loss_d.item(), "r1": r1.item(),
                 "d_real": real_logits.mean().item(), "d_fake": fake_logits_d.mean().item(),
                 "d_accuracy": discriminator_accuracy(real_logits, fake_logits_d),
                 "grad_norm_g": norm_g, "grad_norm_d": norm_d}

@@ -28,6 +28,7 @@ DATA = ["curate.sources=[{kind: toy, num_prompts: 30, seed: 2}]", "curate.eval_f
 SMALL = ["train_init.steps=2", "train_init.batch_size=4", "train_init.cpus_per_worker=1",
          "train_e2e.steps=6", "train_e2e.batch_size=4", "train_e2e.cpus_per_worker=1",
          "train_e2e.shuffle_buffer=16", "train_e2e.sample_every=3", "train_e2e.log_every=2"]
+FEATURE = ["train_e2e.feature_weight=0.5"]  # the perceptual term on, so its path is resumed too
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def _losses(outcome_dir: Path) -> list[dict]:
 def test_phase2_resume_continues_with_the_uninterrupted_losses(samples_workspace, tmp_path):
     results = {}
     for name, stop in (("straight", None), ("resumed", 3)):
-        overrides = DATA + SMALL + ([f"train_e2e.stop_after={stop}"] if stop else [])
+        overrides = DATA + SMALL + FEATURE + ([f"train_e2e.stop_after={stop}"] if stop else [])
         cfg = load_config("smoke", overrides, workspace=_workspace(samples_workspace,
                                                                    tmp_path / name))
         store = ArtifactStore(cfg.workspace)
@@ -85,7 +86,7 @@ def test_phase2_resume_continues_with_the_uninterrupted_losses(samples_workspace
     real = [f"evaluate.real_metrics.fid.weights={build_fid_weights(tmp_path / 'fid.st')}",
             "evaluate.real_metrics.fid.kid_subsets=3",
             f"evaluate.real_metrics.clip.path={build_tiny_clip(tmp_path / 'clip')}"]
-    eval_cfg = load_config("smoke", DATA + SMALL + ["train_e2e.stop_after=3"] + real,
+    eval_cfg = load_config("smoke", DATA + SMALL + FEATURE + ["train_e2e.stop_after=3"] + real,
                            workspace=cfg.workspace)
     report = run_stage(evaluate.STAGE, eval_cfg, store,
                        {**inputs, "train_e2e": outcome.manifest}).manifest
@@ -103,8 +104,9 @@ def test_phase2_resume_continues_with_the_uninterrupted_losses(samples_workspace
     la, lb = _losses(Path(a.uri)), _losses(Path(b.uri))
     assert [r["step"] for r in lb] == list(range(1, 7))
     for ra, rb in zip(la, lb, strict=True):
-        for k in ("loss_g", "loss_d", "loss_step1", "loss_final"):
+        for k in ("loss_g", "loss_d", "loss_step1", "loss_final", "loss_feature"):
             assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), (ra["step"], k)
+        assert ra["loss_feature"] > 0
     m = b.manifest
     assert m.phase == 2 and m.steps == 6 and m.parameterization == "decoupled"
     assert {f.path for f in m.files} >= {"student.safetensors", "ema.safetensors",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.student.discriminator import Discriminator, frozen_copy
+from pipeline.student.discriminator import Discriminator, feature_distance, frozen_copy
 
 
 def test_logits_heads_only_and_gradients_reach_the_input(tiny_transformer, captions):
@@ -65,3 +65,19 @@ def test_r1_backpropagates_through_the_transformer_discriminator(tiny_transforme
     assert penalty.item() > 0
     # grad_x D depends on the heads' weights (not on their output biases)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.heads.parameters())
+
+
+def test_feature_distance_is_zero_only_for_the_same_image_and_reaches_the_student(
+        tiny_transformer, captions):
+    disc = Discriminator(frozen_copy(tiny_transformer), layers=[0, 1], hidden=16)
+    sigma, noise = torch.full((3,), 0.2), torch.randn(3, 3, 32, 32)
+    teacher = torch.randn(3, 3, 32, 32)
+    student = (teacher + 0.3 * torch.randn(3, 3, 32, 32)).requires_grad_(True)
+    logits, real = disc.logits_and_features(teacher, captions, sigma, noise)
+    torch.testing.assert_close(logits, disc(teacher, captions, sigma, noise))
+    assert feature_distance(real, real).item() == 0.0
+    _, fake = disc.logits_and_features(student, captions, sigma, noise)
+    distance = feature_distance(fake, [r.detach() for r in real])
+    assert distance.item() > 0
+    distance.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
