@@ -41,7 +41,14 @@ LEVERS: dict[str, list[str]] = {
                                         "train_e2e.gan_real=data"],
     # 2026-12-02: the optimizer. Phase 1 of decoupled_lora at 2e-3 beat decoupled's at 2e-4
     # (FD 4.46 vs 5.67 after phase 1), and phase 2's 2e-5 was set for a game that is at chance
+    # (2026-12-02, stopped at step 200 of phase 1: its losses were twice the baseline's,
+    # step-2 0.029 against 0.013; a whole-model lr of 1e-3 is too high)
     "lr_p1_1e-3_p2_1e-4": ["train_init.optimizer.lr=1e-3", "train_e2e.optimizer.lr=1e-4"],
+    "lr_p2_1e-4": ["train_e2e.optimizer.lr=1e-4"],
+    "lr_p2_1e-4_150_steps": ["train_e2e.optimizer.lr=1e-4", "train_e2e.steps=150",
+                             "train_e2e.adv_warmup_steps=50"],
+    # the perceptual term: teacher-backbone features of the student's x0 against the teacher's
+    "lr_p2_1e-4_feature_0.5": ["train_e2e.optimizer.lr=1e-4", "train_e2e.feature_weight=0.5"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
