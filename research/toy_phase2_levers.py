@@ -49,6 +49,9 @@ LEVERS: dict[str, list[str]] = {
                              "train_e2e.adv_warmup_steps=50"],
     # the perceptual term: teacher-backbone features of the student's x0 against the teacher's
     "lr_p2_1e-4_feature_0.5": ["train_e2e.optimizer.lr=1e-4", "train_e2e.feature_weight=0.5"],
+    # the student's step boundary on another grid point of the teacher's 8-step schedule (new
+    # teacher samples first: distill run --only sample_teacher --set sample_teacher.sigma_mid=0.5)
+    "sigma_mid_0.5": ["sample_teacher.sigma_mid=0.5"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
