@@ -87,7 +87,8 @@ def curves_png(runs: list[TrainingRun]) -> tuple[bytes, dict[str, str]]:
         else:
             links[run.stage] = f"{manifest.mlflow_uri} run {manifest.mlflow_run_id}"
         for key, (steps, values) in sorted(series.items()):
-            if key.startswith("loss"):
+            # a term that is switched off (all zeros) has nothing to show on a log axis
+            if key.startswith("loss") and any(v > 0 for v in values):
                 ax.plot(steps, values, label=key, linewidth=1)
         ax.set_title(f"{run.stage} (phase {manifest.phase})")
         ax.set_xlabel("step")
