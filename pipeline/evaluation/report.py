@@ -69,6 +69,13 @@ class TrainingRun:
     folder: Path
 
 
+def plotted_losses(series: dict[str, tuple[list, list]]) -> dict[str, tuple[list, list]]:
+    """The loss curves worth a line on the log axis: ``loss*`` series with a positive value
+    (a term that is switched off, such as ``loss_feature`` at weight 0, is all zeros)."""
+    return {key: (steps, values) for key, (steps, values) in series.items()
+            if key.startswith("loss") and any(v > 0 for v in values)}
+
+
 def curves_png(runs: list[TrainingRun]) -> tuple[bytes, dict[str, str]]:
     """Loss curves of each run side by side (log scale), from its MLflow run, or from its
     ``losses.jsonl`` if MLflow cannot be reached; the PNG and an MLflow link per stage."""
@@ -86,10 +93,8 @@ def curves_png(runs: list[TrainingRun]) -> tuple[bytes, dict[str, str]]:
             series = _jsonl_series(run.folder / "losses.jsonl")
         else:
             links[run.stage] = f"{manifest.mlflow_uri} run {manifest.mlflow_run_id}"
-        for key, (steps, values) in sorted(series.items()):
-            # a term that is switched off (all zeros) has nothing to show on a log axis
-            if key.startswith("loss") and any(v > 0 for v in values):
-                ax.plot(steps, values, label=key, linewidth=1)
+        for key, (steps, values) in sorted(plotted_losses(series).items()):
+            ax.plot(steps, values, label=key, linewidth=1)
         ax.set_title(f"{run.stage} (phase {manifest.phase})")
         ax.set_xlabel("step")
         ax.set_yscale("log")

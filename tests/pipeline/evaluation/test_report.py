@@ -53,3 +53,11 @@ def test_inlined_markdown_carries_its_images():
     png = grid_png({"a": torch.rand(1, 3, 8, 8)}, [0])
     text = inline_images("![grid](grid.png) and ![x](other.png)", {"grid.png": png})
     assert text == f"![grid]({data_uri(png)}) and ![x](other.png)"
+
+
+def test_switched_off_losses_and_other_metrics_get_no_curve():
+    from pipeline.evaluation.report import plotted_losses
+
+    series = {"loss_final": ([1, 2], [0.1, 0.05]), "loss_feature": ([1, 2], [0.0, 0.0]),
+              "d_real": ([1, 2], [0.3, 0.2]), "loss_adv_g": ([1, 2], [0.0, 0.7])}
+    assert sorted(plotted_losses(series)) == ["loss_adv_g", "loss_final"]
