@@ -1,7 +1,9 @@
-"""Phase-2 levers on the toy preset: each lever is a set of `--set` overrides on top of
-`configs/toy.yaml`; phase 1 and the teacher samples are shared (cached after the first
-lever), phase 2 and evaluate run per lever through `distill run`, so a lever already run is a
-cache hit and the study resumes where it stopped.
+"""Quality levers on the toy preset: each lever is a set of `--set` overrides on top of
+`configs/toy.yaml` (and of `--common`, recorded with each result); train_init, train_e2e and
+evaluate run per lever through `distill run`, so what a lever shares with an earlier one
+(phase 1 for a phase-2 lever) is a cache hit, and a lever already run is one entirely. The
+teacher samples must be cached (a `sigma_mid` lever needs its own: `distill run --only
+sample_teacher --set sample_teacher.sigma_mid=...` with the same `--common`).
 
 For each lever: the student's attributes, valid rate and FD to the teacher next to the
 8-step teacher and the naive 2-step teacher, the targets of issue 21 (every attribute and the
@@ -93,7 +95,8 @@ def collect(workspace: Path) -> dict:
             "student_phase1": metrics.get("student_phase1"), "targets_met": targets,
             "heldout_discriminator": heldout,
             "last_50_steps": {k: sum(r[k] for r in tail) / len(tail)
-                              for k in ("loss_d", "d_accuracy", "loss_final", "loss_adv_g")
+                              for k in ("loss_d", "d_accuracy", "loss_final", "loss_adv_g",
+                                        "loss_feature")
                               if k in tail[0]}}
 
 
@@ -114,7 +117,8 @@ def main() -> None:
             print(f"{name}: failed: {exc}", flush=True)
             results[name] = {"overrides": LEVERS[name], "failed": str(exc)}
             continue
-        results[name] = {"overrides": LEVERS[name], "seconds": round(seconds),
+        results[name] = {"overrides": LEVERS[name], "common": args.common,
+                         "seconds": round(seconds),
                          **collect(REPO / args.workspace)}
         r = results[name]
         s, t = r["student"], r["teacher_8"]
