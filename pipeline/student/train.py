@@ -49,6 +49,7 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from pipeline.errors import TwostepError
+from pipeline.flow import noised
 from pipeline.samples.reader import TeacherSampleReader, collate_samples
 from pipeline.student import checkpoint as ckpt
 from pipeline.student.discriminator import Discriminator, feature_distance, frozen_copy
@@ -304,7 +305,7 @@ class Worker:
             feature = torch.zeros((), device=self.device)
             if cfg.feature_weight:
                 with torch.no_grad():  # the teacher's x0 from the same noise, re-noised alike
-                    _, real_feats = self.disc.logits_and_features(x0_t, caps, sigma_g, noise_g)
+                    real_feats = self.disc.features(noised(x0_t, noise_g, sigma_g), sigma_g, caps)
                 feature = feature_distance(fake_feats, real_feats)
         adv = generator_adversarial(fake_logits.float(), cfg.adv_loss)
         step1 = self._reg(x_mid, x_mid_t)
