@@ -54,6 +54,15 @@ LEVERS: dict[str, list[str]] = {
     # the student's step boundary on another grid point of the teacher's 8-step schedule (new
     # teacher samples first: distill run --only sample_teacher --set sample_teacher.sigma_mid=0.5)
     "sigma_mid_0.5": ["sample_teacher.sigma_mid=0.5"],
+    # 2026-12-03: the discriminating discriminator (low noise, lr 1e-3) won outright and its
+    # gradient outweighed the regression at every fixed weight tried; the adaptive weight
+    # holds its gradient on x0 to a fixed fraction of the final regression's
+    "d_low_noise_adaptive_0.1": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
+                                 f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weighting=adaptive",
+                                 "train_e2e.adv_weight=0.1"],
+    "d_low_noise_adaptive_0.3": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
+                                 f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weighting=adaptive",
+                                 "train_e2e.adv_weight=0.3"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
@@ -96,7 +105,7 @@ def collect(workspace: Path) -> dict:
             "heldout_discriminator": heldout,
             "last_50_steps": {k: sum(r[k] for r in tail) / len(tail)
                               for k in ("loss_d", "d_accuracy", "loss_final", "loss_adv_g",
-                                        "loss_feature")
+                                        "loss_feature", "adv_weight")
                               if k in tail[0]}}
 
 

@@ -394,7 +394,13 @@ class TrainE2EConfig(TrainCommonConfig):
     step1_weight: float = Field(1.0, ge=0.0, description="Weight of d(x_mid, x_mid_teacher); "
                                 "0 disables the iterative regularization.")
     adv_weight: float = Field(0.1, ge=0.0, description="Weight of the generator's adversarial "
-                              "loss.")
+                              "loss; with adv_weighting=adaptive the ratio of its gradient's "
+                              "norm to the final regression's.")
+    adv_weighting: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="fixed: the adversarial loss times adv_weight. adaptive: its "
+        "gradient on the student's x0 is rescaled every step to adv_weight times the norm of "
+        "the final regression's gradient on x0 (VQGAN's adaptive weight, taken on the output), "
+        "so a discriminator that wins cannot outweigh the regression.")
     final_weight: float = Field(1.0, ge=0.0, description="Weight of d(x0, x0_teacher) from the "
                                 "same noise (0: off).")
     feature_weight: float = Field(
@@ -409,6 +415,14 @@ class TrainE2EConfig(TrainCommonConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=5e-5))
     init_from: Literal["ema", "student"] = Field(
         "ema", description="Which phase-1 weights start phase 2.")
+
+    @model_validator(mode="after")
+    def _adaptive_needs_final(self) -> TrainE2EConfig:
+        if self.adv_weighting == "adaptive" and self.final_weight == 0:
+            raise ValueError("adv_weighting=adaptive scales the adversarial gradient to the "
+                             "final regression's, which final_weight=0 switches off: set "
+                             "final_weight > 0 or adv_weighting=fixed")
+        return self
 
 
 class FIDConfig(StrictModel):

@@ -3,6 +3,8 @@ logits ``(B,)``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,40 @@ def discriminator_adversarial(real_logits: torch.Tensor, fake_logits: torch.Tens
     if kind == "hinge":
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
     raise ValueError(f"unknown adversarial loss {kind!r}")
+
+
+def adaptive_adversarial_gradient(
+        x0: torch.Tensor, x0_leaf: torch.Tensor, reference: torch.Tensor,
+        adversarial: torch.Tensor, ratio: float, ramp: float = 1.0,
+        feature: torch.Tensor | None = None, feature_weight: float = 0.0,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adaptive adversarial weight (VQGAN, Esser et al. 2021, eq. 7, there on the
+    decoder's last layer, here on the generator's output) and the gradient that the
+    discriminator's terms send into the generator's output.
+
+    ``x0`` ``(B, C, H, W)``: the generator's output (in the graph); ``x0_leaf``: its detached
+    leaf copy, the input of the discriminator that computed the scalar ``adversarial`` (and
+    ``feature``); ``reference``: the scalar regression term that sets the scale, a function of
+    ``x0``. Returns the weight ``w = ratio * |d reference / d x0| / |d adversarial / d x0|``
+    (a 0-dim tensor, no gradient through it) and ``g = ramp * w * d adversarial / d x0 +
+    feature_weight * d feature / d x0`` ``(B, C, H, W)``, float32; ``(x0 * g).sum()`` added to
+    the other terms' loss gives the student the gradient of ``ramp * w * adversarial +
+    feature_weight * feature``. ``all_reduce`` sums the two squared norms over the ranks of a
+    data-parallel group, each holding a share of the batch (None: one process)."""
+    (g_reference,) = torch.autograd.grad(reference, x0, retain_graph=True)
+    (g_adversarial,) = torch.autograd.grad(adversarial, x0_leaf,
+                                           retain_graph=feature is not None)
+    squares = torch.stack([g_reference.float().pow(2).sum(),
+                           g_adversarial.float().pow(2).sum()])
+    if all_reduce is not None:
+        squares = all_reduce(squares)
+    weight = ratio * squares[0].sqrt() / squares[1].sqrt().clamp_min(1e-12)
+    gradient = ramp * weight * g_adversarial.float()
+    if feature is not None:
+        (g_feature,) = torch.autograd.grad(feature, x0_leaf)
+        gradient = gradient + feature_weight * g_feature.float()
+    return weight, gradient
 
 
 def discriminator_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> float:

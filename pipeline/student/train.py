@@ -8,9 +8,11 @@ Phase 2 (end to end): ``x_mid, x0 = student(eps, c)`` chained (``x_mid`` detache
 ``end_to_end``). Generator loss ``adv_weight * L_adv(D(x0)) + step1_weight * d(x_mid,
 x_mid_teacher) + final_weight * d(x0, x0_teacher) + feature_weight * f(x0, x0_teacher)`` (``f``:
 :func:`~pipeline.student.discriminator.feature_distance` of the discriminator backbone's
-features, both re-noised alike); then a discriminator step on real
-(teacher ``x0``, or ground-truth renders for ``gan_real: data``) versus ``x0.detach()``, with
-optional lazy R1. Separate AdamW optimizers; an EMA of the student.
+features, both re-noised alike); with ``adv_weighting: adaptive`` the adversarial weight is
+recomputed every step so that its gradient on ``x0`` is ``adv_weight`` times the final
+regression's (:func:`~pipeline.student.losses.adaptive_adversarial_gradient`); then a
+discriminator step on real (teacher ``x0``, or ground-truth renders for ``gan_real: data``)
+versus ``x0.detach()``, with optional lazy R1. Separate AdamW optimizers; an EMA of the student.
 
 Data parallel: each rank reads its share of the shards (:class:`TeacherSampleReader`); the
 student is parallelized by :func:`pipeline.student.parallel.parallelize` (``ddp``: wrapped in
@@ -55,6 +57,7 @@ from pipeline.student import checkpoint as ckpt
 from pipeline.student.discriminator import Discriminator, feature_distance, frozen_copy
 from pipeline.student.ema import ParamEMA
 from pipeline.student.losses import (
+    adaptive_adversarial_gradient,
     discriminator_accuracy,
     discriminator_adversarial,
     generator_adversarial,
@@ -299,9 +302,13 @@ class Worker:
         _set_lr(self.opt_g, cfg.optimizer, step)
         sigma_g, noise_g = self._disc_draws(x0_t)
         self.disc.requires_grad_(False)
+        adaptive = cfg.adv_weighting == "adaptive"
         with torch.autocast(**self.autocast):
             x_mid, x0 = self.model(noise, caps, detach_mid=not cfg.end_to_end)
-            fake_logits, fake_feats = self.disc.logits_and_features(x0, caps, sigma_g, noise_g)
+            # adaptive: the discriminator's terms see a leaf copy of x0, so that their
+            # gradients on x0 can be measured and rescaled before they reach the student
+            x0_d = x0.detach().requires_grad_() if adaptive else x0
+            fake_logits, fake_feats = self.disc.logits_and_features(x0_d, caps, sigma_g, noise_g)
             feature = torch.zeros((), device=self.device)
             if cfg.feature_weight:
                 with torch.no_grad():  # the teacher's x0 from the same noise, re-noised alike
@@ -311,11 +318,20 @@ class Worker:
         step1 = self._reg(x_mid, x_mid_t)
         final = self._reg(x0, x0_t)
         ramp = min(1.0, step / cfg.adv_warmup_steps) if cfg.adv_warmup_steps else 1.0
-        loss_g = ramp * cfg.adv_weight * adv + cfg.step1_weight * step1 + \
-            cfg.final_weight * final + cfg.feature_weight * feature
+        regression_terms = cfg.step1_weight * step1 + cfg.final_weight * final
+        if adaptive:
+            adv_weight, x0_grad = adaptive_adversarial_gradient(
+                x0, x0_d, cfg.final_weight * final, adv, cfg.adv_weight, ramp,
+                feature=feature if cfg.feature_weight else None,
+                feature_weight=cfg.feature_weight, all_reduce=self._sum_over_ranks)
+            # same gradients as the weighted loss; the value logged is the weighted loss
+            backprop = regression_terms + (x0.float() * x0_grad).sum()
+        else:
+            adv_weight = cfg.adv_weight
+        loss_g = ramp * adv_weight * adv + regression_terms + cfg.feature_weight * feature
         self._check(loss_g, step)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        (backprop if adaptive else loss_g).backward()
         norm_g = _clip(self.trainable.values(), cfg.optimizer)
         self.opt_g.step()
         self._ema(step)
@@ -344,7 +360,13 @@ class Worker:
                 "loss_d": loss_d.item(), "r1": r1.item(),
                 "d_real": real_logits.mean().item(), "d_fake": fake_logits_d.mean().item(),
                 "d_accuracy": discriminator_accuracy(real_logits, fake_logits_d),
+                "adv_weight": ramp * float(adv_weight),
                 "grad_norm_g": norm_g, "grad_norm_d": norm_d}
+
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
 
     @torch.no_grad()
     def heldout_discrimination(self) -> dict[str, float]:

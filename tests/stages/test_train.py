@@ -213,17 +213,23 @@ def _assert_same(a: list[dict], b: list[dict], what: str) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b, strict=True):
         for key in ra:
-            if key.startswith("loss") or key in ("d_real", "d_fake"):
+            if key.startswith("loss") or key in ("d_real", "d_fake", "adv_weight"):
                 assert rb[key] == pytest.approx(ra[key], rel=REL, abs=1e-6), (what, ra["step"],
                                                                               key)
 
 
-@pytest.mark.parametrize("parameterization", ["decoupled", "decoupled_lora"])
+# decoupled trains with the adaptive adversarial weight (its gradient norms are summed over
+# the ranks), decoupled_lora with the fixed one
+ADAPTIVE = ["train_e2e.adv_weighting=adaptive", "train_e2e.adv_weight=0.5"]
+
+
+@pytest.mark.parametrize("parameterization,extra", [("decoupled", ADAPTIVE),
+                                                    ("decoupled_lora", [])])
 def test_fsdp2_gives_the_losses_of_ddp_and_of_one_worker(samples_workspace, tmp_path,
-                                                         parameterization):
+                                                         parameterization, extra):
     """Phase 1 and 2 on 1 worker, 2 DDP and 2 FSDP2 workers; for decoupled_lora also a stop
     after 2 steps under FSDP2 and its resume."""
-    runs = {layout: _run(samples_workspace, tmp_path, parameterization, layout)
+    runs = {layout: _run(samples_workspace, tmp_path, parameterization, layout, extra)
             for layout in LAYOUTS}
     for phase in ("phase1", "phase2"):
         assert len(runs["one"][phase]) == 3
