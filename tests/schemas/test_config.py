@@ -47,6 +47,8 @@ def test_workspace_defaults_to_runs_preset():
         (["curate.min_words=9", "curate.max_words=3"], r"min_words \(9\) > max_words \(3\)"),
         (["nonsense"], r"override 'nonsense' must look like 'section.field=value'"),
         (["curate.sources.7.path=x"], r"list index below 1"),
+        (["train_e2e.adv_weighting=adaptive", "train_e2e.final_weight=0"],
+         r"train_e2e: .*adv_weighting=adaptive .*final_weight=0 switches off"),
     ],
 )
 def test_bad_configs_are_one_clear_line(overrides, message):
