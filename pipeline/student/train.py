@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -135,11 +136,23 @@ def _optimizer(params, cfg: OptimizerConfig) -> torch.optim.AdamW:
                              weight_decay=cfg.weight_decay)
 
 
-def _set_lr(opt: torch.optim.Optimizer, cfg: OptimizerConfig, step: int) -> None:
+def scheduled_lr(cfg: OptimizerConfig, step: int, total: int) -> float:
+    """The learning rate of 0-based ``step`` of ``total``: linear warm-up over
+    ``warmup_steps``, then ``lr`` (constant) or ``lr * (r + (1 - r) (1 + cos(pi t)) / 2)``
+    (cosine, ``r = min_lr_ratio``, ``t`` from 0 after the warm-up to 1 at ``total``)."""
     warm = cfg.warmup_steps
-    scale = min(1.0, (step + 1) / warm) if warm else 1.0
+    if step < warm:
+        return cfg.lr * ((step + 1) / warm)  # the product of before: bit-identical runs
+    if cfg.schedule == "constant" or total <= warm:
+        return cfg.lr
+    t = (step - warm) / (total - warm)
+    r = cfg.min_lr_ratio
+    return cfg.lr * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def _set_lr(opt: torch.optim.Optimizer, cfg: OptimizerConfig, step: int, total: int) -> None:
     for group in opt.param_groups:
-        group["lr"] = cfg.lr * scale
+        group["lr"] = scheduled_lr(cfg, step, total)
 
 
 def _clip(params, cfg: OptimizerConfig) -> float:
@@ -262,7 +275,7 @@ class Worker:
 
     def phase1_step(self, step: int, batch: dict[str, Any]) -> dict[str, float]:
         caps, noise, x_mid_t, x0_t = self._to(batch)
-        _set_lr(self.opt_g, self.cfg.optimizer, step)
+        _set_lr(self.opt_g, self.cfg.optimizer, step, self.cfg.steps)
         with torch.autocast(**self.autocast):
             x_mid, x0 = self.model(noise, caps, x_mid_in=x_mid_t)
         loss_1, loss_2 = self._reg(x_mid, x_mid_t), self._reg(x0, x0_t)
@@ -299,7 +312,7 @@ class Worker:
         caps, noise, x_mid_t, x0_t = self._to(batch)
         real = self._real_images(batch, x0_t)
         # Generator step.
-        _set_lr(self.opt_g, cfg.optimizer, step)
+        _set_lr(self.opt_g, cfg.optimizer, step, cfg.steps)
         sigma_g, noise_g = self._disc_draws(x0_t)
         self.disc.requires_grad_(False)
         adaptive = cfg.adv_weighting == "adaptive"
@@ -338,7 +351,7 @@ class Worker:
         # Discriminator step: real vs the generator's (detached) output.
         d = cfg.discriminator
         self.disc.requires_grad_(True)
-        _set_lr(self.opt_d, d.optimizer, step)
+        _set_lr(self.opt_d, d.optimizer, step, cfg.steps)
         sigma_d, noise_d = self._disc_draws(x0_t)
         r1_now = d.r1_weight > 0 and step % d.r1_every == 0
         real_in = real.detach().requires_grad_(r1_now)
@@ -592,15 +605,22 @@ def _truncate_losses(path: Path, step: int) -> None:
 
 
 def train_worker(loop_config: dict[str, TrainJob]) -> None:
-    """Ray Train entry point (``train_loop_per_worker``; ``loop_config = {"job": TrainJob}``)."""
-    job = loop_config["job"]
-    try:
-        import ray.train
+    """Ray Train entry point (``train_loop_per_worker``; ``loop_config = {"job": TrainJob}``):
+    one rank of a process group."""
+    import ray.train
 
-        context = ray.train.get_context()
-        rank, world = context.get_world_rank(), context.get_world_size()
-    except (ImportError, RuntimeError, AttributeError):
-        rank, world = 0, 1
+    context = ray.train.get_context()
+    train_rank(loop_config["job"], context.get_world_rank(), context.get_world_size())
+
+
+def train_one_worker(job: TrainJob) -> None:
+    """The whole job in this process, no process group (a plain Ray task, or a direct call)."""
+    train_rank(job, 0, 1)
+
+
+def train_rank(job: TrainJob, rank: int, world: int) -> None:
+    """Train as rank ``rank`` of ``world``; rank 0 writes the status file the driver reads
+    (done with the MLflow run id, or the error)."""
     torch.set_num_threads(job.config.cpus_per_worker)
     torch.manual_seed(job.config.seed)
     status_path = Path(job.out_dir) / STATUS_FILE

@@ -1,0 +1,36 @@
+"""The learning-rate schedule of both training phases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.student.train import scheduled_lr
+from schemas.config import OptimizerConfig
+
+
+def test_constant_is_the_linear_warm_up_then_lr_exactly_as_before():
+    cfg = OptimizerConfig(lr=2e-4, warmup_steps=20)
+    # the formula before the schedule existed: runs with it are bit-identical
+    before = [cfg.lr * min(1.0, (step + 1) / 20) for step in range(200)]
+    assert [scheduled_lr(cfg, step, 200) for step in range(200)] == before
+    assert scheduled_lr(OptimizerConfig(lr=1e-3), 0, 10) == 1e-3  # no warm-up
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1])
+def test_cosine_decays_from_lr_after_the_warm_up_to_the_floor(ratio):
+    cfg = OptimizerConfig(lr=1e-4, warmup_steps=10, schedule="cosine", min_lr_ratio=ratio)
+    lrs = [scheduled_lr(cfg, step, 110) for step in range(110)]
+    assert lrs[:10] == [scheduled_lr(cfg.model_copy(update={"schedule": "constant"}), s, 110)
+                        for s in range(10)]  # the same warm-up
+    assert lrs[10] == pytest.approx(1e-4)
+    assert lrs[60] == pytest.approx(1e-4 * (1 + ratio) / 2)  # half way: the mean
+    assert all(a > b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))  # decreasing
+    last = 1e-4 * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert lrs[-1] == pytest.approx(last) and lrs[-1] >= 1e-4 * ratio
+
+
+def test_cosine_with_no_steps_after_the_warm_up_keeps_lr():
+    cfg = OptimizerConfig(lr=1e-4, warmup_steps=10, schedule="cosine")
+    assert scheduled_lr(cfg, 12, 10) == 1e-4
