@@ -6,6 +6,7 @@ checkpoint."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,6 @@ def samples_workspace(tmp_path_factory) -> Path:
 
 def _workspace(samples_workspace: Path, tmp_path: Path) -> str:
     """A fresh workspace holding copies of the cached curate and sample_teacher results."""
-    import shutil
-
     ws = tmp_path / "ws"
     for stage in ("curate", "sample_teacher"):
         shutil.copytree(samples_workspace / stage, ws / stage)
@@ -66,11 +65,14 @@ def test_phase2_resume_continues_with_the_uninterrupted_losses(samples_workspace
     results = {}
     for name, stop in (("straight", None), ("resumed", 3)):
         overrides = DATA + SMALL + FEATURE + ([f"train_e2e.stop_after={stop}"] if stop else [])
-        cfg = load_config("smoke", overrides, workspace=_workspace(samples_workspace,
-                                                                   tmp_path / name))
+        ws = _workspace(samples_workspace, tmp_path / name)
+        if stop:  # the same phase 1 (a cache hit), so that only phase 2 is compared
+            shutil.copytree(tmp_path / "straight" / "ws" / "train_init", Path(ws) / "train_init")
+        cfg = load_config("smoke", overrides, workspace=ws)
         store = ArtifactStore(cfg.workspace)
         samples = _upstream(cfg, store)
-        phase1 = run_stage(train_init.STAGE, cfg, store, {"sample_teacher": samples}).manifest
+        phase1 = run_stage(train_init.STAGE, cfg, store, {"sample_teacher": samples},
+                           allow_compute=not stop).manifest
         inputs = {"sample_teacher": samples, "train_init": phase1}
         if stop:
             with pytest.raises(TwostepError, match="stopped after step 3 of 6"):
@@ -219,22 +221,25 @@ def _assert_same(a: list[dict], b: list[dict], what: str) -> None:
 
 
 # decoupled trains with the adaptive adversarial weight (its gradient norms are summed over
-# the ranks), decoupled_lora with the fixed one
+# the ranks) and also under DDP; decoupled_lora with the fixed one, on one worker and FSDP2
+# only (each layout is two Ray Train fits of about 15 s fixed cost: the suite's budget)
 ADAPTIVE = ["train_e2e.adv_weighting=adaptive", "train_e2e.adv_weight=0.5"]
 
 
-@pytest.mark.parametrize("parameterization,extra", [("decoupled", ADAPTIVE),
-                                                    ("decoupled_lora", [])])
+@pytest.mark.parametrize("parameterization,extra,layouts",
+                         [("decoupled", ADAPTIVE, ("one", "ddp", "fsdp2")),
+                          ("decoupled_lora", [], ("one", "fsdp2"))])
 def test_fsdp2_gives_the_losses_of_ddp_and_of_one_worker(samples_workspace, tmp_path,
-                                                         parameterization, extra):
-    """Phase 1 and 2 on 1 worker, 2 DDP and 2 FSDP2 workers; for decoupled_lora also a stop
-    after 2 steps under FSDP2 and its resume."""
+                                                         parameterization, extra, layouts):
+    """Phase 1 and 2 on 1 worker and 2 FSDP2 workers (decoupled: also 2 DDP workers); for
+    decoupled_lora also a stop after 2 steps under FSDP2 and its resume."""
     runs = {layout: _run(samples_workspace, tmp_path, parameterization, layout, extra)
-            for layout in LAYOUTS}
+            for layout in layouts}
     for phase in ("phase1", "phase2"):
         assert len(runs["one"][phase]) == 3
         _assert_same(runs["one"][phase], runs["fsdp2"][phase], f"{phase} one vs fsdp2")
-        _assert_same(runs["ddp"][phase], runs["fsdp2"][phase], f"{phase} ddp vs fsdp2")
+        if "ddp" in runs:
+            _assert_same(runs["ddp"][phase], runs["fsdp2"][phase], f"{phase} ddp vs fsdp2")
     manifest = runs["fsdp2"]["manifest"]
     assert manifest.parameterization == parameterization
     assert manifest.choices["strategy"] == "fsdp2"
@@ -246,8 +251,6 @@ def test_fsdp2_gives_the_losses_of_ddp_and_of_one_worker(samples_workspace, tmp_
 def _stop_and_resume_under_fsdp2(samples_workspace, tmp_path, straight) -> None:
     """Stop after k steps (stop_after) and resume under FSDP2: the same losses and final
     weights as the uninterrupted run; the checkpoint is refused under another layout."""
-    import shutil
-
     overrides = [*DATA, *PHASE1, *PHASE2, "train_init.parameterization=decoupled_lora",
                  *[f"train_{p}.{o}" for p in ("init", "e2e") for o in LAYOUTS["fsdp2"]]]
     done = tmp_path / "decoupled_lora-fsdp2" / "ws"
