@@ -63,6 +63,20 @@ LEVERS: dict[str, list[str]] = {
     "d_low_noise_adaptive_0.3": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
                                  f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weighting=adaptive",
                                  "train_e2e.adv_weight=0.3"],
+    # 2026-12-04: where phase 2's gain comes from. loss_final still falls at step 200 while
+    # the discriminator sits at chance: is the adversarial term noise (weight 0), is phase 2
+    # too short for its learning rate, and which weights should evaluate use?
+    "p2_no_adversarial": ["train_e2e.adv_weight=0"],
+    "p2_lr_5e-5": ["train_e2e.optimizer.lr=5e-5"],
+    "split_100_260": ["train_init.steps=100", "train_e2e.steps=260",
+                      "train_e2e.adv_warmup_steps=90"],
+    "eval_student_weights": ["evaluate.weights=student"],
+    # ... the raw student scored FD 3.25 against the EMA's 3.72 but valid 0.977 against 0.989:
+    # end phase 2 on a decaying learning rate instead of averaging over the last steps
+    "p2_cosine": ["train_e2e.optimizer.schedule=cosine"],
+    "p2_cosine_eval_student": ["train_e2e.optimizer.schedule=cosine",
+                               "evaluate.weights=student"],
+    "p2_ema_0.9": ["train_e2e.ema_decay=0.9"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
