@@ -65,8 +65,10 @@ def test_serve_trigger_rerun_and_fail(tmp_path):
             time.sleep(1)
 
         ws = tmp_path / "ws"
+        # fewer prompts than smoke's 400: what is tested here is the deployment, not the stages
+        small = ["--param", 'overrides=["curate.sources=[{kind: toy, num_prompts: 80, seed: 0}]"]']
         full = _prefect(env, "deployment", "run", "distill/full", "--param",
-                        f"workspace={ws}", "--watch")
+                        f"workspace={ws}", *small, "--watch")
         assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
         for stage in ("curate", "sample_teacher", "train_init", "train_e2e", "evaluate",
                       "export"):
@@ -80,7 +82,7 @@ def test_serve_trigger_rerun_and_fail(tmp_path):
         _report_images_render_in_the_ui(port)
 
         rerun = _prefect(env, "deployment", "run", "evaluate/evaluate", "--param",
-                         f"workspace={ws}", "--watch")
+                         f"workspace={ws}", *small, "--watch")
         assert rerun.returncode == 0, rerun.stdout[-3000:]
         for stage in ("curate", "sample_teacher", "train_init", "train_e2e"):
             assert json.loads((ws / stage / "latest.json").read_text())["cached"] is True

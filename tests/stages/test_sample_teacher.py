@@ -129,7 +129,7 @@ def test_config_problems_are_found_before_work(tmp_path):
 def test_sigkill_then_rerun_writes_every_key_exactly_once(tmp_path):
     workspace = tmp_path / "ws"
     args = [sys.executable, "-m", "flows.cli", "run", "--config", "smoke", "--workspace",
-            str(workspace), "--set", "curate.sources=[{kind: toy, num_prompts: 300, seed: 9}]",
+            str(workspace), "--set", "curate.sources=[{kind: toy, num_prompts: 120, seed: 9}]",
             "--set", "sample_teacher.samples_per_shard=8", "--set",
             "sample_teacher.batch_size=8", "--only", "curate", "--only", "sample_teacher"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

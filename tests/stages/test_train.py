@@ -177,6 +177,29 @@ def test_a_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
     assert list((stage_dir / "checkpoints").glob("step-*"))
 
 
+def test_a_worker_crash_is_the_workers_own_line_and_keeps_the_checkpoint(samples_workspace,
+                                                                         tmp_path):
+    """An error inside the (single, plain Ray task) worker that is not the project's own, here
+    an OSError because losses.jsonl became a folder: the stage fails with the worker's
+    exception line, not Ray's wrapper, and the checkpoint to resume from stays."""
+    overrides = DATA + ["train_init.steps=4", "train_init.batch_size=4",
+                        "train_init.cpus_per_worker=1", "train_init.checkpoint_every=1"]
+    cfg = load_config("smoke", [*overrides, "train_init.stop_after=2"],
+                      workspace=_workspace(samples_workspace, tmp_path))
+    store = ArtifactStore(cfg.workspace)
+    inputs = {"sample_teacher": _upstream(cfg, store)}
+    with pytest.raises(TwostepError, match="stopped after step 2 of 4"):
+        run_stage(train_init.STAGE, cfg, store, inputs)
+    stage_dir = next(Path(cfg.workspace).glob("train_init/*"))
+    (stage_dir / "losses.jsonl").unlink()
+    (stage_dir / "losses.jsonl").mkdir()
+    with pytest.raises(TwostepError, match=r"training workers failed: IsADirectoryError: "
+                                           r"\[Errno 21\] Is a directory: .*losses.jsonl"):
+        run_stage(train_init.STAGE, cfg, store, inputs)
+    assert (stage_dir / "checkpoints" / "step-0000002").is_dir()
+    assert not (stage_dir / "manifest.json").exists()
+
+
 def test_gan_real_data_needs_the_toy_world():
     cfg = load_config("smoke", ["train_e2e.gan_real=data"])
     STAGES["train_e2e"].check(cfg)  # toy: fine
