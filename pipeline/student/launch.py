@@ -159,8 +159,11 @@ def _one_worker(job: TrainJob, cpus: int, gpu: bool) -> None:
     ref = task.remote(job)
     try:
         ray.get(ref)
-    except BaseException:  # an interrupted driver must not leave its worker training
-        ray.cancel(ref, force=True)
+    except KeyboardInterrupt:  # an interrupted driver must not leave its worker training
+        # Only a task still running: force-cancelling one that has just ended (a worker error
+        # as it arrives) trips a fatal check in Ray 2.60's task manager and kills the driver.
+        if not ray.wait([ref], timeout=0)[0]:
+            ray.cancel(ref, force=True)
         raise
 
 
