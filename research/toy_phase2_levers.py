@@ -63,7 +63,7 @@ LEVERS: dict[str, list[str]] = {
     "d_low_noise_adaptive_0.3": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
                                  f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weighting=adaptive",
                                  "train_e2e.adv_weight=0.3"],
-    # 2026-12-04: where phase 2's gain comes from. loss_final still falls at step 200 while
+    # 2026-12-03: where phase 2's gain comes from. loss_final still falls at step 200 while
     # the discriminator sits at chance: is the adversarial term noise (weight 0), is phase 2
     # too short for its learning rate, and which weights should evaluate use?
     "p2_no_adversarial": ["train_e2e.adv_weight=0"],
@@ -77,6 +77,16 @@ LEVERS: dict[str, list[str]] = {
     "p2_cosine_eval_student": ["train_e2e.optimizer.schedule=cosine",
                                "evaluate.weights=student"],
     "p2_ema_0.9": ["train_e2e.ema_decay=0.9"],
+    # 2026-12-03 (later): loss_final still falls at phase 2's step 200. Does a longer phase 2
+    # lower FD, and does moving steps from phase 1 to phase 2 (same wall time) pay?
+    "p2_300_steps": ["train_e2e.steps=300"],
+    "p2_300_steps_eval_student": ["train_e2e.steps=300", "evaluate.weights=student"],
+    "split_100_260_eval_student": ["train_init.steps=100", "train_e2e.steps=260",
+                                   "train_e2e.adv_warmup_steps=90", "evaluate.weights=student"],
+    # ... moving steps to phase 2 made it worse (phase 1 matters), and the raw student's FD
+    # spread over 3 seeds is 10x the EMA's: a longer or annealed phase 1 instead
+    "p1_300_steps": ["train_init.steps=300"],
+    "p1_cosine": ["train_init.optimizer.schedule=cosine"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 

@@ -1,4 +1,5 @@
-"""The training loop of both phases, run once per Ray Train worker (DDP rank).
+"""The training loop of both phases, run once per worker: one Ray task for a single worker,
+one Ray Train worker per DDP rank for several (``launch.py``).
 
 Phase 1 (per-step init): ``x_mid, x0 = student(eps, c, x_mid_in = x_mid_teacher)``;
 ``loss = d(x_mid, x_mid_teacher) + d(x0, x0_teacher)``: G1 learns ``eps -> x_mid_teacher`` and
