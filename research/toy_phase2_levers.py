@@ -87,6 +87,16 @@ LEVERS: dict[str, list[str]] = {
     # spread over 3 seeds is 10x the EMA's: a longer or annealed phase 1 instead
     "p1_300_steps": ["train_init.steps=300"],
     "p1_cosine": ["train_init.optimizer.schedule=cosine"],
+    # ... and the adversarial term only once the regression has converged: the low-noise,
+    # lr-1e-3 discriminator trains from step 0 against a student held by the regression
+    # alone, its gradient reaches the student from step 120 (ramped over 20 steps)
+    "late_adv_adaptive_0.3": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
+                              f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weighting=adaptive",
+                              "train_e2e.adv_weight=0.3", "train_e2e.adv_start_step=120",
+                              "train_e2e.adv_warmup_steps=20"],
+    "late_adv_fixed_0.005": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
+                             f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weight=0.005",
+                             "train_e2e.adv_start_step=120", "train_e2e.adv_warmup_steps=20"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 

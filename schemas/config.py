@@ -415,11 +415,23 @@ class TrainE2EConfig(TrainCommonConfig):
     adv_warmup_steps: int = Field(
         0, ge=0, description="Ramp the generator's adversarial weight linearly from 0 over "
         "these steps, so the discriminator learns before its gradients steer the student.")
+    adv_start_step: int = Field(
+        0, ge=0, description="Step before which the generator gets no adversarial gradient "
+        "(the discriminator trains from step 0 all the same); the adv_warmup_steps ramp starts "
+        "here. Lets the regression converge before the adversarial term acts.")
     adv_loss: Literal["non_saturating", "hinge"] = Field("non_saturating")
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=5e-5))
     init_from: Literal["ema", "student"] = Field(
         "ema", description="Which phase-1 weights start phase 2.")
+
+    @model_validator(mode="after")
+    def _adversarial_starts_in_time(self) -> TrainE2EConfig:
+        if self.adv_start_step and self.adv_start_step >= self.steps:
+            raise ValueError(f"adv_start_step ({self.adv_start_step}) >= steps ({self.steps}): "
+                             "the adversarial term would never act; lower it, or set "
+                             "adv_weight=0 to train without it")
+        return self
 
     @model_validator(mode="after")
     def _adaptive_needs_final(self) -> TrainE2EConfig:

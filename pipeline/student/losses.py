@@ -37,6 +37,14 @@ def discriminator_adversarial(real_logits: torch.Tensor, fake_logits: torch.Tens
     raise ValueError(f"unknown adversarial loss {kind!r}")
 
 
+def adversarial_ramp(step: int, start: int, warmup: int) -> float:
+    """The generator's adversarial weight factor at ``step`` (0-based): 0 before ``start``,
+    then linear from 0 to 1 over ``warmup`` steps (at once with ``warmup`` 0)."""
+    if step < start:
+        return 0.0
+    return min(1.0, (step - start) / warmup) if warmup else 1.0
+
+
 def adaptive_adversarial_gradient(
         x0: torch.Tensor, x0_leaf: torch.Tensor, reference: torch.Tensor,
         adversarial: torch.Tensor, ratio: float, ramp: float = 1.0,

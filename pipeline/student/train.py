@@ -60,6 +60,7 @@ from pipeline.student.discriminator import Discriminator, feature_distance, froz
 from pipeline.student.ema import ParamEMA
 from pipeline.student.losses import (
     adaptive_adversarial_gradient,
+    adversarial_ramp,
     discriminator_accuracy,
     discriminator_adversarial,
     generator_adversarial,
@@ -331,7 +332,7 @@ class Worker:
         adv = generator_adversarial(fake_logits.float(), cfg.adv_loss)
         step1 = self._reg(x_mid, x_mid_t)
         final = self._reg(x0, x0_t)
-        ramp = min(1.0, step / cfg.adv_warmup_steps) if cfg.adv_warmup_steps else 1.0
+        ramp = adversarial_ramp(step, cfg.adv_start_step, cfg.adv_warmup_steps)
         regression_terms = cfg.step1_weight * step1 + cfg.final_weight * final
         if adaptive:
             adv_weight, x0_grad = adaptive_adversarial_gradient(

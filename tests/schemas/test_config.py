@@ -49,6 +49,9 @@ def test_workspace_defaults_to_runs_preset():
         (["curate.sources.7.path=x"], r"list index below 1"),
         (["train_e2e.adv_weighting=adaptive", "train_e2e.final_weight=0"],
          r"train_e2e: .*adv_weighting=adaptive .*final_weight=0 switches off"),
+        (["train_e2e.steps=10", "train_e2e.adv_start_step=10"],
+         r"train_e2e: .*adv_start_step \(10\) >= steps \(10\): the adversarial term would "
+         r"never act"),
     ],
 )
 def test_bad_configs_are_one_clear_line(overrides, message):

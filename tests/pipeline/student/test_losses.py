@@ -7,6 +7,7 @@ import torch
 
 from pipeline.student.losses import (
     adaptive_adversarial_gradient,
+    adversarial_ramp,
     discriminator_adversarial,
     generator_adversarial,
     r1_penalty,
@@ -108,3 +109,14 @@ def test_adaptive_weight_sums_squared_norms_over_ranks():
     summed = first + second  # each rank's means are over 2 rows, not 4: the same factor 2 on
     # both gradients, which the ratio does not see
     assert (summed[0].sqrt() / summed[1].sqrt()).item() == pytest.approx(whole.item())
+
+
+def test_the_adversarial_ramp_is_zero_before_its_start_then_linear_over_the_warm_up():
+    # start 0 is the warm-up ramp as it was before adv_start_step existed (bit-identical runs)
+    assert [adversarial_ramp(k, 0, 70) for k in range(200)] == \
+        [min(1.0, k / 70) for k in range(200)]
+    assert [adversarial_ramp(k, 0, 0) for k in range(3)] == [1.0, 1.0, 1.0]
+    late = [adversarial_ramp(k, 150, 10) for k in range(200)]
+    assert late[:151] == [0.0] * 151
+    assert late[155] == 0.5 and late[160:] == [1.0] * 40
+    assert [adversarial_ramp(k, 5, 0) for k in (4, 5)] == [0.0, 1.0]
