@@ -25,21 +25,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 D = "train_e2e.discriminator"
+# the discriminator that discriminates (toy_discriminator_probe.py): low re-noising, lr 1e-3
+LOW_NOISE_D = (f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3", f"{D}.optimizer.lr=1e-3")
 LEVERS: dict[str, list[str]] = {
     "baseline": [],
     # the probe (toy_discriminator_probe.py): re-noising at sigma up to 0.7 drowns what tells
     # the student from the teacher; at low noise and lr 1e-3 a head learns it
-    "d_low_noise": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3", f"{D}.optimizer.lr=1e-3"],
+    "d_low_noise": [*LOW_NOISE_D],
     # ... but then it wins outright (held-out accuracy 0.98, adversarial loss ~20) and drags
     # the student off the teacher: calm the game down
-    "d_low_noise_adv_0.005": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
-                              f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weight=0.005"],
-    "d_low_noise_r1_1": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3", f"{D}.optimizer.lr=1e-3",
-                         f"{D}.r1_weight=1.0"],
+    "d_low_noise_adv_0.005": [*LOW_NOISE_D, "train_e2e.adv_weight=0.005"],
+    "d_low_noise_r1_1": [*LOW_NOISE_D, f"{D}.r1_weight=1.0"],
     # a discriminating D with ground-truth renders as real: does it pull shape and validity
     # toward crisp single shapes?
-    "d_low_noise_adv_0.005_real_data": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
-                                        f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weight=0.005",
+    "d_low_noise_adv_0.005_real_data": [*LOW_NOISE_D, "train_e2e.adv_weight=0.005",
                                         "train_e2e.gan_real=data"],
     # 2026-12-02: the optimizer. Phase 1 of decoupled_lora at 2e-3 beat decoupled's at 2e-4
     # (FD 4.46 vs 5.67 after phase 1), and phase 2's 2e-5 was set for a game that is at chance
@@ -57,11 +56,9 @@ LEVERS: dict[str, list[str]] = {
     # 2026-12-03: the discriminating discriminator (low noise, lr 1e-3) won outright and its
     # gradient outweighed the regression at every fixed weight tried; the adaptive weight
     # holds its gradient on x0 to a fixed fraction of the final regression's
-    "d_low_noise_adaptive_0.1": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
-                                 f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weighting=adaptive",
+    "d_low_noise_adaptive_0.1": [*LOW_NOISE_D, "train_e2e.adv_weighting=adaptive",
                                  "train_e2e.adv_weight=0.1"],
-    "d_low_noise_adaptive_0.3": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
-                                 f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weighting=adaptive",
+    "d_low_noise_adaptive_0.3": [*LOW_NOISE_D, "train_e2e.adv_weighting=adaptive",
                                  "train_e2e.adv_weight=0.3"],
     # 2026-12-03: where phase 2's gain comes from. loss_final still falls at step 200 while
     # the discriminator sits at chance: is the adversarial term noise (weight 0), is phase 2
@@ -90,12 +87,10 @@ LEVERS: dict[str, list[str]] = {
     # ... and the adversarial term only once the regression has converged: the low-noise,
     # lr-1e-3 discriminator trains from step 0 against a student held by the regression
     # alone, its gradient reaches the student from step 120 (ramped over 20 steps)
-    "late_adv_adaptive_0.3": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
-                              f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weighting=adaptive",
+    "late_adv_adaptive_0.3": [*LOW_NOISE_D, "train_e2e.adv_weighting=adaptive",
                               "train_e2e.adv_weight=0.3", "train_e2e.adv_start_step=120",
                               "train_e2e.adv_warmup_steps=20"],
-    "late_adv_fixed_0.005": [f"{D}.sigma_min=0.0", f"{D}.sigma_max=0.3",
-                             f"{D}.optimizer.lr=1e-3", "train_e2e.adv_weight=0.005",
+    "late_adv_fixed_0.005": [*LOW_NOISE_D, "train_e2e.adv_weight=0.005",
                              "train_e2e.adv_start_step=120", "train_e2e.adv_warmup_steps=20"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")

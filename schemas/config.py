@@ -427,7 +427,7 @@ class TrainE2EConfig(TrainCommonConfig):
 
     @model_validator(mode="after")
     def _adversarial_starts_in_time(self) -> TrainE2EConfig:
-        if self.adv_start_step and self.adv_start_step >= self.steps:
+        if self.adv_start_step >= self.steps:  # steps >= 1: the default 0 passes
             raise ValueError(f"adv_start_step ({self.adv_start_step}) >= steps ({self.steps}): "
                              "the adversarial term would never act; lower it, or set "
                              "adv_weight=0 to train without it")
