@@ -92,7 +92,7 @@ LEVERS: dict[str, list[str]] = {
                               "train_e2e.adv_warmup_steps=20"],
     "late_adv_fixed_0.005": [*LOW_NOISE_D, "train_e2e.adv_weight=0.005",
                              "train_e2e.adv_start_step=120", "train_e2e.adv_warmup_steps=20"],
-    # 2026-12-04: a longer phase 1 pays but costs make-demo time; does another phase-1
+    # 2026-12-03 (night): a longer phase 1 pays but costs make-demo time; does another phase-1
     # learning rate get there in 200 steps (1e-3 was too high: losses doubled)?
     "p1_lr_4e-4": ["train_init.optimizer.lr=4e-4"],
     "p1_lr_3e-4": ["train_init.optimizer.lr=3e-4"],
@@ -107,12 +107,13 @@ LEVERS: dict[str, list[str]] = {
     "p1_300_p2_150": ["train_init.steps=300", "train_e2e.steps=150",
                       "train_e2e.adv_warmup_steps=50"],
     # ... it does not (phase 2 ends on a worse point). Buy the 100 phase-1 steps with teacher
-    # sampling instead: 2500 train prompts (of 5000) still give 3.8 epochs over 300 + 200
-    # steps of batch 32 (new teacher samples first: distill run --only sample_teacher --set
+    # sampling instead: 2500 train prompts (of 5000), 3.8 epochs in a 300-step phase 1 of
+    # batch 32 (new teacher samples first: distill run --only sample_teacher --set
     # sample_teacher.max_train_prompts=2500)
     "p1_300_prompts_2500": ["train_init.steps=300", "sample_teacher.max_train_prompts=2500"],
-    # ... FD 4.17 against 3.58 with 5000, at a far lower loss_final (0.017 against 0.027): the
-    # student memorizes the pairs it sees again. The other way: more teacher samples
+    # ... FD 4.17 against 3.58 with 5000, at a far lower loss_final (0.017 against 0.025): the
+    # student memorizes the pairs it sees again. The other way: more teacher samples (the
+    # toy curation keeps 6882 train prompts, so 8000 means every one)
     "prompts_8000": ["sample_teacher.max_train_prompts=8000"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
