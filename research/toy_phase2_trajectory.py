@@ -75,13 +75,15 @@ def score(workspace: Path, snapshots: Path, max_samples: int,
     from schemas.config import RealMetricsConfig
     from schemas.manifest import StudentCheckpointManifest, TeacherSamplesManifest
 
-    def manifest_of(stage: str) -> tuple[Path, dict]:
-        key = json.loads((workspace / stage / "latest.json").read_text())["key"]
+    def manifest_of(stage: str, key: str) -> tuple[Path, dict]:
         folder = workspace / stage / key
         return folder, json.loads((folder / "manifest.json").read_text())
 
-    samples_dir, samples_raw = manifest_of("sample_teacher")
-    e2e_dir, e2e_raw = manifest_of("train_e2e")
+    e2e_dir, e2e_raw = manifest_of("train_e2e", json.loads(
+        (workspace / "train_e2e" / "latest.json").read_text())["key"])
+    # the teacher samples this phase 2 trained on (their eval split is what evaluate scores)
+    samples_dir, samples_raw = manifest_of("sample_teacher", next(
+        i["key"] for i in e2e_raw["inputs"] if i["stage"] == "sample_teacher"))
     samples = TeacherSamplesManifest.model_validate(samples_raw)
     e2e = StudentCheckpointManifest.model_validate(e2e_raw)
     teacher = load_teacher("toy", None, device="cpu")
