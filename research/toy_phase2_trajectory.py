@@ -46,12 +46,13 @@ def train_with_snapshots(workspace: Path, overrides: list[str], every: int,
         for ckpt in (workspace / "train_e2e").glob("*/checkpoints/step-*"):
             if not re.fullmatch(r"step-\d+", ckpt.name):  # a checkpoint still being written
                 continue
-            target = snapshots / f"{ckpt.name}.safetensors"
+            target = snapshots / ckpt.name / "ema.safetensors"
             if ckpt.stat().st_mtime >= start and not target.exists():
+                target.parent.mkdir(exist_ok=True)
                 try:
                     shutil.copy(ckpt / "ema.safetensors", target)
                 except FileNotFoundError:  # pruned between glob and copy
-                    pass
+                    target.parent.rmdir()
         if proc.poll() is not None:
             break
         time.sleep(0.5)
@@ -69,8 +70,7 @@ def score(workspace: Path, snapshots: Path, max_samples: int,
     from pipeline.evaluation.scoring import score_generators
     from pipeline.samples.reader import TeacherSampleReader, collate_samples
     from pipeline.store import ArtifactStore
-    from pipeline.student.checkpoint import load_student_weights
-    from pipeline.student.model import TwoStepStudent
+    from pipeline.student.load import load_student
     from pipeline.teachers import load_teacher
     from schemas.config import RealMetricsConfig
     from schemas.manifest import StudentCheckpointManifest, TeacherSamplesManifest
@@ -91,23 +91,23 @@ def score(workspace: Path, snapshots: Path, max_samples: int,
     batch = collate_samples(list(islice(reader, max_samples)))
     images = {"teacher_8": generate_images(lambda c, n: n, teacher, batch["caption"],
                                            batch["x0"], 128)}
-    final = snapshots / f"step-{e2e.steps:07d}.safetensors"
-    shutil.copy(e2e_dir / "ema.safetensors", final)
-    weights = sorted(snapshots.glob("step-*.safetensors"))
+    # each snapshot is a folder holding ema.safetensors, loaded as evaluate loads a stage's
+    final = snapshots / f"step-{e2e.steps:07d}"
+    final.mkdir()
+    shutil.copy(e2e_dir / "ema.safetensors", final / "ema.safetensors")
+    steps = sorted(snapshots.glob("step-*"))
     # uniform averages of the last m EMA snapshots (a longer average than the EMA's own)
     for m in tail_averages:
-        if m <= len(weights):
-            tensors = [load_file(str(p)) for p in weights[-m:]]
+        if m <= len(steps):
+            tensors = [load_file(str(p / "ema.safetensors")) for p in steps[-m:]]
             averaged = {k: sum(t[k] for t in tensors) / m for k in tensors[0]}
-            save_file(averaged, str(snapshots / f"tail-{m}.safetensors"))
-    for path in [*weights, *sorted(snapshots.glob("tail-*.safetensors"))]:
-        name = path.stem
-        student = TwoStepStudent.from_teacher(teacher.transformer, e2e.parameterization,
-                                              e2e.sigma_mid)
-        load_student_weights(student, path)
-        student = student.merged().eval().requires_grad_(False)
-        images[name] = generate_images(lambda c, n, s=student: s.sample(n, c), teacher,
-                                       batch["caption"], batch["noise"], 128)
+            (snapshots / f"tail-{m}").mkdir()
+            save_file(averaged, str(snapshots / f"tail-{m}" / "ema.safetensors"))
+    for folder in [*steps, *sorted(snapshots.glob("tail-*"))]:
+        student = load_student(folder, e2e, teacher, "ema")
+        images[folder.name] = generate_images(
+            lambda c, n, s=student: s.sample(n.to(teacher.device), c), teacher,
+            batch["caption"], batch["noise"], 128)
     metas = batch["meta"]
     metrics = score_generators(images, "teacher_8", batch["prompt"],
                                [m["seed"] for m in metas],
