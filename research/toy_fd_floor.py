@@ -1,0 +1,148 @@
+"""What FD to the teacher measures on the toy: paired samples, not distributions.
+
+`evaluate` scores the student's 2-step images against the teacher's 8-step images of the
+same eval prompts *and the same noise* (the teacher samples' eval split). This script asks how
+far apart two sample sets of the teacher itself are when only the noise differs, and how the
+student reads on noise it was never compared on:
+
+- ``teacher_8 resampled``: the teacher at 8 steps on fresh noise, scored against the stored
+  teacher samples (same prompts): the FD of a perfect copy of the teacher's distribution that
+  maps noise to images differently (the distribution-level floor at this sample size);
+- ``teacher_8 recomputed``: the teacher on the eval noise again, on this machine (a check
+  that the stored samples are what the teacher makes here);
+- ``student paired``: the student on the eval noise (what `evaluate` reports; a cross-check);
+- ``student paired, fresh noise``: the student against the teacher, both on the same fresh
+  noise (is the paired FD a property of the student or of one noise draw?);
+- ``student unpaired``: the student on fresh noise against the stored teacher samples: to be
+  read beside ``teacher_8 resampled``;
+- ``teacher_2 unpaired``: the naive 2-step teacher likewise.
+
+    .venv/bin/python research/toy_fd_floor.py --workspace runs/toy --evaluate KEY [KEY ...] \
+        --draws 2 --out research/results/toy_fd_floor.json
+
+``KEY``: an `evaluate` stage folder name (default: the workspace's latest); its student
+(`evaluate.weights`, EMA by default) and its teacher samples are used. About 45 s per key and
+draw on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+KEPT = ("size", "color", "shape", "mean_accuracy", "valid_rate", "fd_teacher", "fd_data")
+
+
+def _manifest(workspace: Path, stage: str, key: str) -> dict:
+    return json.loads((workspace / stage / key / "manifest.json").read_text())
+
+
+def _input_key(manifest: dict, stage: str) -> str:
+    return next(i["key"] for i in manifest["inputs"] if i["stage"] == stage)
+
+
+def measure(workspace: Path, evaluate_key: str, draws: int, batch_size: int = 128) -> dict:
+    import torch
+
+    from pipeline.evaluation.generation import generate_images
+    from pipeline.evaluation.scoring import score_generators
+    from pipeline.samples.reader import TeacherSampleReader, collate_samples
+    from pipeline.store import ArtifactStore
+    from pipeline.student.load import load_student
+    from pipeline.teachers import load_teacher
+    from schemas.config import RealMetricsConfig
+    from schemas.manifest import StudentCheckpointManifest, TeacherSamplesManifest
+
+    evaluation = _manifest(workspace, "evaluate", evaluate_key)
+    e2e_key = _input_key(evaluation, "train_e2e")
+    e2e = StudentCheckpointManifest.model_validate(_manifest(workspace, "train_e2e", e2e_key))
+    samples = TeacherSamplesManifest.model_validate(
+        _manifest(workspace, "sample_teacher", _input_key(evaluation, "sample_teacher")))
+    teacher = load_teacher("toy", None, device="cpu")
+    reader = TeacherSampleReader.from_manifest(ArtifactStore(str(workspace)), samples, "eval")
+    batch = collate_samples(list(islice(reader, evaluation["config"]["max_samples"])))
+    caps, metas = batch["caption"], batch["meta"]
+    student = load_student(workspace / "train_e2e" / e2e_key, e2e, teacher,
+                           evaluation["config"]["weights"])
+
+    def images(sampler, noise):
+        return generate_images(sampler, teacher, caps, noise, batch_size)
+
+    def student_sampler(c, n):
+        return student.sample(n.to(teacher.device), c)
+
+    def teacher_sampler(steps):
+        return lambda c, n: teacher.sample(c, n, steps).final
+
+    def score(imgs: dict, reference: str) -> dict:
+        metrics = score_generators(imgs, reference, batch["prompt"], [m["seed"] for m in metas],
+                                   [hash(m["prompt_id"]) for m in metas], toy=True,
+                                   real_metrics=RealMetricsConfig(), log=logging.getLogger())
+        return {name: {k: v for k, v in m.items() if k in KEPT} for name, m in metrics.items()}
+
+    stored = {"teacher_8": images(lambda c, n: n, batch["x0"]),
+              "teacher_8 recomputed": images(teacher_sampler(samples.teacher.steps),
+                                             batch["noise"]),
+              "student paired": images(student_sampler, batch["noise"])}
+    rows = {"eval noise": score(stored, "teacher_8")}
+    for draw in range(1, draws + 1):
+        fresh = torch.randn(batch["noise"].shape, generator=torch.Generator().manual_seed(
+            10_000 + draw))
+        teacher_fresh = images(teacher_sampler(samples.teacher.steps), fresh)
+        student_fresh = images(student_sampler, fresh)
+        unpaired = score({"teacher_8": stored["teacher_8"], "teacher_8 resampled": teacher_fresh,
+                          "student unpaired": student_fresh,
+                          "teacher_2 unpaired": images(teacher_sampler(2), fresh)}, "teacher_8")
+        paired = score({"teacher_8 fresh": teacher_fresh,
+                        "student paired, fresh noise": student_fresh}, "teacher_8 fresh")
+        rows[f"fresh noise {draw}"] = {**unpaired, **paired}
+    return {"evaluate": evaluate_key, "train_e2e": e2e_key, "samples": len(caps),
+            "stored_student_fd_teacher": evaluation["metrics"].get("student.fd_teacher"),
+            "rows": rows}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path("runs/toy"))
+    parser.add_argument("--evaluate", nargs="*", default=None,
+                        help="evaluate stage keys (default: the latest)")
+    parser.add_argument("--draws", type=int, default=2, help="fresh noise draws")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    import torch
+
+    from machine import describe_machine, print_machine
+
+    torch.set_num_threads(2)
+    info = describe_machine("cpu")
+    print_machine(info)
+    keys = args.evaluate or [json.loads(
+        (args.workspace / "evaluate" / "latest.json").read_text())["key"]]
+    results = []
+    for key in keys:
+        start = time.perf_counter()
+        result = measure(args.workspace, key, args.draws)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        results.append(result)
+        print(f"evaluate {key} (student FD stored {result['stored_student_fd_teacher']}), "
+              f"{result['seconds']} s", flush=True)
+        for row, gens in result["rows"].items():
+            for name, m in gens.items():
+                print(f"  {row:14s} {name:28s} FD {m['fd_teacher']:7.2f}  shape "
+                      f"{m['shape']:.3f}  valid {m['valid_rate']:.3f}", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"machine": info, "results": results}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
