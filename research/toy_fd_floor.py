@@ -119,7 +119,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
-
     from machine import describe_machine, print_machine
 
     torch.set_num_threads(2)

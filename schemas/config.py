@@ -400,7 +400,9 @@ class TrainE2EConfig(TrainCommonConfig):
                                 "0 disables the iterative regularization.")
     adv_weight: float = Field(0.1, ge=0.0, description="Weight of the generator's adversarial "
                               "loss; with adv_weighting=adaptive the ratio of its gradient's "
-                              "norm to the final regression's.")
+                              "norm to the final regression's. 0: no adversarial term, and "
+                              "no discriminator is built, trained or evaluated (unless "
+                              "feature_weight > 0 needs its backbone).")
     adv_weighting: Literal["fixed", "adaptive"] = Field(
         "fixed", description="fixed: the adversarial loss times adv_weight. adaptive: its "
         "gradient on the student's x0 is rescaled every step to adv_weight times the norm of "
@@ -425,9 +427,14 @@ class TrainE2EConfig(TrainCommonConfig):
     init_from: Literal["ema", "student"] = Field(
         "ema", description="Which phase-1 weights start phase 2.")
 
+    @property
+    def adversarial(self) -> bool:
+        """Whether phase 2 has an adversarial term (and so trains a discriminator)."""
+        return self.adv_weight > 0
+
     @model_validator(mode="after")
     def _adversarial_starts_in_time(self) -> TrainE2EConfig:
-        if self.adv_start_step >= self.steps:  # steps >= 1: the default 0 passes
+        if self.adversarial and self.adv_start_step >= self.steps:  # the default 0 passes
             raise ValueError(f"adv_start_step ({self.adv_start_step}) >= steps ({self.steps}): "
                              "the adversarial term would never act; lower it, or set "
                              "adv_weight=0 to train without it")

@@ -181,8 +181,9 @@ class StudentCheckpointManifest(Manifest):
 
     Files: ``student.safetensors`` (generator weights: ``g1.*`` and ``g2.*``, or ``g.*`` when
     shared, or for ``decoupled_lora`` only the adapters ``g1.<module>.lora_{A,B}.step{1,2}.*``
-    over the frozen teacher), ``ema.safetensors`` (same keys, the EMA), phase 2 also
-    ``discriminator.safetensors`` (trainable heads only; the backbone is the frozen teacher),
+    over the frozen teacher), ``ema.safetensors`` (same keys, the EMA), phase 2 with an
+    adversarial term (``adv_weight > 0``) also ``discriminator.safetensors`` (trainable heads
+    only; the backbone is the frozen teacher) and ``heldout_discriminator.jsonl``,
     ``transformer_config.json`` (the generators' diffusers config) and ``train_state.json``.
     Resumable checkpoints under ``checkpoints/step-NNNNNNN/`` hold the same plus optimizer
     states (safetensors + JSON), RNG states, the data position and the layout (world size,

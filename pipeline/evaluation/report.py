@@ -175,9 +175,11 @@ def render_report(info: ReportContext, generators: list[GeneratorScores]) -> str
     lines = [f"# Evaluation `{info.key}`", "",
              f"{info.num_samples} eval samples ({info.num_prompts} prompts), the same noise "
              f"for every generator; device: {info.device}. FD: toy Frechet distance (feature "
-             f"network); accuracy: over the prompts naming each attribute; psnr/ssim: against "
-             f"the teacher's image from the same noise; diversity: mean pairwise feature "
-             f"distance across seeds of a prompt.", "", *metrics_table(generators)]
+             f"network), fd_teacher against the teacher's images from the same noise (paired: "
+             f"the teacher's own images from other noise score far higher); accuracy: over the "
+             f"prompts naming each attribute; psnr/ssim: against the teacher's image from the "
+             f"same noise; diversity: mean pairwise feature distance across seeds of a prompt.",
+             "", *metrics_table(generators)]
     lines += ["", "Latency per image (seconds; median of repeats, batch "
               f"{info.latency_batch}):", "", *latency_table(generators)]
     lines += ["", f"Columns: {', '.join(info.grid_columns)}. Rows:", ""]

@@ -14,6 +14,9 @@ recomputed every step so that its gradient on ``x0`` is ``adv_weight`` times the
 regression's (:func:`~pipeline.student.losses.adaptive_adversarial_gradient`); then a
 discriminator step on real (teacher ``x0``, or ground-truth renders for ``gan_real: data``)
 versus ``x0.detach()``, with optional lazy R1. Separate AdamW optimizers; an EMA of the student.
+With ``adv_weight: 0`` there is no discriminator: no backbone copy, no discriminator step (40%
+of a toy phase-2 step), no draws for it; the student trains exactly as with the adversarial
+term weighted 0 (the perceptual term alone still builds the backbone it needs).
 
 Data parallel: each rank reads its share of the shards (:class:`TeacherSampleReader`); the
 student is parallelized by :func:`pipeline.student.parallel.parallelize` (``ddp``: wrapped in
@@ -26,7 +29,7 @@ data split depends on the number of workers (shards by rank), so ``num_workers``
 the cache key and a checkpoint resumes only with the world size that wrote it.
 
 Memory: a worker holds the teacher transformer only as its student (G1, or the LoRA base) and,
-in phase 2, as the discriminator's backbone (a frozen copy, or for ``decoupled_lora`` the LoRA
+in phase 2 with a discriminator, as its backbone (a frozen copy, or for ``decoupled_lora`` the LoRA
 base itself with adapters off); the EMA covers trainable parameters only.
 
 Determinism and resume: data position is ``step * local_batch`` samples of a deterministic
@@ -202,8 +205,12 @@ class Worker:
         self.teacher = load_teacher(job.teacher.kind, job.teacher.path, device=str(self.device))
         transformer = self.teacher.take_transformer()
         lora = job.parameterization == "decoupled_lora"
+        # Phase 2 trains a discriminator only with an adversarial term; the perceptual term
+        # needs its (frozen) backbone without one.
+        self.trains_disc = job.phase == 2 and cfg.adversarial
+        uses_disc = self.trains_disc or (job.phase == 2 and cfg.feature_weight > 0)
         backbone = None
-        if job.phase == 2 and not lora:
+        if uses_disc and not lora:
             # copied before the phase-1 weights are loaded: the backbone is the teacher
             backbone = frozen_copy(transformer, torch.bfloat16 if self.autocast["enabled"]
                                    else torch.float32).to(self.device)
@@ -229,12 +236,14 @@ class Worker:
         self.opt_g = _optimizer(list(self.trainable.values()), cfg.optimizer)
         self.optimizers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {
             "student": (self.student, self.opt_g)}
-        if job.phase == 2:
+        self.disc: Discriminator | None = None
+        if uses_disc:
             d = cfg.discriminator
             self.disc = Discriminator(
                 self.student.g1 if lora else backbone, d.layers, d.hidden,
                 backbone_context=self.student.base_only if lora else contextlib.nullcontext,
                 stop_early=not self.sharded).to(self.device)
+        if self.trains_disc:
             self.opt_d = _optimizer(self.disc.parameters(), d.optimizer)
             self.optimizers["discriminator"] = (self.disc, self.opt_d)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -312,24 +321,29 @@ class Worker:
     def phase2_step(self, step: int, batch: dict[str, Any]) -> dict[str, float]:
         cfg = self.cfg
         caps, noise, x_mid_t, x0_t = self._to(batch)
-        real = self._real_images(batch, x0_t)
+        real = self._real_images(batch, x0_t) if self.trains_disc else None
         # Generator step.
         _set_lr(self.opt_g, cfg.optimizer, step, cfg.steps)
-        sigma_g, noise_g = self._disc_draws(x0_t)
-        self.disc.requires_grad_(False)
-        adaptive = cfg.adv_weighting == "adaptive"
+        adaptive = cfg.adv_weighting == "adaptive" and self.trains_disc
+        if self.disc is not None:
+            sigma_g, noise_g = self._disc_draws(x0_t)
+            self.disc.requires_grad_(False)
+        adv = feature = torch.zeros((), device=self.device)
         with torch.autocast(**self.autocast):
             x_mid, x0 = self.model(noise, caps, detach_mid=not cfg.end_to_end)
-            # adaptive: the discriminator's terms see a leaf copy of x0, so that their
-            # gradients on x0 can be measured and rescaled before they reach the student
-            x0_d = x0.detach().requires_grad_() if adaptive else x0
-            fake_logits, fake_feats = self.disc.logits_and_features(x0_d, caps, sigma_g, noise_g)
-            feature = torch.zeros((), device=self.device)
-            if cfg.feature_weight:
-                with torch.no_grad():  # the teacher's x0 from the same noise, re-noised alike
-                    real_feats = self.disc.features(noised(x0_t, noise_g, sigma_g), sigma_g, caps)
-                feature = feature_distance(fake_feats, real_feats)
-        adv = generator_adversarial(fake_logits.float(), cfg.adv_loss)
+            if self.disc is not None:
+                # adaptive: the discriminator's terms see a leaf copy of x0, so that their
+                # gradients on x0 can be measured and rescaled before they reach the student
+                x0_d = x0.detach().requires_grad_() if adaptive else x0
+                fake_logits, fake_feats = self.disc.logits_and_features(x0_d, caps, sigma_g,
+                                                                        noise_g)
+                if cfg.feature_weight:
+                    with torch.no_grad():  # the teacher's x0 from the same noise, re-noised alike
+                        real_feats = self.disc.features(noised(x0_t, noise_g, sigma_g), sigma_g,
+                                                        caps)
+                    feature = feature_distance(fake_feats, real_feats)
+        if self.trains_disc:
+            adv = generator_adversarial(fake_logits.float(), cfg.adv_loss)
         step1 = self._reg(x_mid, x_mid_t)
         final = self._reg(x0, x0_t)
         ramp = adversarial_ramp(step, cfg.adv_start_step, cfg.adv_warmup_steps)
@@ -350,18 +364,29 @@ class Worker:
         norm_g = _clip(self.trainable.values(), cfg.optimizer)
         self.opt_g.step()
         self._ema(step)
-        # Discriminator step: real vs the generator's (detached) output.
-        d = cfg.discriminator
+        values = {"loss_g": loss_g.item(), "loss_step1": step1.item(),
+                  "loss_final": final.item(), "loss_feature": feature.item(),
+                  "grad_norm_g": norm_g}
+        if self.trains_disc:
+            values |= {"loss_adv_g": adv.item(), "adv_weight": ramp * float(adv_weight),
+                       **self._discriminator_step(step, caps, real, x0.detach(), x0_t)}
+        return values
+
+    def _discriminator_step(self, step: int, caps: list[torch.Tensor], real: torch.Tensor,
+                            fake: torch.Tensor, like: torch.Tensor) -> dict[str, float]:
+        """One discriminator update: ``real`` (teacher or data latents) against ``fake`` (the
+        generator's detached x0), both re-noised with the same draws (shaped like ``like``)."""
+        cfg, d = self.cfg, self.cfg.discriminator
         self.disc.requires_grad_(True)
         _set_lr(self.opt_d, d.optimizer, step, cfg.steps)
-        sigma_d, noise_d = self._disc_draws(x0_t)
+        sigma_d, noise_d = self._disc_draws(like)
         r1_now = d.r1_weight > 0 and step % d.r1_every == 0
         real_in = real.detach().requires_grad_(r1_now)
         with torch.autocast(**self.autocast), twice_differentiable_attention(r1_now):
-            logits = self.disc(torch.cat([real_in, x0.detach()]), caps + caps,
+            logits = self.disc(torch.cat([real_in, fake]), caps + caps,
                                torch.cat([sigma_d, sigma_d]), torch.cat([noise_d, noise_d]))
-        real_logits, fake_logits_d = logits.float().chunk(2)
-        loss_d = discriminator_adversarial(real_logits, fake_logits_d, cfg.adv_loss)
+        real_logits, fake_logits = logits.float().chunk(2)
+        loss_d = discriminator_adversarial(real_logits, fake_logits, cfg.adv_loss)
         r1 = r1_penalty(real_logits, real_in) if r1_now else torch.zeros(())
         total_d = loss_d + d.r1_weight * d.r1_every * r1
         self._check(total_d, step)
@@ -370,13 +395,10 @@ class Worker:
         _average_grads(self.disc.parameters(), self.world)
         norm_d = _clip(self.disc.parameters(), d.optimizer)
         self.opt_d.step()
-        return {"loss_g": loss_g.item(), "loss_adv_g": adv.item(), "loss_step1": step1.item(),
-                "loss_final": final.item(), "loss_feature": feature.item(),
-                "loss_d": loss_d.item(), "r1": r1.item(),
-                "d_real": real_logits.mean().item(), "d_fake": fake_logits_d.mean().item(),
-                "d_accuracy": discriminator_accuracy(real_logits, fake_logits_d),
-                "adv_weight": ramp * float(adv_weight),
-                "grad_norm_g": norm_g, "grad_norm_d": norm_d}
+        return {"loss_d": loss_d.item(), "r1": r1.item(),
+                "d_real": real_logits.mean().item(), "d_fake": fake_logits.mean().item(),
+                "d_accuracy": discriminator_accuracy(real_logits, fake_logits),
+                "grad_norm_d": norm_d}
 
     def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -472,7 +494,7 @@ class Worker:
         for name, tensors in weights.items():
             save_file(ckpt.student_file_tensors(self.student, tensors),
                       str(self.out / f"{name}.safetensors"))
-        if self.job.phase == 2:
+        if self.trains_disc:
             save_file(ckpt.module_tensors(self.disc), str(self.out / "discriminator.safetensors"))
         (self.out / "transformer_config.json").write_text(self.student.g1.to_json_string())
         # Deterministic content only (the MLflow run id goes to the status file): the next
@@ -500,7 +522,7 @@ class Worker:
         last: dict[str, float] = {}
         step = start_step
         began, status = time.perf_counter(), "FINISHED"
-        watch_d = job.phase == 2 and cfg.discriminator.eval_samples > 0
+        watch_d = self.trains_disc and cfg.discriminator.eval_samples > 0
         try:
             if watch_d and start_step == 0:
                 self._track_heldout(tracker, 0)
@@ -580,7 +602,7 @@ class Worker:
             dist.barrier()
 
     def _heads(self) -> dict[str, torch.nn.Module]:
-        return {"discriminator": self.disc} if self.job.phase == 2 else {}
+        return {"discriminator": self.disc} if self.trains_disc else {}
 
     def layout(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed exactly (the driver checks it first:

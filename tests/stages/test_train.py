@@ -302,3 +302,49 @@ def _stop_and_resume_under_fsdp2(samples_workspace, tmp_path, straight) -> None:
     b = load_file(Path(resumed.uri) / "ema.safetensors")
     assert a.keys() == b.keys() and all(".lora_" in k for k in a)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def _phase2_worker(samples_workspace: Path, tmp_path: Path, name: str, overrides: list[str]):
+    """A one-rank phase-2 worker on the shared teacher samples (no MLflow), built as the
+    stage builds its job."""
+    from pipeline.student.train import TrainJob, Worker
+
+    cfg = load_config("smoke", DATA + SMALL + overrides,
+                      workspace=_workspace(samples_workspace, tmp_path / name))
+    samples = _upstream(cfg, ArtifactStore(cfg.workspace))
+    out = tmp_path / name / "out"
+    out.mkdir()
+    job = TrainJob(phase=2, config=cfg.train_e2e, teacher=cfg.teacher,
+                   store_root=str(cfg.workspace), samples_dir=f"{samples.stage}/{samples.key}",
+                   train_shards=samples.splits["train"].shards,
+                   eval_shards=samples.splits["eval"].shards,
+                   sigma_mid=samples.teacher.sigma_mid, parameterization="decoupled",
+                   out_dir=str(out))
+    return Worker(job, rank=0, world=1)
+
+
+def test_without_the_adversarial_term_no_discriminator_runs_and_the_student_is_the_same(
+        samples_workspace, tmp_path):
+    """adv_weight=0 skips the discriminator (its backbone, step, draws and files) and trains
+    the student exactly as a run whose adversarial term is weighted 0 (adv_start_step past
+    the steps compared), bit for bit."""
+    torch.manual_seed(0)
+    held = _phase2_worker(samples_workspace, tmp_path, "held",
+                          ["train_e2e.adv_weight=0.5", "train_e2e.adv_start_step=5"])
+    torch.manual_seed(0)
+    off = _phase2_worker(samples_workspace, tmp_path, "off", ["train_e2e.adv_weight=0"])
+    assert held.trains_disc and held.disc is not None
+    assert not off.trains_disc and off.disc is None and set(off.optimizers) == {"student"}
+    batches_a, batches_b = held._batches(0), off._batches(0)
+    for step in range(3):
+        a, b = next(batches_a), next(batches_b)
+        la, lb = held.phase2_step(step, a), off.phase2_step(step, b)
+        assert "loss_d" in la and "loss_d" not in lb and "d_accuracy" not in lb
+        for key in ("loss_g", "loss_step1", "loss_final"):
+            assert la[key] == lb[key], (step, key)
+    for name, p in held.trainable.items():
+        assert torch.equal(p, off.trainable[name]), name
+    off.run()  # the stage's loop to the end: no discriminator files, a finished student
+    files = {p.name for p in off.out.iterdir()}
+    assert {"student.safetensors", "ema.safetensors", "losses.jsonl"} <= files
+    assert "discriminator.safetensors" not in files and "heldout_discriminator.jsonl" not in files
