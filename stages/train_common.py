@@ -23,7 +23,8 @@ PHASE2_CHOICES = {
                            "sum over blocks",
     "discriminator_noise": "x0 re-noised to sigma ~ U[sigma_min, sigma_max], fresh noise; the "
                            "same draw for real and fake in a discriminator step",
-    "optimizers": "AdamW for the generators and for the heads, linear warm-up then constant",
+    "optimizers": "AdamW for the generators and for the heads, linear warm-up then constant "
+                  "or cosine (optimizer.schedule)",
     "ema": "EMA of the generator weights every step; saved as ema.safetensors",
     "generator_loss": "adv_weight * ramp * adversarial + step1_weight * d(x_mid, "
                       "x_mid_teacher) + final_weight * d(x0, x0_teacher); ramp = min(1, step / "

@@ -23,14 +23,29 @@ def train_e2e(ctx: StageContext) -> StageResult:
     check_student_weights(weights, ctx.teacher, phase1.parameterization, lora)
     job = build_job(ctx, phase=2, parameterization=phase1.parameterization,
                     init_weights=weights, lora=lora)
-    choices = {**PHASE2_CHOICES, "gan_real": cfg.gan_real, "end_to_end": cfg.end_to_end,
-               "step1_weight": cfg.step1_weight, "adv_loss": cfg.adv_loss,
-               "regression_loss": cfg.loss, "init_from": f"phase 1 {cfg.init_from}",
-               "strategy": cfg.strategy,
-               "discriminator_layers": cfg.discriminator.layers,
-               "r1": f"weight {cfg.discriminator.r1_weight}, every "
-                     f"{cfg.discriminator.r1_every} steps"}
-    return train(ctx, job, choices)
+    return train(ctx, job, phase2_choices(cfg))
+
+
+def phase2_choices(cfg: TrainE2EConfig) -> dict[str, object]:
+    """The method's choices recorded in the manifest; the discriminator's only where there is
+    one (``adv_weight > 0``)."""
+    common = {"end_to_end": cfg.end_to_end, "step1_weight": cfg.step1_weight,
+              "regression_loss": cfg.loss, "init_from": f"phase 1 {cfg.init_from}",
+              "strategy": cfg.strategy}
+    if not cfg.adversarial:
+        plain = {k: v for k, v in PHASE2_CHOICES.items() if not k.startswith("discriminator")}
+        perceptual = "; the perceptual term uses the frozen teacher's features" \
+            if cfg.feature_weight else ""
+        return {**plain, **common,
+                "optimizers": "AdamW for the generators, linear warm-up then constant or "
+                              "cosine (optimizer.schedule)",
+                "generator_loss": "step1_weight * d(x_mid, x_mid_teacher) + final_weight * "
+                                  "d(x0, x0_teacher) + feature_weight * f(x0, x0_teacher)",
+                "discriminator": f"none: adv_weight 0, no adversarial term{perceptual}"}
+    return {**PHASE2_CHOICES, **common, "gan_real": cfg.gan_real, "adv_loss": cfg.adv_loss,
+            "discriminator_layers": cfg.discriminator.layers,
+            "r1": f"weight {cfg.discriminator.r1_weight}, every "
+                  f"{cfg.discriminator.r1_every} steps"}
 
 
 def check(cfg: DistillConfig) -> None:

@@ -11,6 +11,7 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.student.launch import check_resume
 from stages.registry import STAGES
+from stages.train_e2e import phase2_choices
 
 
 def test_fsdp2_needs_two_workers():
@@ -52,3 +53,15 @@ def test_a_checkpoint_resumes_only_under_its_layout(tmp_path):
     with pytest.raises(Exception, match="state.json: unreadable"):
         check_resume(tmp_path, {"world_size": 2, "strategy": "fsdp2",
                                 "parameterization": "decoupled"})
+
+
+def test_the_manifest_describes_a_discriminator_only_where_there_is_one():
+    adversarial = phase2_choices(load_config("smoke").train_e2e)
+    assert {"discriminator_heads", "discriminator_layers", "gan_real", "r1"} <= set(adversarial)
+    assert "adversarial" in adversarial["generator_loss"]
+    plain = phase2_choices(load_config("smoke", ["train_e2e.adv_weight=0"]).train_e2e)
+    assert not any(k.startswith("discriminator_") or k in ("gan_real", "adv_loss", "r1")
+                   for k in plain)
+    assert plain["discriminator"].startswith("none") and "adversarial" not in (
+        plain["generator_loss"])
+    assert "heads" not in plain["optimizers"]
