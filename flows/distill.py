@@ -143,6 +143,7 @@ def ablate(
         VARIANTS,
         seed_overrides,
         student_metrics,
+        variant_problem,
         write_ablation,
     )
 
@@ -156,8 +157,9 @@ def ablate(
                 run = prepare_run(config, [*(overrides or []), *VARIANTS[name], *extra],
                                   workspace, None, until="evaluate")
             except TwostepError as exc:
-                get_run_logger().error("%s", exc)
-                return Failed(message=str(exc))
+                problem = variant_problem(name, exc)
+                get_run_logger().error("%s", problem)
+                return Failed(message=problem)
             get_run_logger().info("ablation: variant %s, seed %d of %d", name, seed + 1, seeds)
             summary = run_prepared(run, False)
             if isinstance(summary, State):

@@ -51,6 +51,15 @@ Z = 2.0
 errors of the difference; otherwise it is inconclusive."""
 
 
+def variant_problem(name: str, problem: Exception) -> str:
+    """A variant's config problem (its overrides on top of the run's) as one line naming the
+    variant and the way out."""
+    if not VARIANTS.get(name):
+        return str(problem)
+    return (f"ablation variant {name} ({', '.join(VARIANTS[name])}): {problem}; leave the "
+            f"variant out by naming the others (--variant, or the flow's variants)")
+
+
 def seed_overrides(seed: int) -> list[str]:
     """The overrides of training seed ``seed``: initial noise, data order and every draw of
     both phases (the teacher shards, hence curation and sampling, are shared)."""

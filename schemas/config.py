@@ -441,6 +441,14 @@ class TrainE2EConfig(TrainCommonConfig):
         return self
 
     @model_validator(mode="after")
+    def _real_samples_need_a_discriminator(self) -> TrainE2EConfig:
+        if self.gan_real == "data" and not self.adversarial:
+            raise ValueError("gan_real=data chooses the discriminator's real samples, but "
+                             "adv_weight=0 trains no discriminator: set adv_weight > 0 or "
+                             "leave gan_real at teacher")
+        return self
+
+    @model_validator(mode="after")
     def _adaptive_needs_final(self) -> TrainE2EConfig:
         if self.adv_weighting == "adaptive" and self.final_weight == 0:
             raise ValueError("adv_weighting=adaptive scales the adversarial gradient to the "

@@ -45,6 +45,18 @@ def test_user_mistakes_are_one_clear_line(args, message, tmp_path):
     assert not (tmp_path / "ws").exists()
 
 
+def test_an_ablation_variant_that_contradicts_the_run_is_named_before_anything_runs(tmp_path):
+    """Without the adversarial term the gan_real_data variant has no discriminator to vary."""
+    result = distill("ablate", "--config", "smoke", "--workspace", str(tmp_path / "ws"),
+                     "--set", "train_e2e.adv_weight=0")
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: ablation variant gan_real_data (train_e2e.gan_real=data)")
+    assert "adv_weight=0 trains no discriminator" in lines[0] and "--variant" in lines[0]
+    assert not (tmp_path / "ws").exists()
+
+
 @pytest.mark.slow
 def test_error_inside_a_stage_is_one_line_too(tmp_path):
     bad = tmp_path / "bad.json"

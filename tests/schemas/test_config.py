@@ -52,6 +52,9 @@ def test_workspace_defaults_to_runs_preset():
         (["train_e2e.steps=10", "train_e2e.adv_start_step=10"],
          r"train_e2e: .*adv_start_step \(10\) >= steps \(10\): the adversarial term would "
          r"never act"),
+        (["train_e2e.gan_real=data", "train_e2e.adv_weight=0"],
+         r"train_e2e: .*gan_real=data chooses the discriminator's real samples, but "
+         r"adv_weight=0 trains no discriminator"),
     ],
 )
 def test_bad_configs_are_one_clear_line(overrides, message):
