@@ -369,17 +369,17 @@ class Worker:
                   "grad_norm_g": norm_g}
         if self.trains_disc:
             values |= {"loss_adv_g": adv.item(), "adv_weight": ramp * float(adv_weight),
-                       **self._discriminator_step(step, caps, real, x0.detach(), x0_t)}
+                       **self._discriminator_step(step, caps, real, x0.detach())}
         return values
 
     def _discriminator_step(self, step: int, caps: list[torch.Tensor], real: torch.Tensor,
-                            fake: torch.Tensor, like: torch.Tensor) -> dict[str, float]:
+                            fake: torch.Tensor) -> dict[str, float]:
         """One discriminator update: ``real`` (teacher or data latents) against ``fake`` (the
-        generator's detached x0), both re-noised with the same draws (shaped like ``like``)."""
+        generator's detached x0, the same shape), both re-noised with the same draws."""
         cfg, d = self.cfg, self.cfg.discriminator
         self.disc.requires_grad_(True)
         _set_lr(self.opt_d, d.optimizer, step, cfg.steps)
-        sigma_d, noise_d = self._disc_draws(like)
+        sigma_d, noise_d = self._disc_draws(real)
         r1_now = d.r1_weight > 0 and step % d.r1_every == 0
         real_in = real.detach().requires_grad_(r1_now)
         with torch.autocast(**self.autocast), twice_differentiable_attention(r1_now):
