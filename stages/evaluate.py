@@ -120,7 +120,7 @@ STAGE: StageSpec[EvalReportManifest] = StageSpec(
     section=lambda cfg: cfg.evaluate,
     run=evaluate,
     check=check,
-    version=1,
+    version=2,  # 2: fd_teacher_unpaired
     fingerprint=_fingerprint,
     uses_teacher=True,
 )

@@ -5,6 +5,8 @@ Images are ``(N, 3, H, W)`` in [0, 1]; features ``(N, D)``.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -72,3 +74,43 @@ def mean_pairwise_distance(features: torch.Tensor, groups: list[int]) -> float:
         n = len(idx)
         values.append(float(d.sum() / (n * (n - 1))))
     return sum(values) / len(values) if values else float("nan")
+
+
+def groups_of(values: Sequence[Hashable]) -> list[int]:
+    """Group ids ``(N,)`` for ``values`` (e.g. prompts): equal values share an id, numbered in
+    order of first appearance."""
+    ids: dict[Hashable, int] = {}
+    return [ids.setdefault(v, len(ids)) for v in values]
+
+
+def cross_seed_halves(groups: list[int]) -> tuple[list[int], list[int]]:
+    """Split samples into two halves ``(a, b)`` of equal length that hold the same prompts
+    from different noise: within each group (one prompt's seeds, in order) consecutive
+    samples ``(i, j)`` go ``i`` to ``a`` and ``j`` to ``b``; a group's odd sample out and
+    single-sample groups are left out. ``a[k]`` and ``b[k]`` share a prompt."""
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    a: list[int] = []
+    b: list[int] = []
+    for idx in by_group.values():
+        for k in range(0, len(idx) - 1, 2):
+            a.append(idx[k])
+            b.append(idx[k + 1])
+    return a, b
+
+
+def unpaired_frechet_distance(features: torch.Tensor, reference: torch.Tensor,
+                              groups: list[int]) -> float:
+    """Frechet distance of a generator to a reference on the same prompts but other noise:
+    ``(FD(f[a], r[b]) + FD(f[b], r[a])) / 2`` with ``a, b`` from :func:`cross_seed_halves`
+    (features ``(N, D)``, row ``i`` of both from the same prompt and noise). Unlike the paired
+    FD (``frechet_distance(features, reference)``), copying the reference's images sample
+    for sample earns nothing here: the reference's own score, ``FD(r[a], r[b])``, is the
+    floor any generator of its distribution reaches at this sample size. NaN where no prompt
+    has two samples."""
+    a, b = cross_seed_halves(groups)
+    if len(a) < 2:
+        return float("nan")
+    return (frechet_distance(features[a], reference[b])
+            + frechet_distance(features[b], reference[a])) / 2

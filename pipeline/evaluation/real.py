@@ -17,6 +17,7 @@ and take the same published weights (converted to safetensors for Inception).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ArtifactError
-from pipeline.evaluation.metrics import frechet_distance
+from pipeline.evaluation.metrics import frechet_distance, groups_of, unpaired_frechet_distance
 from schemas.config import CLIPScoreConfig, FIDConfig, RealMetricsConfig
 
 
@@ -106,7 +107,10 @@ def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None) -
 
 
 class FIDKID:
-    """FID and KID against the teacher's images (``fid_teacher``, ``kid_teacher``) and, with
+    """FID and KID against the teacher's images from the same noise (``fid_teacher``,
+    ``kid_teacher``), FID against the teacher's images of the same prompts from other noise
+    where a prompt has 2+ seeds (``fid_teacher_unpaired``, see
+    :func:`~pipeline.evaluation.metrics.unpaired_frechet_distance`), and, with
     ``reference_dir``, against real images (``fid_data``, ``kid_data``)."""
 
     name = "fid"
@@ -137,6 +141,10 @@ class FIDKID:
             kid, _ = kernel_inception_distance(feats, ref, self.cfg.kid_subsets,
                                                self.cfg.kid_subset_size)
             out[f"kid_{name}"] = round(kid, 6)
+        unpaired = unpaired_frechet_distance(feats, self.references["teacher"],
+                                             groups_of(prompts))
+        if math.isfinite(unpaired):
+            out["fid_teacher_unpaired"] = round(unpaired, 4)
         return out
 
 

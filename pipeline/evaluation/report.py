@@ -13,9 +13,10 @@ import torch
 
 from schemas.manifest import GeneratorScores, StudentCheckpointManifest
 
-METRIC_ORDER = ("fd_teacher", "fd_data", "mean_accuracy", "size", "color", "shape", "position",
-                "background", "valid_rate", "psnr", "ssim", "diversity", "fid_teacher",
-                "kid_teacher", "fid_data", "kid_data", "clip_score")
+METRIC_ORDER = ("fd_teacher", "fd_teacher_unpaired", "fd_data", "mean_accuracy", "size", "color",
+                "shape", "position", "background", "valid_rate", "psnr", "ssim", "diversity",
+                "fid_teacher", "fid_teacher_unpaired", "kid_teacher", "fid_data", "kid_data",
+                "clip_score")
 """Columns of the metrics table, in this order, where any generator has them."""
 
 
@@ -175,8 +176,10 @@ def render_report(info: ReportContext, generators: list[GeneratorScores]) -> str
     lines = [f"# Evaluation `{info.key}`", "",
              f"{info.num_samples} eval samples ({info.num_prompts} prompts), the same noise "
              f"for every generator; device: {info.device}. FD: toy Frechet distance (feature "
-             f"network), fd_teacher against the teacher's images from the same noise (paired: "
-             f"the teacher's own images from other noise score far higher); accuracy: over the "
+             f"network); fd_teacher against the teacher's images from the same noise (paired: "
+             f"copying the teacher sample for sample scores 0); fd_teacher_unpaired against "
+             f"the teacher's images of the same prompts from their other seed (the teacher's "
+             f"own row is the floor a generator of its distribution reaches); accuracy: over the "
              f"prompts naming each attribute; psnr/ssim: against the teacher's image from the "
              f"same noise; diversity: mean pairwise feature distance across seeds of a prompt.",
              "", *metrics_table(generators)]

@@ -2,8 +2,10 @@
 for the toy world, against ground-truth renders of the same prompts.
 
 Toy metrics come from the shipped feature network (:class:`~pipeline.evaluation.toy.ToyScorer`):
-named-attribute accuracy, validity, Frechet distance to the teacher (``fd_teacher``) and to the
-data (``fd_data``), and diversity across the seeds of a prompt. Every generator but the
+named-attribute accuracy, validity, Frechet distance to the teacher from the same noise
+(``fd_teacher``, paired) and from the other seeds of the same prompts (``fd_teacher_unpaired``:
+the teacher's own value is the floor of its distribution), to the data (``fd_data``), and
+diversity across the seeds of a prompt. Every generator but the
 reference also gets PSNR/SSIM against the reference image from the same noise; real-domain
 plugins (FID/KID, CLIP score) add theirs when configured.
 """
@@ -15,7 +17,13 @@ import math
 
 import torch
 
-from pipeline.evaluation.metrics import frechet_distance, mean_pairwise_distance, psnr, ssim
+from pipeline.evaluation.metrics import (
+    frechet_distance,
+    mean_pairwise_distance,
+    psnr,
+    ssim,
+    unpaired_frechet_distance,
+)
 from schemas.config import RealMetricsConfig
 
 
@@ -58,6 +66,9 @@ def score_generators(images: dict[str, torch.Tensor], reference_name: str, promp
             m.update(scorer.score(img, prompts))
             m["fd_teacher"] = round(frechet_distance(feats, ref_feats), 4)
             m["fd_data"] = round(frechet_distance(feats, truth_feats), 4)
+            unpaired = unpaired_frechet_distance(feats, ref_feats, groups)
+            if math.isfinite(unpaired):  # needs a prompt with 2+ seeds, as diversity
+                m["fd_teacher_unpaired"] = round(unpaired, 4)
             diversity = mean_pairwise_distance(feats, groups)
             if math.isfinite(diversity):  # needs a prompt with 2+ seeds; JSON has no NaN
                 m["diversity"] = round(diversity, 4)

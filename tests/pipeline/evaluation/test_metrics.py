@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from pipeline.evaluation.metrics import frechet_distance, mean_pairwise_distance, psnr, ssim
+from pipeline.evaluation.metrics import (
+    cross_seed_halves,
+    frechet_distance,
+    groups_of,
+    mean_pairwise_distance,
+    psnr,
+    ssim,
+    unpaired_frechet_distance,
+)
 
 
 def test_frechet_distance_of_gaussians_matches_the_closed_form():
@@ -36,3 +44,36 @@ def test_diversity_is_zero_for_identical_seeds_and_grows_with_spread():
     spread = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [6.0, 8.0]])
     assert mean_pairwise_distance(spread, [0, 0, 1, 1]) == pytest.approx(7.5)
     assert math.isnan(mean_pairwise_distance(same, [0, 1, 2, 3]))
+
+
+def test_cross_seed_halves_pair_the_seeds_of_a_prompt_and_drop_the_odd_one_out():
+    a, b = cross_seed_halves([5, 5, 7, 9, 9, 9, 7, 4])
+    assert (a, b) == ([0, 2, 3], [1, 6, 4])
+    assert cross_seed_halves([1, 2, 3]) == ([], [])
+    assert groups_of(["b", "a", "b", "c", "a"]) == [0, 1, 0, 2, 1]
+
+
+def _prompt_world(groups: int, seeds: int, seed: int, shift: float = 0.0) -> torch.Tensor:
+    """Features of ``groups`` prompts x ``seeds`` noises: a prompt's content plus its noise."""
+    g = torch.Generator().manual_seed(seed)
+    content = torch.randn(groups, 1, 4, generator=torch.Generator().manual_seed(99)) * 2
+    noise = torch.randn(groups, seeds, 4, generator=g)
+    return (content + noise + shift).reshape(groups * seeds, 4)
+
+
+def test_unpaired_fd_gives_a_sample_copy_no_credit_and_tells_a_shifted_generator_apart():
+    groups = [i // 2 for i in range(4000)]
+    reference = _prompt_world(2000, 2, seed=0)
+    floor = unpaired_frechet_distance(reference, reference, groups)
+    a, b = cross_seed_halves(groups)
+    assert floor == pytest.approx(frechet_distance(reference[a], reference[b]))
+    assert floor > 0 and frechet_distance(reference, reference) == pytest.approx(0, abs=1e-6)
+    # Same distribution, other noise: about the reference's own floor (both are sampling
+    # error at this size), while the paired FD of the copy above was 0.
+    fresh = unpaired_frechet_distance(_prompt_world(2000, 2, seed=1), reference, groups)
+    assert fresh < 4 * floor + 0.02
+    shifted = unpaired_frechet_distance(_prompt_world(2000, 2, seed=1, shift=0.5), reference,
+                                        groups)
+    assert shifted > 1.0 - 0.1  # |mu shift|^2 = 4 * 0.25
+    assert shifted > 10 * floor
+    assert math.isnan(unpaired_frechet_distance(reference[:3], reference[:3], [0, 1, 2]))

@@ -131,15 +131,20 @@ def test_fid_kid_plugin_scores_against_teacher_and_reference_folder(tmp_path, fi
     plugin = FIDKID(FIDConfig(weights=str(fid_weights), reference_dir=str(folder),
                               kid_subsets=5, batch_size=4))
     plugin.prepare(teacher)
-    prompts = ["a shape"] * 6
+    prompts = ["a shape", "a shape", "a disc", "a disc", "a star", "a star"]  # 2 seeds each
     own = plugin.score(teacher, prompts)
-    assert set(own) == {"fid_teacher", "kid_teacher", "fid_data", "kid_data"}
+    assert set(own) == {"fid_teacher", "fid_teacher_unpaired", "kid_teacher", "fid_data",
+                        "kid_data"}
     assert own["fid_teacher"] == pytest.approx(0.0, abs=1e-2)
+    assert own["fid_teacher_unpaired"] > 0  # the teacher's own floor: its other seeds differ
     scores = {name: plugin.score(x, prompts) for name, x in (("near", near), ("far", far))}
     # The PNGs are the teacher images rounded to 8 bits: closer than 2% noise.
     assert own["fid_data"] < scores["near"]["fid_teacher"]
     assert 0 < scores["near"]["fid_teacher"] < scores["far"]["fid_teacher"]
     assert scores["near"]["kid_teacher"] < scores["far"]["kid_teacher"]
+    assert scores["far"]["fid_teacher_unpaired"] > own["fid_teacher_unpaired"]
+    # One seed per prompt: nothing to pair across seeds, no unpaired FID.
+    assert "fid_teacher_unpaired" not in plugin.score(near, [f"p{i}" for i in range(6)])
 
 
 def test_reference_folder_problems_are_named(tmp_path, fid_weights):
