@@ -2,6 +2,8 @@
 adversarial diffusion distillation), small trainable heads on the image tokens of a few of its
 blocks, conditioned on the prompt by a projection term. The backbone is a frozen copy of the
 teacher, or, for ``decoupled_lora``, the student's own base with its adapters disabled.
+:class:`BackboneFeatures` is that feature pass alone: the perceptual term uses it without the
+heads.
 
 ``D(x0, caption) = sum_l mean_tokens [ w_l . h + <P_l h, C_l c> ]`` where ``h = MLP_l(f_l)``
 are the head features of block ``l``'s image tokens ``f_l`` ``(B, N, dim)``, computed on
@@ -56,32 +58,40 @@ def frozen_copy(transformer: nn.Module, dtype: torch.dtype = torch.float32) -> n
     return _as_dtype(copy.deepcopy(transformer), dtype).eval().requires_grad_(False)
 
 
-class Discriminator(nn.Module):
-    def __init__(self, backbone: nn.Module, layers: list[int], hidden: int,
+class BackboneFeatures:
+    """Image-token hidden states ``(B, N, dim)`` of a few blocks of a frozen transformer: what
+    the discriminator's heads read and what the perceptual term compares. Not a module: the
+    backbone is frozen, never trained and never saved with anything that uses it."""
+
+    def __init__(self, backbone: nn.Module, layers: list[int],
                  backbone_context: Callable[[], Any] = contextlib.nullcontext,
                  stop_early: bool = True) -> None:
         """``backbone``: a frozen transformer (see :func:`frozen_copy`), used inside
         ``backbone_context()`` (the LoRA student's ``base_only``). ``stop_early``: skip the
         blocks after the last feature layer (off under FSDP2, whose hooks expect whole
         forwards)."""
-        super().__init__()
+        self.backbone = backbone
         self.layers = resolve_layers(layers, len(backbone.layers))
         self.backbone_context = backbone_context
         self.stop_early = stop_early
-        # Kept out of parameters(): frozen, not trained, not saved with the heads.
-        self.__dict__["backbone"] = backbone
-        dim = backbone.config.dim
-        self.heads = nn.ModuleList(Head(dim, backbone.config.cap_feat_dim, hidden)
-                                   for _ in self.layers)
 
-    def to(self, *args, **kwargs):  # the backbone is not a submodule: move it too
-        self.__dict__["backbone"] = self.backbone.to(*args, **kwargs)
-        return super().to(*args, **kwargs)
+    @property
+    def dim(self) -> int:
+        return self.backbone.config.dim
 
-    def features(self, x: torch.Tensor, sigma: torch.Tensor,
+    @property
+    def caption_dim(self) -> int:
+        return self.backbone.config.cap_feat_dim
+
+    def to(self, *args, **kwargs) -> BackboneFeatures:
+        self.backbone = self.backbone.to(*args, **kwargs)
+        return self
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor,
                  captions: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Image-token hidden states ``(B, N, dim)`` of the selected blocks at ``x``
-        (differentiable with respect to ``x``)."""
+        """Hidden states of the selected blocks' image tokens at ``x`` (noisy latents at
+        ``sigma`` ``(B,)``), one ``(B, N, dim)`` per block (differentiable with respect to
+        ``x``)."""
         patch = self.backbone.config.all_patch_size[0]
         n_tokens = (x.shape[-2] // patch) * (x.shape[-1] // patch)
         captured: dict[int, torch.Tensor] = {}
@@ -106,20 +116,40 @@ class Discriminator(nn.Module):
                 handle.remove()
         return [captured[i] for i in self.layers]
 
-    def logits_and_features(self, x0: torch.Tensor, captions: list[torch.Tensor],
-                            sigma: torch.Tensor, noise: torch.Tensor
-                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits ``(B,)`` for clean samples ``x0`` re-noised to ``sigma`` with ``noise``, and
-        the backbone features ``(B, N, dim)`` of the selected blocks they were computed from."""
-        feats = self.features(noised(x0, noise, sigma), sigma, captions)
-        caption = torch.stack([c.float().mean(0) for c in captions]).to(x0.device)
-        logits = sum(head(f.float(), caption) for head, f in zip(self.heads, feats, strict=True))
-        return logits, feats
+
+class Discriminator(nn.Module):
+    def __init__(self, backbone: nn.Module, layers: list[int], hidden: int,
+                 backbone_context: Callable[[], Any] = contextlib.nullcontext,
+                 stop_early: bool = True) -> None:
+        """A head of width ``hidden`` on each of ``layers`` of ``backbone`` (the arguments of
+        :class:`BackboneFeatures`, kept as :attr:`backbone_features`)."""
+        super().__init__()
+        # Kept out of parameters(): frozen, not trained, not saved with the heads.
+        self.__dict__["backbone_features"] = BackboneFeatures(backbone, layers, backbone_context,
+                                                              stop_early)
+        tap = self.backbone_features
+        self.layers = tap.layers
+        self.heads = nn.ModuleList(Head(tap.dim, tap.caption_dim, hidden) for _ in self.layers)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.backbone_features.backbone
+
+    def to(self, *args, **kwargs):  # the backbone is not a submodule: move it too
+        self.backbone_features.to(*args, **kwargs)
+        return super().to(*args, **kwargs)
+
+    def head_logits(self, feats: list[torch.Tensor], captions: list[torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B,)`` from the selected blocks' features (see :class:`BackboneFeatures`)
+        and the captions."""
+        caption = torch.stack([c.float().mean(0) for c in captions]).to(feats[0].device)
+        return sum(head(f.float(), caption) for head, f in zip(self.heads, feats, strict=True))
 
     def forward(self, x0: torch.Tensor, captions: list[torch.Tensor], sigma: torch.Tensor,
                 noise: torch.Tensor) -> torch.Tensor:
         """Logits ``(B,)`` for clean samples ``x0`` re-noised to ``sigma`` with ``noise``."""
-        return self.logits_and_features(x0, captions, sigma, noise)[0]
+        return self.head_logits(self.backbone_features(noised(x0, noise, sigma), sigma,
+                                                       captions), captions)
 
 
 def feature_distance(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:

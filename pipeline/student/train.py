@@ -16,7 +16,7 @@ discriminator step on real (teacher ``x0``, or ground-truth renders for ``gan_re
 versus ``x0.detach()``, with optional lazy R1. Separate AdamW optimizers; an EMA of the student.
 With ``adv_weight: 0`` there is no discriminator: no backbone copy, no discriminator step (40%
 of a toy phase-2 step), no draws for it; the student trains exactly as with the adversarial
-term weighted 0 (the perceptual term alone still builds the backbone it needs).
+term weighted 0 (the perceptual term alone builds the frozen backbone it reads, no heads).
 
 Data parallel: each rank reads its share of the shards (:class:`TeacherSampleReader`); the
 student is parallelized by :func:`pipeline.student.parallel.parallelize` (``ddp``: wrapped in
@@ -59,7 +59,12 @@ from pipeline.errors import TwostepError
 from pipeline.flow import noised
 from pipeline.samples.reader import TeacherSampleReader, collate_samples
 from pipeline.student import checkpoint as ckpt
-from pipeline.student.discriminator import Discriminator, feature_distance, frozen_copy
+from pipeline.student.discriminator import (
+    BackboneFeatures,
+    Discriminator,
+    feature_distance,
+    frozen_copy,
+)
 from pipeline.student.ema import ParamEMA
 from pipeline.student.losses import (
     adaptive_adversarial_gradient,
@@ -208,9 +213,9 @@ class Worker:
         # Phase 2 trains a discriminator only with an adversarial term; the perceptual term
         # needs its (frozen) backbone without one.
         self.trains_disc = job.phase == 2 and cfg.adversarial
-        uses_disc = self.trains_disc or (job.phase == 2 and cfg.feature_weight > 0)
+        uses_backbone = self.trains_disc or (job.phase == 2 and cfg.feature_weight > 0)
         backbone = None
-        if uses_disc and not lora:
+        if uses_backbone and not lora:
             # copied before the phase-1 weights are loaded: the backbone is the teacher
             backbone = frozen_copy(transformer, torch.bfloat16 if self.autocast["enabled"]
                                    else torch.float32).to(self.device)
@@ -237,15 +242,19 @@ class Worker:
         self.optimizers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {
             "student": (self.student, self.opt_g)}
         self.disc: Discriminator | None = None
-        if uses_disc:
-            d = cfg.discriminator
-            self.disc = Discriminator(
-                self.student.g1 if lora else backbone, d.layers, d.hidden,
-                backbone_context=self.student.base_only if lora else contextlib.nullcontext,
-                stop_early=not self.sharded).to(self.device)
+        self.backbone_features: BackboneFeatures | None = None
+        d = cfg.discriminator
+        tap = (self.student.g1 if lora else backbone, d.layers)
+        context = self.student.base_only if lora else contextlib.nullcontext
         if self.trains_disc:
+            self.disc = Discriminator(*tap, d.hidden, backbone_context=context,
+                                      stop_early=not self.sharded).to(self.device)
+            self.backbone_features = self.disc.backbone_features
             self.opt_d = _optimizer(self.disc.parameters(), d.optimizer)
             self.optimizers["discriminator"] = (self.disc, self.opt_d)
+        elif uses_backbone:
+            self.backbone_features = BackboneFeatures(*tap, backbone_context=context,
+                                                      stop_early=not self.sharded)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.local_batch = cfg.batch_size // world
         self._heldout: dict[str, Any] | None = None
@@ -325,24 +334,26 @@ class Worker:
         # Generator step.
         _set_lr(self.opt_g, cfg.optimizer, step, cfg.steps)
         adaptive = cfg.adv_weighting == "adaptive" and self.trains_disc
-        if self.disc is not None:
+        tap = self.backbone_features
+        if tap is not None:
             sigma_g, noise_g = self._disc_draws(x0_t)
+        if self.disc is not None:
             self.disc.requires_grad_(False)
         adv = feature = torch.zeros((), device=self.device)
         with torch.autocast(**self.autocast):
             x_mid, x0 = self.model(noise, caps, detach_mid=not cfg.end_to_end)
-            if self.disc is not None:
+            if tap is not None:
                 # adaptive: the discriminator's terms see a leaf copy of x0, so that their
                 # gradients on x0 can be measured and rescaled before they reach the student
                 x0_d = x0.detach().requires_grad_() if adaptive else x0
-                fake_logits, fake_feats = self.disc.logits_and_features(x0_d, caps, sigma_g,
-                                                                        noise_g)
+                fake_feats = tap(noised(x0_d, noise_g, sigma_g), sigma_g, caps)
+                if self.disc is not None:
+                    fake_logits = self.disc.head_logits(fake_feats, caps)
                 if cfg.feature_weight:
                     with torch.no_grad():  # the teacher's x0 from the same noise, re-noised alike
-                        real_feats = self.disc.features(noised(x0_t, noise_g, sigma_g), sigma_g,
-                                                        caps)
+                        real_feats = tap(noised(x0_t, noise_g, sigma_g), sigma_g, caps)
                     feature = feature_distance(fake_feats, real_feats)
-        if self.trains_disc:
+        if self.disc is not None:
             adv = generator_adversarial(fake_logits.float(), cfg.adv_loss)
         step1 = self._reg(x_mid, x_mid_t)
         final = self._reg(x0, x0_t)

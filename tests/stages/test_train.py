@@ -348,3 +348,10 @@ def test_without_the_adversarial_term_no_discriminator_runs_and_the_student_is_t
     files = {p.name for p in off.out.iterdir()}
     assert {"student.safetensors", "ema.safetensors", "losses.jsonl"} <= files
     assert "discriminator.safetensors" not in files and "heldout_discriminator.jsonl" not in files
+    # The perceptual term alone reads the frozen backbone's features: no heads, no optimizer.
+    feature = _phase2_worker(samples_workspace, tmp_path, "feature",
+                             ["train_e2e.adv_weight=0", "train_e2e.feature_weight=0.5"])
+    assert feature.disc is None and feature.backbone_features is not None
+    assert set(feature.optimizers) == {"student"}
+    values = feature.phase2_step(0, next(feature._batches(0)))
+    assert values["loss_feature"] > 0 and "loss_d" not in values

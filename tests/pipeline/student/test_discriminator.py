@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.student.discriminator import Discriminator, feature_distance, frozen_copy
+from pipeline.flow import noised
+from pipeline.student.discriminator import (
+    BackboneFeatures,
+    Discriminator,
+    feature_distance,
+    frozen_copy,
+)
 
 
 def test_logits_heads_only_and_gradients_reach_the_input(tiny_transformer, captions):
@@ -34,7 +40,7 @@ def test_early_exit_features_equal_a_full_forward(tiny_transformer, captions):
 
     transformer_velocity(disc.backbone, x, sigma, captions)
     handle.remove()
-    (feats,) = disc.features(x, sigma, captions)
+    (feats,) = disc.backbone_features(x, sigma, captions)
     torch.testing.assert_close(feats, seen["out"])
 
 
@@ -73,10 +79,13 @@ def test_feature_distance_is_zero_only_for_the_same_image_and_reaches_the_studen
     sigma, noise = torch.full((3,), 0.2), torch.randn(3, 3, 32, 32)
     teacher = torch.randn(3, 3, 32, 32)
     student = (teacher + 0.3 * torch.randn(3, 3, 32, 32)).requires_grad_(True)
-    logits, real = disc.logits_and_features(teacher, captions, sigma, noise)
-    torch.testing.assert_close(logits, disc(teacher, captions, sigma, noise))
+    real = disc.backbone_features(noised(teacher, noise, sigma), sigma, captions)
+    torch.testing.assert_close(disc.head_logits(real, captions),
+                               disc(teacher, captions, sigma, noise))
     assert feature_distance(real, real).item() == 0.0
-    _, fake = disc.logits_and_features(student, captions, sigma, noise)
+    # The perceptual term alone needs no heads: the same features from the backbone alone.
+    alone = BackboneFeatures(disc.backbone, [0, 1])
+    fake = alone(noised(student, noise, sigma), sigma, captions)
     distance = feature_distance(fake, [r.detach() for r in real])
     assert distance.item() > 0
     distance.backward()
