@@ -65,3 +65,17 @@ def test_markdown_lists_every_variant_and_claim():
     assert "step-decoupled parameterization" in text and "**holds**" in text
     assert "train_init.parameterization=shared" in text
     assert "| 3 |" in text and "10 ± 0.2" in text
+
+
+def test_claims_get_a_second_verdict_on_the_distribution_where_evaluated():
+    paired_only = {name: runs(10.0 + i, 10.2 + i, 9.8 + i) for i, name in enumerate(VARIANTS)}
+    assert all(line.endswith("| - |") for line in ablation_markdown(paired_only).splitlines()
+               if line.startswith("| step-decoupled"))
+    both = {name: [{**r, "fd_teacher_unpaired": 40.0 + k * 0.5 + (name == "shared")}
+                   for k, r in enumerate(runs(10.0, 10.2, 9.8))] for name in VARIANTS}
+    text = ablation_markdown(both)
+    (shared,) = [line for line in text.splitlines() if line.startswith("| step-decoupled")]
+    # 40.0/40.5/41.0 -> 41.0/41.5/42.0: +1.0 over a standard error of 0.41
+    assert shared.endswith("| holds (+2.5%, +2.4) |")
+    (e2e,) = [line for line in text.splitlines() if line.startswith("| end-to-end")]
+    assert e2e.endswith("| inconclusive (+0.0%, +0.0) |")
