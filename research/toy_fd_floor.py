@@ -17,6 +17,11 @@ student reads on noise it was never compared on:
   read beside ``teacher_8 resampled``;
 - ``teacher_2 unpaired``: the naive 2-step teacher likewise.
 
+Each row also carries ``fd_teacher_unpaired`` (evaluate's distribution measure: FD to the
+reference's images of the same prompts from their other seed); on the fresh-noise rows scored
+against ``teacher_8 fresh`` it is that measure on another noise draw, the teacher's own value
+being its floor: how far the measure moves from draw to draw.
+
     .venv/bin/python research/toy_fd_floor.py --workspace runs/toy --evaluate KEY [KEY ...] \
         --draws 2 --out research/results/toy_fd_floor.json
 
@@ -39,7 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-KEPT = ("size", "color", "shape", "mean_accuracy", "valid_rate", "fd_teacher", "fd_data")
+KEPT = ("size", "color", "shape", "mean_accuracy", "valid_rate", "fd_teacher",
+        "fd_teacher_unpaired", "fd_data")
 
 
 def _manifest(workspace: Path, stage: str, key: str) -> dict:
@@ -99,11 +105,15 @@ def measure(workspace: Path, evaluate_key: str, draws: int, batch_size: int = 12
             10_000 + draw))
         teacher_fresh = images(teacher_sampler(samples.teacher.steps), fresh)
         student_fresh = images(student_sampler, fresh)
+        unpaired_naive = images(teacher_sampler(2), fresh)
         unpaired = score({"teacher_8": stored["teacher_8"], "teacher_8 resampled": teacher_fresh,
                           "student unpaired": student_fresh,
-                          "teacher_2 unpaired": images(teacher_sampler(2), fresh)}, "teacher_8")
+                          "teacher_2 unpaired": unpaired_naive}, "teacher_8")
+        # Scored as evaluate scores: against the teacher on this draw's noise, so that each
+        # generator's fd_teacher_unpaired (and the teacher's own floor) is read on this draw.
         paired = score({"teacher_8 fresh": teacher_fresh,
-                        "student paired, fresh noise": student_fresh}, "teacher_8 fresh")
+                        "student paired, fresh noise": student_fresh,
+                        "teacher_2 paired, fresh noise": unpaired_naive}, "teacher_8 fresh")
         rows[f"fresh noise {draw}"] = {**unpaired, **paired}
     return {"evaluate": evaluate_key, "train_e2e": e2e_key, "samples": len(caps),
             "stored_student_fd_teacher": evaluation["metrics"].get("student.fd_teacher"),
@@ -136,7 +146,8 @@ def main() -> int:
               f"{result['seconds']} s", flush=True)
         for row, gens in result["rows"].items():
             for name, m in gens.items():
-                print(f"  {row:14s} {name:28s} FD {m['fd_teacher']:7.2f}  shape "
+                print(f"  {row:14s} {name:30s} FD {m['fd_teacher']:7.2f}  unpaired "
+                      f"{m.get('fd_teacher_unpaired', float('nan')):6.2f}  shape "
                       f"{m['shape']:.3f}  valid {m['valid_rate']:.3f}", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"machine": info, "results": results}, indent=1) + "\n")
