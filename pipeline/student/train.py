@@ -243,18 +243,19 @@ class Worker:
             "student": (self.student, self.opt_g)}
         self.disc: Discriminator | None = None
         self.backbone_features: BackboneFeatures | None = None
-        d = cfg.discriminator
-        tap = (self.student.g1 if lora else backbone, d.layers)
-        context = self.student.base_only if lora else contextlib.nullcontext
-        if self.trains_disc:
-            self.disc = Discriminator(*tap, d.hidden, backbone_context=context,
-                                      stop_early=not self.sharded).to(self.device)
-            self.backbone_features = self.disc.backbone_features
-            self.opt_d = _optimizer(self.disc.parameters(), d.optimizer)
-            self.optimizers["discriminator"] = (self.disc, self.opt_d)
-        elif uses_backbone:
-            self.backbone_features = BackboneFeatures(*tap, backbone_context=context,
-                                                      stop_early=not self.sharded)
+        if uses_backbone:  # phase 2 only: phase 1's config has no discriminator section
+            d = cfg.discriminator
+            tap = (self.student.g1 if lora else backbone, d.layers)
+            context = self.student.base_only if lora else contextlib.nullcontext
+            if self.trains_disc:
+                self.disc = Discriminator(*tap, d.hidden, backbone_context=context,
+                                          stop_early=not self.sharded).to(self.device)
+                self.backbone_features = self.disc.backbone_features
+                self.opt_d = _optimizer(self.disc.parameters(), d.optimizer)
+                self.optimizers["discriminator"] = (self.disc, self.opt_d)
+            else:  # the perceptual term alone: the frozen backbone, no heads
+                self.backbone_features = BackboneFeatures(*tap, backbone_context=context,
+                                                          stop_early=not self.sharded)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.local_batch = cfg.batch_size // world
         self._heldout: dict[str, Any] | None = None
