@@ -115,6 +115,11 @@ LEVERS: dict[str, list[str]] = {
     # student memorizes the pairs it sees again. The other way: more teacher samples (the
     # toy curation keeps 6882 train prompts, so 8000 means every one)
     "prompts_8000": ["sample_teacher.max_train_prompts=8000"],
+    # 2026-12-06: the step boundary on the grid points the issue names and 0.5 left untried
+    # at 300 + 200 (0.5 beat 0.75 on shape at 300 + 300; new teacher samples first for each)
+    "sigma_mid_0.6429": ["sample_teacher.sigma_mid=0.6429"],
+    "sigma_mid_0.8333": ["sample_teacher.sigma_mid=0.8333"],
+    "sigma_mid_0.3": ["sample_teacher.sigma_mid=0.3"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
