@@ -139,27 +139,26 @@ def ablate(
     shards: upstream stages are cached), ``seeds`` training seeds each (0 .. seeds-1; with 1,
     the config's own), then write ``<workspace>/ablation/ablation.md``. Every (variant, seed)
     is cached on its own, so a stopped ablation resumes where it was."""
-    from pipeline.ablation import (
-        VARIANTS,
-        seed_overrides,
-        student_metrics,
-        variant_problem,
-        write_ablation,
-    )
+    from pipeline.ablation import student_metrics, write_ablation
+    from stages.registry import check_variants, prepare_variant
 
     results: dict[str, list[dict[str, float]]] = {}
     sources: dict[str, list[str]] = {}
-    for name in variants or list(VARIANTS):
+    def failed(problem: TwostepError) -> State:
+        get_run_logger().error("%s", problem)
+        return Failed(message=str(problem))
+
+    try:
+        names = check_variants(config, overrides, workspace, variants, seeds)
+    except TwostepError as exc:
+        return failed(exc)
+    for name in names:
         for seed in range(seeds):
-            extra = seed_overrides(seed) if seeds > 1 else []
-            try:
-                # Up to evaluate: a variant is scored, not exported.
-                run = prepare_run(config, [*(overrides or []), *VARIANTS[name], *extra],
-                                  workspace, None, until="evaluate")
-            except TwostepError as exc:
-                problem = variant_problem(name, exc)
-                get_run_logger().error("%s", problem)
-                return Failed(message=problem)
+            try:  # up to evaluate: a variant is scored, not exported
+                run = prepare_variant(config, overrides, workspace, name,
+                                      seed if seeds > 1 else None)
+            except TwostepError as exc:  # e.g. another run took the workspace's lock
+                return failed(exc)
             get_run_logger().info("ablation: variant %s, seed %d of %d", name, seed + 1, seeds)
             summary = run_prepared(run, False)
             if isinstance(summary, State):

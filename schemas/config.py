@@ -407,7 +407,9 @@ class TrainE2EConfig(TrainCommonConfig):
         "fixed", description="fixed: the adversarial loss times adv_weight. adaptive: its "
         "gradient on the student's x0 is rescaled every step to adv_weight times the norm of "
         "the final regression's gradient on x0 (VQGAN's adaptive weight, taken on the output), "
-        "so a discriminator that wins cannot outweigh the regression.")
+        "so a discriminator that wins cannot outweigh the regression. Like the other "
+        "adversarial settings (adv_loss, adv_warmup_steps, adv_start_step, discriminator.r1_*)"
+        " it has no effect at adv_weight 0.")
     final_weight: float = Field(1.0, ge=0.0, description="Weight of d(x0, x0_teacher) from the "
                                 "same noise (0: off).")
     feature_weight: float = Field(
@@ -450,7 +452,8 @@ class TrainE2EConfig(TrainCommonConfig):
 
     @model_validator(mode="after")
     def _adaptive_needs_final(self) -> TrainE2EConfig:
-        if self.adv_weighting == "adaptive" and self.final_weight == 0:
+        # at adv_weight 0 there is no adversarial gradient to scale: nothing to refuse
+        if self.adversarial and self.adv_weighting == "adaptive" and self.final_weight == 0:
             raise ValueError("adv_weighting=adaptive scales the adversarial gradient to the "
                              "final regression's, which final_weight=0 switches off: set "
                              "final_weight > 0 or adv_weighting=fixed")

@@ -25,6 +25,7 @@ def evaluate(ctx: StageContext) -> StageResult:
     import torch
 
     from pipeline.evaluation.generation import generate_all, generators
+    from pipeline.evaluation.metrics import groups_of
     from pipeline.evaluation.report import (
         ReportContext,
         TrainingRun,
@@ -62,7 +63,7 @@ def evaluate(ctx: StageContext) -> StageResult:
                        log=ctx.log, progress=ctx.progress)
     images = out.images
 
-    groups = [hash(m["prompt_id"]) for m in metas]
+    groups = groups_of([m["prompt_id"] for m in metas])
     metrics = score_generators(images, reference, prompts, [m["seed"] for m in metas], groups,
                                toy=t.kind == "toy", real_metrics=cfg.real_metrics, log=ctx.log)
     scores = [GeneratorScores(name=name, steps=gen.steps, metrics=metrics[name],

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.config import load_config, workspace_of
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, TwostepError
 from pipeline.lock import check_unlocked
 from pipeline.ray_runtime import check_ray_address
 from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key, run_stage
@@ -111,6 +111,39 @@ def prepare_run(config: str, overrides: list[str] | None, workspace: str | None,
     store = ArtifactStore(workspace_of(cfg))
     cached = preflight(cfg, store, plan)
     return PreparedRun(cfg, plan, store, cached)
+
+
+def prepare_variant(config: str, overrides: list[str] | None, workspace: str | None,
+                    variant: str, seed: int | None) -> PreparedRun:
+    """One (variant, seed) run of an ablation, up to ``evaluate``: the run's overrides, then the
+    variant's (:data:`pipeline.ablation.VARIANTS`), then the training seed's (``None``: the
+    config's own). A config problem is a :class:`~pipeline.errors.ConfigError` naming the
+    variant and the way out."""
+    from pipeline.ablation import VARIANTS, seed_overrides, variant_problem
+
+    extra = seed_overrides(seed) if seed is not None else []
+    try:
+        return prepare_run(config, [*(overrides or []), *VARIANTS[variant], *extra], workspace,
+                           None, until="evaluate")
+    except TwostepError as exc:
+        raise ConfigError(variant_problem(variant, exc)) from exc
+
+
+def check_variants(config: str, overrides: list[str] | None, workspace: str | None,
+                   variants: list[str] | None, seeds: int) -> list[str]:
+    """Every variant of an ablation (none named: all of them, returned) validated before any
+    of them runs, so that a variant the run's config contradicts fails at once instead of
+    after hours of the others' training (the seed changes no validity: seed 0 stands for
+    all)."""
+    from pipeline.ablation import VARIANTS
+
+    names = list(variants or VARIANTS)
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant {unknown[0]!r} (variants: {', '.join(VARIANTS)})")
+    for name in names:
+        prepare_variant(config, overrides, workspace, name, 0 if seeds > 1 else None)
+    return names
 
 
 def cached_run(run: PreparedRun) -> dict[str, dict[str, object]] | None:

@@ -27,8 +27,9 @@ PHASE2_CHOICES = {
                   "or cosine (optimizer.schedule)",
     "ema": "EMA of the generator weights every step; saved as ema.safetensors",
     "generator_loss": "adv_weight * ramp * adversarial + step1_weight * d(x_mid, "
-                      "x_mid_teacher) + final_weight * d(x0, x0_teacher); ramp = min(1, step / "
-                      "adv_warmup_steps)",
+                      "x_mid_teacher) + final_weight * d(x0, x0_teacher) + feature_weight * "
+                      "f(x0, x0_teacher); ramp = min(1, (step - adv_start_step) / "
+                      "adv_warmup_steps), 0 before adv_start_step",
 }
 
 

@@ -86,19 +86,13 @@ def ablate(
     gan_real=data, end_to_end=false, step1_weight=0) from the same teacher shards; write the
     claims table to <workspace>/ablation/ablation.md. Each (variant, seed) is cached, so a
     stopped ablation resumes when run again."""
-    from pipeline.ablation import VARIANTS, seed_overrides, variant_problem
-    from stages.registry import prepare_run
+    from stages.registry import check_variants
 
-    unknown = [v for v in variant or [] if v not in VARIANTS]
-    if unknown:
-        fail(f"unknown variant {unknown[0]!r} (variants: {', '.join(VARIANTS)})")
-    for name in variant or list(VARIANTS):
-        try:
-            prepare_run(config, [*(set_ or []), *VARIANTS[name],
-                                 *(seed_overrides(0) if seeds > 1 else [])], workspace, None,
-                        until="evaluate")
-        except TwostepError as exc:
-            fail(variant_problem(name, exc))
+    try:
+        # before the Prefect server starts: a variant the run contradicts fails in a second
+        check_variants(config, set_ or [], workspace, variant, seeds)
+    except TwostepError as exc:
+        fail(exc)
     try:
         from flows.distill import ablate as ablate_flow
 

@@ -107,8 +107,8 @@ def unpaired_frechet_distance(features: torch.Tensor, reference: torch.Tensor,
     (features ``(N, D)``, row ``i`` of both from the same prompt and noise). Unlike the paired
     FD (``frechet_distance(features, reference)``), copying the reference's images sample
     for sample earns nothing here: the reference's own score, ``FD(r[a], r[b])``, is the
-    floor any generator of its distribution reaches at this sample size. NaN where no prompt
-    has two samples."""
+    floor any generator of its distribution reaches at this sample size. NaN with fewer than
+    two cross-seed pairs (an FD needs two samples a side)."""
     a, b = cross_seed_halves(groups)
     if len(a) < 2:
         return float("nan")

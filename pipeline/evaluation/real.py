@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ArtifactError
-from pipeline.evaluation.metrics import frechet_distance, groups_of, unpaired_frechet_distance
+from pipeline.evaluation.metrics import frechet_distance, unpaired_frechet_distance
 from schemas.config import CLIPScoreConfig, FIDConfig, RealMetricsConfig
 
 
@@ -35,13 +35,15 @@ class ImageSetMetric(Protocol):
 
     ``prepare`` sees the reference images once (the teacher's full-step images, ``(N, 3, H, W)``
     in [0, 1]); ``score`` returns named values for one generator's images (same shape, same
-    order as ``prompts``)."""
+    order as ``prompts``; ``groups[i]`` identifies the prompt of sample ``i``, shared by its
+    seeds: :func:`~pipeline.evaluation.metrics.groups_of`)."""
 
     name: str
 
     def prepare(self, reference: torch.Tensor) -> None: ...
 
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]: ...
+    def score(self, images: torch.Tensor, prompts: Sequence[str],
+              groups: Sequence[int]) -> dict[str, float]: ...
 
 
 def kernel_inception_distance(a: torch.Tensor, b: torch.Tensor, subsets: int = 100,
@@ -109,7 +111,7 @@ def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None) -
 class FIDKID:
     """FID and KID against the teacher's images from the same noise (``fid_teacher``,
     ``kid_teacher``), FID against the teacher's images of the same prompts from other noise
-    where a prompt has 2+ seeds (``fid_teacher_unpaired``, see
+    where at least two prompts have 2+ seeds (``fid_teacher_unpaired``, see
     :func:`~pipeline.evaluation.metrics.unpaired_frechet_distance`), and, with
     ``reference_dir``, against real images (``fid_data``, ``kid_data``)."""
 
@@ -133,7 +135,8 @@ class FIDKID:
     def prepare(self, reference: torch.Tensor) -> None:
         self.references["teacher"] = self.features(reference)
 
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    def score(self, images: torch.Tensor, prompts: Sequence[str],
+              groups: Sequence[int]) -> dict[str, float]:
         feats = self.features(images)
         out: dict[str, float] = {}
         for name, ref in self.references.items():
@@ -141,8 +144,7 @@ class FIDKID:
             kid, _ = kernel_inception_distance(feats, ref, self.cfg.kid_subsets,
                                                self.cfg.kid_subset_size)
             out[f"kid_{name}"] = round(kid, 6)
-        unpaired = unpaired_frechet_distance(feats, self.references["teacher"],
-                                             groups_of(prompts))
+        unpaired = unpaired_frechet_distance(feats, self.references["teacher"], list(groups))
         if math.isfinite(unpaired):
             out["fid_teacher_unpaired"] = round(unpaired, 4)
         return out
@@ -222,7 +224,8 @@ class CLIPScore:
         return (F.normalize(torch.cat(out_img), dim=-1),
                 F.normalize(torch.cat(out_txt), dim=-1))
 
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    def score(self, images: torch.Tensor, prompts: Sequence[str],
+              groups: Sequence[int]) -> dict[str, float]:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         img, txt = self.embeddings(images, prompts)

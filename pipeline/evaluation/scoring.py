@@ -28,7 +28,7 @@ from schemas.config import RealMetricsConfig
 
 
 def real_metric_scores(config: RealMetricsConfig, reference: torch.Tensor,
-                       images: dict[str, torch.Tensor], prompts: list[str],
+                       images: dict[str, torch.Tensor], prompts: list[str], groups: list[int],
                        log: logging.Logger) -> dict[str, dict[str, float]]:
     """Generator -> values of the real-domain plugins switched on in ``config`` (FID/KID,
     CLIP score); each plugin is loaded, used and dropped in turn."""
@@ -38,7 +38,7 @@ def real_metric_scores(config: RealMetricsConfig, reference: torch.Tensor,
     for plugin in real_metric_plugins(config):
         plugin.prepare(reference)
         for name, img in images.items():
-            out[name].update(plugin.score(img, prompts))
+            out[name].update(plugin.score(img, prompts, groups))
         log.info("evaluate: scored %d generators with %s", len(images), plugin.name)
         del plugin
     return out
@@ -67,7 +67,7 @@ def score_generators(images: dict[str, torch.Tensor], reference_name: str, promp
             m["fd_teacher"] = round(frechet_distance(feats, ref_feats), 4)
             m["fd_data"] = round(frechet_distance(feats, truth_feats), 4)
             unpaired = unpaired_frechet_distance(feats, ref_feats, groups)
-            if math.isfinite(unpaired):  # needs a prompt with 2+ seeds, as diversity
+            if math.isfinite(unpaired):  # needs two cross-seed pairs; JSON has no NaN
                 m["fd_teacher_unpaired"] = round(unpaired, 4)
             diversity = mean_pairwise_distance(feats, groups)
             if math.isfinite(diversity):  # needs a prompt with 2+ seeds; JSON has no NaN
@@ -77,7 +77,7 @@ def score_generators(images: dict[str, torch.Tensor], reference_name: str, promp
             scores[name]["psnr"] = round(float(psnr(img, reference).clamp(max=100).mean()), 4)
             scores[name]["ssim"] = round(float(ssim(img, reference).mean()), 4)
     for name, values in real_metric_scores(real_metrics, reference, images, prompts,
-                                           log).items():
+                                           groups, log).items():
         scores[name].update(values)
     return scores
 

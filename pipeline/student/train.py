@@ -15,8 +15,10 @@ regression's (:func:`~pipeline.student.losses.adaptive_adversarial_gradient`); t
 discriminator step on real (teacher ``x0``, or ground-truth renders for ``gan_real: data``)
 versus ``x0.detach()``, with optional lazy R1. Separate AdamW optimizers; an EMA of the student.
 With ``adv_weight: 0`` there is no discriminator: no backbone copy, no discriminator step (40%
-of a toy phase-2 step), no draws for it; the student trains exactly as with the adversarial
-term weighted 0 (the perceptual term alone builds the frozen backbone it reads, no heads).
+of a toy phase-2 step), no draws for it. Without the perceptual term the student trains
+exactly as with the adversarial term weighted 0 (tested); with it (it builds the frozen
+backbone it reads, no heads) its re-noising draws are the generator's next ones, no longer
+interleaved with a discriminator step's, so the run differs from such a one draw for draw.
 
 Data parallel: each rank reads its share of the shards (:class:`TeacherSampleReader`); the
 student is parallelized by :func:`pipeline.student.parallel.parallelize` (``ddp``: wrapped in

@@ -61,3 +61,17 @@ def test_failed_stage_fails_the_flow(prefect_server, tmp_path):
     assert state.is_failed()
     with pytest.raises(Exception, match="bad.json is not valid JSON"):
         state.result()
+
+
+def test_ablate_flow_checks_every_variant_before_training_any(prefect_server, tmp_path):
+    """Through the flow (the deployment's path) as through the CLI: a variant the run's
+    config contradicts (gan_real_data without a discriminator) fails before the variants
+    before it in the list train."""
+    from flows.distill import ablate
+
+    ws = tmp_path / "ws"
+    state = ablate(config="smoke", workspace=str(ws), overrides=["train_e2e.adv_weight=0"],
+                   seeds=2, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("ablation variant gan_real_data (train_e2e.gan_real=data)")
+    assert not (ws / "train_init").exists() and not (ws / "curate").exists()

@@ -63,6 +63,13 @@ def test_bad_configs_are_one_clear_line(overrides, message):
     assert "\n" not in str(info.value)
 
 
+def test_adversarial_settings_without_the_adversarial_term_are_no_contradiction():
+    """At adv_weight 0 adaptive weighting has nothing to scale: final_weight 0 is allowed."""
+    cfg = load_config("smoke", ["train_e2e.adv_weight=0", "train_e2e.adv_weighting=adaptive",
+                                "train_e2e.final_weight=0"])
+    assert not cfg.train_e2e.adversarial
+
+
 def test_unknown_preset_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config 'nope'.*presets: .*smoke"):
         load_config("nope")

@@ -17,6 +17,7 @@ from pipeline.evaluation.inception import (
     convert_fid_weights,
     load_fid_inception,
 )
+from pipeline.evaluation.metrics import frechet_distance, groups_of
 from pipeline.evaluation.real import (
     FIDKID,
     CLIPScore,
@@ -132,19 +133,25 @@ def test_fid_kid_plugin_scores_against_teacher_and_reference_folder(tmp_path, fi
                               kid_subsets=5, batch_size=4))
     plugin.prepare(teacher)
     prompts = ["a shape", "a shape", "a disc", "a disc", "a star", "a star"]  # 2 seeds each
-    own = plugin.score(teacher, prompts)
+    groups = groups_of(prompts)
+    own = plugin.score(teacher, prompts, groups)
     assert set(own) == {"fid_teacher", "fid_teacher_unpaired", "kid_teacher", "fid_data",
                         "kid_data"}
     assert own["fid_teacher"] == pytest.approx(0.0, abs=1e-2)
-    assert own["fid_teacher_unpaired"] > 0  # the teacher's own floor: its other seeds differ
-    scores = {name: plugin.score(x, prompts) for name, x in (("near", near), ("far", far))}
+    # the teacher's own floor: FD between its first and second seeds, both ways
+    feats = plugin.features(teacher)
+    assert own["fid_teacher_unpaired"] == pytest.approx(
+        frechet_distance(feats[[0, 2, 4]], feats[[1, 3, 5]]), rel=1e-3)
+    scores = {name: plugin.score(x, prompts, groups) for name, x in (("near", near),
+                                                                     ("far", far))}
     # The PNGs are the teacher images rounded to 8 bits: closer than 2% noise.
     assert own["fid_data"] < scores["near"]["fid_teacher"]
     assert 0 < scores["near"]["fid_teacher"] < scores["far"]["fid_teacher"]
     assert scores["near"]["kid_teacher"] < scores["far"]["kid_teacher"]
     assert scores["far"]["fid_teacher_unpaired"] > own["fid_teacher_unpaired"]
     # One seed per prompt: nothing to pair across seeds, no unpaired FID.
-    assert "fid_teacher_unpaired" not in plugin.score(near, [f"p{i}" for i in range(6)])
+    assert "fid_teacher_unpaired" not in plugin.score(near, [f"p{i}" for i in range(6)],
+                                                      list(range(6)))
 
 
 def test_reference_folder_problems_are_named(tmp_path, fid_weights):
@@ -174,7 +181,7 @@ def test_clip_score_is_the_cosine_of_clip_embeddings(clip_folder):
     plugin = CLIPScore(CLIPScoreConfig(path=str(clip_folder), batch_size=2))
     images = torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(0))
     prompts = ["a red circle", "a photo of a cat", "a blue square on the left"]
-    value = plugin.score(images, prompts)["clip_score"]
+    value = plugin.score(images, prompts, [0, 1, 2])["clip_score"]
     # The same computation written directly against transformers.
     model = CLIPModel.from_pretrained(clip_folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(clip_folder)
@@ -189,10 +196,11 @@ def test_clip_score_is_the_cosine_of_clip_embeddings(clip_folder):
     cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
     assert value == pytest.approx(float((100 * cos.clamp(min=0)).mean()), abs=1e-3)
     # Scores follow the prompt: a different prompt set gives a different score.
-    other = plugin.score(images, ["the cat", "green triangle", "an unknown word"])["clip_score"]
+    other = plugin.score(images, ["the cat", "green triangle", "an unknown word"],
+                         [0, 1, 2])["clip_score"]
     assert other != value
     with pytest.raises(ValueError, match="3 images for 2 prompts"):
-        plugin.score(images, prompts[:2])
+        plugin.score(images, prompts[:2], [0, 1])
 
 
 def test_missing_paths_are_config_errors_naming_the_field(tmp_path, clip_folder):
