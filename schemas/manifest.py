@@ -183,7 +183,8 @@ class StudentCheckpointManifest(Manifest):
     shared, or for ``decoupled_lora`` only the adapters ``g1.<module>.lora_{A,B}.step{1,2}.*``
     over the frozen teacher), ``ema.safetensors`` (same keys, the EMA), phase 2 with an
     adversarial term (``adv_weight > 0``) also ``discriminator.safetensors`` (trainable heads
-    only; the backbone is the frozen teacher) and ``heldout_discriminator.jsonl``,
+    only; the backbone is the frozen teacher) and, with ``discriminator.eval_samples > 0``,
+    ``heldout_discriminator.jsonl``,
     ``transformer_config.json`` (the generators' diffusers config) and ``train_state.json``.
     Resumable checkpoints under ``checkpoints/step-NNNNNNN/`` hold the same plus optimizer
     states (safetensors + JSON), RNG states, the data position and the layout (world size,

@@ -178,7 +178,7 @@ def render_report(info: ReportContext, generators: list[GeneratorScores]) -> str
              f"for every generator; device: {info.device}. FD: toy Frechet distance (feature "
              f"network); fd_teacher against the teacher's images from the same noise (paired: "
              f"copying the teacher sample for sample scores 0); fd_teacher_unpaired against "
-             f"the teacher's images of the same prompts from their other seed (the teacher's "
+             f"the teacher's images of the same prompts from other seeds (the teacher's "
              f"own row is the floor a generator of its distribution reaches); accuracy: over the "
              f"prompts naming each attribute; psnr/ssim: against the teacher's image from the "
              f"same noise; diversity: mean pairwise feature distance across seeds of a prompt.",
