@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.config import load_config, workspace_of
-from pipeline.errors import ConfigError, TwostepError
+from pipeline.errors import ConfigError
 from pipeline.lock import check_unlocked
 from pipeline.ray_runtime import check_ray_address
 from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key, run_stage
@@ -118,14 +118,15 @@ def prepare_variant(config: str, overrides: list[str] | None, workspace: str | N
     """One (variant, seed) run of an ablation, up to ``evaluate``: the run's overrides, then the
     variant's (:data:`pipeline.ablation.VARIANTS`), then the training seed's (``None``: the
     config's own). A config problem is a :class:`~pipeline.errors.ConfigError` naming the
-    variant and the way out."""
+    variant and the way out; other problems (a locked workspace, a missing input) are raised
+    as they are."""
     from pipeline.ablation import VARIANTS, seed_overrides, variant_problem
 
     extra = seed_overrides(seed) if seed is not None else []
     try:
         return prepare_run(config, [*(overrides or []), *VARIANTS[variant], *extra], workspace,
                            None, until="evaluate")
-    except TwostepError as exc:
+    except ConfigError as exc:
         raise ConfigError(variant_problem(variant, exc)) from exc
 
 
