@@ -434,6 +434,12 @@ class TrainE2EConfig(TrainCommonConfig):
         """Whether phase 2 has an adversarial term (and so trains a discriminator)."""
         return self.adv_weight > 0
 
+    @property
+    def reads_backbone(self) -> bool:
+        """Whether phase 2 reads the frozen teacher backbone at ``discriminator.layers``: for
+        the discriminator, or for the perceptual term without one."""
+        return self.adversarial or self.feature_weight > 0
+
     @model_validator(mode="after")
     def _adversarial_starts_in_time(self) -> TrainE2EConfig:
         if self.adversarial and self.adv_start_step >= self.steps:  # the default 0 passes

@@ -57,10 +57,9 @@ def check(cfg: DistillConfig) -> None:
 
     folder = describe_teacher(cfg.teacher).folder
     n_layers = json.loads((folder / "transformer" / "config.json").read_text())["n_layers"]
-    e2e = cfg.train_e2e
-    if e2e.adversarial or e2e.feature_weight > 0:  # else no backbone reads the layers
+    if cfg.train_e2e.reads_backbone:  # else nothing reads the layers
         try:
-            resolve_layers(e2e.discriminator.layers, n_layers)
+            resolve_layers(cfg.train_e2e.discriminator.layers, n_layers)
         except ValueError as exc:
             raise ConfigError(f"train_e2e.discriminator.layers: {exc}") from None
     if cfg.train_e2e.gan_real == "data" and cfg.teacher.kind != "toy":

@@ -83,7 +83,7 @@ def groups_of(values: Sequence[Hashable]) -> list[int]:
     return [ids.setdefault(v, len(ids)) for v in values]
 
 
-def cross_seed_halves(groups: list[int]) -> tuple[list[int], list[int]]:
+def cross_seed_halves(groups: Sequence[int]) -> tuple[list[int], list[int]]:
     """Split samples into two halves ``(a, b)`` of equal length that hold the same prompts
     from different noise: within each group (one prompt's seeds, in order) consecutive
     samples ``(i, j)`` go ``i`` to ``a`` and ``j`` to ``b``; a group's odd sample out and
@@ -101,7 +101,7 @@ def cross_seed_halves(groups: list[int]) -> tuple[list[int], list[int]]:
 
 
 def unpaired_frechet_distance(features: torch.Tensor, reference: torch.Tensor,
-                              groups: list[int]) -> float:
+                              groups: Sequence[int]) -> float:
     """Frechet distance of a generator to a reference on the same prompts but other noise:
     ``(FD(f[a], r[b]) + FD(f[b], r[a])) / 2`` with ``a, b`` from :func:`cross_seed_halves`
     (features ``(N, D)``, row ``i`` of both from the same prompt and noise). Unlike the paired

@@ -144,7 +144,7 @@ class FIDKID:
             kid, _ = kernel_inception_distance(feats, ref, self.cfg.kid_subsets,
                                                self.cfg.kid_subset_size)
             out[f"kid_{name}"] = round(kid, 6)
-        unpaired = unpaired_frechet_distance(feats, self.references["teacher"], list(groups))
+        unpaired = unpaired_frechet_distance(feats, self.references["teacher"], groups)
         if math.isfinite(unpaired):
             out["fid_teacher_unpaired"] = round(unpaired, 4)
         return out

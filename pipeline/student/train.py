@@ -215,7 +215,7 @@ class Worker:
         # Phase 2 trains a discriminator only with an adversarial term; the perceptual term
         # needs its (frozen) backbone without one.
         self.trains_disc = job.phase == 2 and cfg.adversarial
-        uses_backbone = self.trains_disc or (job.phase == 2 and cfg.feature_weight > 0)
+        uses_backbone = job.phase == 2 and cfg.reads_backbone
         backbone = None
         if uses_backbone and not lora:
             # copied before the phase-1 weights are loaded: the backbone is the teacher
