@@ -106,6 +106,10 @@ class StageSpec(Generic[M]):
     samples_teacher: bool = False
     """The stage samples with the teacher: its key also has the teacher's sampling-only
     fields (``teacher.dtype``), which do not change what the others compute."""
+    local_files: bool = False
+    """The stage reads or writes its artifacts as local files (training checkpoints, weights
+    loaded by path, MLflow's default store): the workspace must be a local or mounted path,
+    which the pre-flight checks before anything runs."""
 
 
 @dataclass(frozen=True)

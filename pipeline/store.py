@@ -104,7 +104,8 @@ class ArtifactStore:
                 else self.fs.protocol[0]
             raise ConfigError(f"workspace {self.root_uri!r}: training, evaluation, export and "
                               f"MLflow's default store use local files; use a local or "
-                              f"mounted (NFS) workspace, not {protocol}://")
+                              f"mounted (NFS) workspace, not {protocol}:// (only curate and "
+                              f"sample_teacher can write there: --only)")
         return Path(self.path(*parts))
 
     def uri(self, *parts: str) -> str:

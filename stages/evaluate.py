@@ -124,4 +124,5 @@ STAGE: StageSpec[EvalReportManifest] = StageSpec(
     version=2,  # 2: fd_teacher_unpaired
     fingerprint=_fingerprint,
     uses_teacher=True,
+    local_files=True,
 )

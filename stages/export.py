@@ -88,4 +88,5 @@ STAGE: StageSpec[ExportManifest] = StageSpec(
     check=check,
     version=1,
     uses_teacher=True,
+    local_files=True,
 )

@@ -55,7 +55,8 @@ def plan_run(only: list[str] | None = None, until: str | None = None) -> list[Pl
 def preflight(cfg: DistillConfig, store: ArtifactStore,
               plan: list[PlannedStage]) -> dict[str, Manifest]:
     """Run each stage's input checks before anything starts, for stages that will compute
-    (not cached), and refuse a stage that another live run is computing now (its lock). A
+    (not cached), including that a stage working on local files has a local workspace, and
+    refuse a stage that another live run is computing now (its lock). A
     stage whose upstream is not cached yet is checked too. Returns the planned stages'
     cached results (the cache hits)."""
     check_ray_address(cfg.ray)
@@ -69,6 +70,8 @@ def preflight(cfg: DistillConfig, store: ArtifactStore,
         if manifest is not None:
             known[step.name] = manifest
         elif step.compute:
+            if step.spec.local_files:
+                store.local_path()  # an object-store workspace: one line now, not after hours
             step.spec.check(cfg)
             if key is not None:  # another live run computing it: say so before any start
                 check_unlocked(store, step.name, key)

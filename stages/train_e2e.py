@@ -78,4 +78,5 @@ STAGE: StageSpec[StudentCheckpointManifest] = StageSpec(
     # perceptual term's draws moved: a version-1 result of that config is another student
     version=2,
     uses_teacher=True,
+    local_files=True,
 )

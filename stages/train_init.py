@@ -45,4 +45,5 @@ STAGE: StageSpec[StudentCheckpointManifest] = StageSpec(
     check=check,
     version=1,
     uses_teacher=True,
+    local_files=True,
 )
