@@ -120,6 +120,9 @@ LEVERS: dict[str, list[str]] = {
     "sigma_mid_0.6429": ["sample_teacher.sigma_mid=0.6429"],
     "sigma_mid_0.8333": ["sample_teacher.sigma_mid=0.8333"],
     "sigma_mid_0.3": ["sample_teacher.sigma_mid=0.3"],
+    # 2026-12-06, night: what phase 2 starts from and how much one of its steps averages
+    "p2_init_student": ["train_e2e.init_from=student"],
+    "p2_batch_64": ["train_e2e.batch_size=64"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
