@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
+
+Parameterization = Literal["decoupled", "shared", "decoupled_lora"]
+"""How the two student steps hold their weights (``train_init.parameterization``), recorded in
+every manifest downstream of training."""
 
 
 class StrictModel(BaseModel):

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
-from schemas.base import StrictModel
+from schemas.base import Parameterization, StrictModel
 
 SPEED_ONLY = "speed_only"
 """Mark (``json_schema_extra``) of a field that changes only speed or logging, never a
@@ -351,7 +351,7 @@ class TrainInitConfig(TrainCommonConfig):
     """Phase 1, per-step init: G1 learns ``eps -> x_mid_teacher``, G2 ``x_mid_teacher ->
     x0_teacher``, each alone (teacher input, no chaining)."""
 
-    parameterization: Literal["decoupled", "shared", "decoupled_lora"] = Field(
+    parameterization: Parameterization = Field(
         "decoupled", description="decoupled: G1 and G2 are two copies of the teacher; shared: "
         "one copy serves both steps (ablation); decoupled_lora: one frozen copy with a LoRA "
         "adapter per step (the discriminator reuses it with adapters off).")
@@ -465,6 +465,18 @@ class TrainE2EConfig(TrainCommonConfig):
                              "final_weight > 0 or adv_weighting=fixed")
         return self
 
+    @model_validator(mode="after")
+    def _r1_needs_whole_backbone(self) -> TrainE2EConfig:
+        # R1 differentiates the discriminator's input gradient (a double backward through the
+        # backbone); FSDP2 frees the all-gathered backbone weights after the first backward,
+        # so the second fails at the first step, after all of phase 1 (torch 2.13)
+        if self.adversarial and self.discriminator.r1_weight > 0 and self.strategy == "fsdp2":
+            raise ValueError("discriminator.r1_weight > 0 needs a double backward through the "
+                             "discriminator's backbone, which strategy fsdp2 shards and frees "
+                             "after the first backward: set discriminator.r1_weight=0 or "
+                             "strategy=ddp")
+        return self
+
 
 class FIDConfig(StrictModel):
     """FID/KID on pool3 features of the FID InceptionV3 (the published TensorFlow 2015-12-05
@@ -526,8 +538,9 @@ class ExportConfig(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of every exported weight.")
     max_shard_size: str = Field(
-        "5GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
-        description="Largest safetensors shard (e.g. '5GB', '500MB'); larger models are split.")
+        "5GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB)$",
+        description="Largest safetensors shard (e.g. '5GB', '500MB'; decimal units, the ones "
+        "diffusers' save_pretrained parses); larger models are split.")
 
 
 class DistillConfig(StrictModel):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from schemas.base import StrictModel
+from schemas.base import Parameterization, StrictModel
 
 MANIFEST_FILENAME = "manifest.json"
 
@@ -193,7 +193,7 @@ class StudentCheckpointManifest(Manifest):
 
     stage: Literal["train_init", "train_e2e"]
     phase: int = Field(..., ge=1, le=2)
-    parameterization: Literal["decoupled", "shared", "decoupled_lora"]
+    parameterization: Parameterization
     lora: dict[str, Any] | None = Field(
         None, description="decoupled_lora: the adapters' LoraConfig (rank, alpha, targets).")
     sigma_mid: float
@@ -243,7 +243,9 @@ class ExportManifest(Manifest):
 
     stage: Literal["export"] = "export"
     pipeline_dir: str = Field(description="The pipeline folder, relative to the stage folder.")
-    parameterization: Literal["decoupled", "shared"]
+    parameterization: Parameterization = Field(
+        description="The trained student's; a decoupled_lora student is exported merged (two "
+        "transformers, as decoupled).")
     sigma_mid: float
     teacher_id: str
     dtype: str

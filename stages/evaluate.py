@@ -98,6 +98,17 @@ def evaluate(ctx: StageContext) -> StageResult:
 def check(cfg: DistillConfig) -> None:
     from pipeline.evaluation.real import check_paths
 
+    # evaluate scores >= 2 eval samples (FD needs two); an eval split that cannot hold them
+    # would fail here only after sampling and both training phases
+    if cfg.curate.eval_fraction == 0:
+        raise ConfigError("curate.eval_fraction is 0: evaluate needs eval prompts; set it > 0 "
+                          "(e.g. 0.05), or train without evaluating: --only curate --only "
+                          "sample_teacher --only train_init --only train_e2e")
+    most = cfg.sample_teacher.max_eval_prompts
+    if most is not None and most * cfg.sample_teacher.eval_samples_per_prompt < 2:
+        raise ConfigError(f"sample_teacher.max_eval_prompts={most} with "
+                          f"eval_samples_per_prompt={cfg.sample_teacher.eval_samples_per_prompt}"
+                          f" gives evaluate fewer than 2 eval samples; raise either")
     problems = check_paths(cfg.evaluate.real_metrics)
     if problems:
         raise ConfigError(problems[0])

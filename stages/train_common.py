@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.stage import StageContext, StageResult
 from pipeline.tracking import mlflow_artifact_root, mlflow_uri
-from schemas.config import LoraConfig, TrainCommonConfig
+from schemas.config import DistillConfig, LoraConfig, TrainCommonConfig
 from schemas.manifest import TeacherSamplesManifest
 
 if TYPE_CHECKING:  # the training loop imports torch: not at module level (cheap cache hits)
@@ -84,3 +84,27 @@ def train(ctx: StageContext, job: TrainJob, choices: dict[str, object]) -> Stage
                 "steps": state["steps"], "choices": choices,
                 "mlflow_run_id": state.get("mlflow_run_id"), "mlflow_uri": job.mlflow_uri},
     )
+
+
+def check_local_cpus(cfg: DistillConfig, phase: str) -> None:
+    """Pre-flight: the workers of ``phase`` (``train_init`` or ``train_e2e``) fit the local Ray
+    instance that the run starts (``ray.num_cpus``, else every core), so that a run does not
+    fail there after curation and sampling. On a cluster (``ray.address`` or
+    ``RAY_ADDRESS``) the launcher checks against the cluster's resources when the phase
+    starts."""
+    import os
+
+    from pipeline.errors import ConfigError
+    from pipeline.ray_runtime import resolve_address
+    from pipeline.student.launch import check_worker_cpus
+
+    if resolve_address(cfg.ray):
+        return
+    section: TrainCommonConfig = getattr(cfg, phase)
+    try:
+        check_worker_cpus(section.num_workers, section.cpus_per_worker,
+                          cfg.ray.num_cpus or os.cpu_count() or 1,
+                          "the local Ray instance (ray.num_cpus)")
+    except ConfigError as exc:
+        raise ConfigError(f"{phase}: {exc}") from None
+

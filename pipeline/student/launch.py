@@ -83,6 +83,15 @@ def check_student_weights(path: Path, teacher: TeacherConfig, parameterization: 
                                 f"({parameterization}) needs {shape} (another architecture?)")
 
 
+def check_worker_cpus(num_workers: int, cpus_per_worker: int, cpus: float, where: str) -> None:
+    """Refuse ``num_workers`` x ``cpus_per_worker`` that ``cpus`` (of ``where``) cannot hold:
+    Ray Train would wait forever for a placement group that cannot be placed."""
+    if num_workers * cpus_per_worker > cpus:
+        raise ConfigError(f"{num_workers} worker(s) x {cpus_per_worker} CPU(s) need "
+                          f"{num_workers * cpus_per_worker} CPUs; {where} has {int(cpus)} "
+                          f"(lower num_workers or cpus_per_worker)")
+
+
 def check_resume(out_dir: Path, layout: dict[str, Any]) -> None:
     """A checkpoint left in ``out_dir`` resumes exactly only when its files verify against
     its checksums and under the layout that wrote it (world size, strategy,
@@ -122,11 +131,7 @@ def run_training(job: TrainJob, num_workers: int, cpus_per_worker: int,
     (out / STATUS_FILE).unlink(missing_ok=True)
     cluster = ray.cluster_resources()
     gpus = int(cluster.get("GPU", 0))
-    if num_workers * cpus_per_worker > cluster.get("CPU", 0):
-        # Ray Train would wait forever for a placement group that cannot be placed.
-        raise ConfigError(f"{num_workers} worker(s) x {cpus_per_worker} CPU(s) need "
-                          f"{num_workers * cpus_per_worker} CPUs; the Ray cluster has "
-                          f"{int(cluster.get('CPU', 0))} (lower num_workers or cpus_per_worker)")
+    check_worker_cpus(num_workers, cpus_per_worker, cluster.get("CPU", 0), "the Ray cluster")
     if use_gpu == "always" and gpus < num_workers:
         raise ConfigError(f"use_gpu=always with {num_workers} workers, but the Ray cluster has "
                           f"{gpus} GPU(s)")

@@ -55,6 +55,12 @@ def test_workspace_defaults_to_runs_preset():
         (["train_e2e.gan_real=data", "train_e2e.adv_weight=0"],
          r"train_e2e: .*gan_real=data chooses the discriminator's real samples, but "
          r"adv_weight=0 trains no discriminator"),
+        (["train_e2e.strategy=fsdp2", "train_e2e.num_workers=2",
+          "train_e2e.discriminator.r1_weight=1.0"],
+         r"train_e2e: .*r1_weight > 0 needs a double backward through the discriminator's "
+         r"backbone, which strategy fsdp2 shards .* set discriminator.r1_weight=0 or "
+         r"strategy=ddp"),
+        (["export.max_shard_size=5GiB"], r"export.max_shard_size: String should match"),
     ],
 )
 def test_bad_configs_are_one_clear_line(overrides, message):
@@ -68,6 +74,10 @@ def test_adversarial_settings_without_the_adversarial_term_are_no_contradiction(
     cfg = load_config("smoke", ["train_e2e.adv_weight=0", "train_e2e.adv_weighting=adaptive",
                                 "train_e2e.final_weight=0"])
     assert not cfg.train_e2e.adversarial
+    # no discriminator, no R1: FSDP2 is fine; under DDP R1 is fine
+    load_config("smoke", ["train_e2e.strategy=fsdp2", "train_e2e.num_workers=2",
+                          "train_e2e.discriminator.r1_weight=1.0", "train_e2e.adv_weight=0"])
+    load_config("smoke", ["train_e2e.num_workers=2", "train_e2e.discriminator.r1_weight=1.0"])
 
 
 def test_unknown_preset_and_bad_yaml(tmp_path):

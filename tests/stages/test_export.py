@@ -76,6 +76,29 @@ def test_the_export_samples_what_evaluate_scored(finished):
     assert again.cached
 
 
+
+def test_a_lora_student_exports_merged_and_samples_what_it_trained(finished):
+    # the export manifest once allowed only decoupled/shared: a decoupled_lora run trained
+    # both phases, evaluated, wrote the folder and then failed on its manifest, every rerun
+    _, store, outputs = finished
+    cfg = load_config("smoke", [*TINY, "train_init.parameterization=decoupled_lora",
+                                "train_init.lora.rank=4"], workspace=store.root)
+    done = dict(outputs)  # curate and sample_teacher do not depend on the parameterization
+    for name in ("train_init", "train_e2e", "evaluate", "export"):
+        spec = STAGES[name]
+        done[name] = run_stage(spec, cfg, store, {u: done[u].manifest for u in spec.upstream})
+    export = done["export"].manifest
+    assert export.parameterization == "decoupled_lora"
+    batch = collate_samples(list(islice(TeacherSampleReader.from_manifest(
+        store, done["sample_teacher"].manifest, "eval"), 2)))
+    student = load_student(store.local_path(done["train_e2e"].stage_dir),
+                           done["train_e2e"].manifest, load_teacher("toy"), cfg.evaluate.weights)
+    pipe = load_exported(store.local_path(done["export"].stage_dir, export.pipeline_dir))
+    latents = pipe(prompt_embeds=batch["caption"], latents=batch["noise"],
+                   output_type="latent").images
+    torch.testing.assert_close(latents, student.sample(batch["noise"], batch["caption"]),
+                               atol=1e-5, rtol=0)
+
 def test_generate_from_the_export_or_the_workspace_gives_the_same_pngs(finished, tmp_path):
     _, store, outputs = finished
     export = outputs["export"]

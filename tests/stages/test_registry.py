@@ -23,3 +23,21 @@ def test_an_object_store_workspace_is_refused_before_curation_when_training_foll
 def test_the_stages_on_local_files_are_the_training_evaluation_and_export_stages():
     assert [name for name, spec in STAGES.items() if spec.local_files] == [
         "train_init", "train_e2e", "evaluate", "export"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["curate.eval_fraction=0"], r"^curate.eval_fraction is 0: evaluate needs eval prompts; "
+                                 r"set it > 0 .* --only train_e2e$"),
+    (["sample_teacher.max_eval_prompts=1"], r"^sample_teacher.max_eval_prompts=1 with "
+                                            r"eval_samples_per_prompt=1 gives evaluate fewer "
+                                            r"than 2 eval samples; raise either$"),
+])
+def test_an_eval_split_too_small_to_score_is_refused_before_curation(tmp_path, overrides,
+                                                                     message):
+    with pytest.raises(ConfigError, match=message):
+        prepare_run("smoke", overrides, str(tmp_path / "ws"), None)
+    assert not (tmp_path / "ws" / "curate").exists()
+    # what evaluate can score passes, and a run that does not evaluate is not refused
+    prepare_run("smoke", ["sample_teacher.max_eval_prompts=1",
+                          "sample_teacher.eval_samples_per_prompt=2"], str(tmp_path / "ws"), None)
+    prepare_run("smoke", overrides, str(tmp_path / "ws"), ["curate", "sample_teacher"])

@@ -65,3 +65,23 @@ def test_the_manifest_describes_a_discriminator_only_where_there_is_one():
     assert plain["discriminator"].startswith("none") and "adversarial" not in (
         plain["generator_loss"])
     assert "heads" not in plain["optimizers"]
+
+
+def test_workers_that_the_local_ray_instance_cannot_place_are_refused_before_any_stage(
+        monkeypatch):
+    # smoke: ray.num_cpus 2; two workers of 2 CPUs each would wait for a placement group
+    # forever, found only when phase 2 starts (after sampling and phase 1)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = load_config("smoke", ["train_e2e.num_workers=2"])
+    with pytest.raises(ConfigError, match=r"^train_e2e: 2 worker\(s\) x 2 CPU\(s\) need 4 CPUs; "
+                                          r"the local Ray instance \(ray.num_cpus\) has 2 "
+                                          r"\(lower num_workers or cpus_per_worker\)$"):
+        STAGES["train_e2e"].check(cfg)
+    STAGES["train_e2e"].check(load_config("smoke", ["train_e2e.num_workers=2",
+                                                    "train_e2e.cpus_per_worker=1"]))
+    with pytest.raises(ConfigError, match=r"^train_init: 1 worker\(s\) x 4 CPU"):
+        STAGES["train_init"].check(load_config("smoke", ["train_init.cpus_per_worker=4"]))
+    # on a cluster its resources are known only once attached: the launcher checks there
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    STAGES["train_e2e"].check(cfg)
+
