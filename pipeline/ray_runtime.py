@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Iterator
 
 from pipeline.errors import ConfigError
+from pipeline.net import check_reachable
 from schemas.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,7 @@ def check_ray_address(cfg: RayConfig, timeout_s: float = 5.0) -> None:
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"{where} {address!r}: expected host:port, ray://host:port or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise ConfigError(f"{where} {address!r}: cannot reach {host}:{port} ({exc})") from None
+    check_reachable(where, address, host, int(port), timeout_s)
 
 
 @contextlib.contextmanager

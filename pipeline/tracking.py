@@ -27,6 +27,21 @@ def mlflow_uri(tracking: TrackingConfig, store: ArtifactStore) -> str:
     return f"sqlite:///{root / MLFLOW_DB}"
 
 
+def check_tracking_server(tracking: TrackingConfig) -> None:
+    """An ``http(s)://`` ``tracking.mlflow_uri`` accepts connections (from this machine: a
+    server that only the driver reaches still fails on the workers of other nodes)."""
+    from urllib.parse import urlsplit
+
+    from pipeline.net import check_reachable
+
+    uri = tracking.mlflow_uri
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(uri)
+    check_reachable("tracking.mlflow_uri", uri, parts.hostname or "",
+                    parts.port or (443 if parts.scheme == "https" else 80))
+
+
 def mlflow_artifact_root(tracking: TrackingConfig, store: ArtifactStore) -> str | None:
     """Where a new experiment keeps its artifacts: inside the workspace for the default local
     store (MLflow would otherwise use ./mlruns of the current directory)."""

@@ -113,9 +113,36 @@ def check(cfg: DistillConfig) -> None:
     if problems:
         raise ConfigError(problems[0])
     for name, path in cfg.evaluate.extra_students.items():
-        if not (Path(path) / "manifest.json").is_file():
-            raise ConfigError(f"evaluate.extra_students.{name}: {path} is not a finished "
-                              f"training stage folder (no manifest.json)")
+        check_extra_student(cfg, name, Path(path))
+
+
+def check_extra_student(cfg: DistillConfig, name: str, folder: Path) -> None:
+    """``evaluate.extra_students.<name>`` is a finished training stage folder whose scored
+    weights fit this run's teacher (names and shapes from the safetensors header): else the
+    stage would fail on it after generating every other generator's images."""
+    from pydantic import ValidationError
+
+    from pipeline.errors import TwostepError
+    from pipeline.student.launch import check_student_weights
+    from schemas.config import LoraConfig
+    from schemas.manifest import StudentCheckpointManifest
+
+    field = f"evaluate.extra_students.{name}"
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise ConfigError(f"{field}: {folder} is not a finished training stage folder (no "
+                          f"manifest.json)")
+    try:
+        manifest = StudentCheckpointManifest.model_validate_json(manifest_path.read_text())
+    except ValidationError:
+        raise ConfigError(f"{field}: {manifest_path} is not a train_init or train_e2e "
+                          f"manifest; give a training stage folder") from None
+    lora = LoraConfig.model_validate(manifest.lora) if manifest.lora else None
+    try:
+        check_student_weights(folder / f"{cfg.evaluate.weights}.safetensors", cfg.teacher,
+                              manifest.parameterization, lora)
+    except TwostepError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
 
 
 def _fingerprint(cfg: DistillConfig) -> dict[str, str]:

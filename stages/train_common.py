@@ -86,18 +86,20 @@ def train(ctx: StageContext, job: TrainJob, choices: dict[str, object]) -> Stage
     )
 
 
-def check_local_cpus(cfg: DistillConfig, phase: str) -> None:
-    """Pre-flight: the workers of ``phase`` (``train_init`` or ``train_e2e``) fit the local Ray
-    instance that the run starts (``ray.num_cpus``, else every core), so that a run does not
-    fail there after curation and sampling. On a cluster (``ray.address`` or
-    ``RAY_ADDRESS``) the launcher checks against the cluster's resources when the phase
-    starts."""
+def check_training_setup(cfg: DistillConfig, phase: str) -> None:
+    """Pre-flight of ``phase`` (``train_init`` or ``train_e2e``), so that a run does not fail
+    there after curation and sampling: a configured MLflow server is reachable, and the
+    workers fit the local Ray instance that the run starts (``ray.num_cpus``, else every
+    core). On a cluster (``ray.address`` or ``RAY_ADDRESS``) the launcher checks the workers
+    against the cluster's resources when the phase starts."""
     import os
 
     from pipeline.errors import ConfigError
     from pipeline.ray_runtime import resolve_address
     from pipeline.student.launch import check_worker_cpus
+    from pipeline.tracking import check_tracking_server
 
+    check_tracking_server(cfg.tracking)
     if resolve_address(cfg.ray):
         return
     section: TrainCommonConfig = getattr(cfg, phase)

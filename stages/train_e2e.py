@@ -7,7 +7,7 @@ from __future__ import annotations
 from pipeline.stage import StageContext, StageResult, StageSpec
 from schemas.config import DistillConfig, LoraConfig, TrainE2EConfig
 from schemas.manifest import StudentCheckpointManifest
-from stages.train_common import PHASE2_CHOICES, build_job, check_local_cpus, train
+from stages.train_common import PHASE2_CHOICES, build_job, check_training_setup, train
 
 
 def train_e2e(ctx: StageContext) -> StageResult:
@@ -55,7 +55,7 @@ def check(cfg: DistillConfig) -> None:
     from pipeline.student.discriminator import resolve_layers
     from pipeline.teachers.describe import describe_teacher
 
-    check_local_cpus(cfg, "train_e2e")
+    check_training_setup(cfg, "train_e2e")
     folder = describe_teacher(cfg.teacher).folder
     n_layers = json.loads((folder / "transformer" / "config.json").read_text())["n_layers"]
     if cfg.train_e2e.reads_backbone:  # else nothing reads the layers

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pipeline.stage import StageContext, StageResult, StageSpec
 from schemas.config import DistillConfig, TrainInitConfig
 from schemas.manifest import StudentCheckpointManifest
-from stages.train_common import build_job, check_local_cpus, train
+from stages.train_common import build_job, check_training_setup, train
 
 
 def train_init(ctx: StageContext) -> StageResult:
@@ -29,7 +29,7 @@ def check(cfg: DistillConfig) -> None:
     from pipeline.teachers.describe import describe_teacher
 
     describe_teacher(cfg.teacher)
-    check_local_cpus(cfg, "train_init")
+    check_training_setup(cfg, "train_init")
     if cfg.train_init.parameterization == "decoupled_lora":
         try:
             student_on_meta(cfg.teacher, "decoupled_lora", cfg.train_init.lora)

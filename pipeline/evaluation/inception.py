@@ -205,31 +205,43 @@ def _keep(key: str) -> bool:
     return not (key.startswith(("fc.", "AuxLogits.")) or key.endswith("num_batches_tracked"))
 
 
-def load_fid_inception(path: str | Path, device: str | torch.device = "cpu") -> FIDInceptionV3:
-    """The FID network with weights from a safetensors file; every tensor must be present
-    with the right shape (the error names the first that is not)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def check_fid_weights(path: str | Path) -> None:
+    """Every tensor of the FID network is in the safetensors file with the right shape, read
+    from its header (nothing is loaded: cheap enough for the pre-flight); the error names the
+    first that is not."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: FID Inception weights not found (convert the published "
                             f"weights with `distill metrics convert-inception`)")
     try:
-        state = {k: v for k, v in load_file(path).items() if _keep(k)}
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if _keep(k)}
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"{path}: not a safetensors file: {exc}") from None
-    model = FIDInceptionV3()
-    expected = {k: v for k, v in model.state_dict().items() if _keep(k)}
-    for key, tensor in expected.items():
-        if key not in state:
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in FIDInceptionV3().state_dict().items()
+                    if _keep(k)}
+    for key, shape in expected.items():
+        if key not in shapes:
             raise ArtifactError(f"{path}: not FID Inception weights ({key} is missing)")
-        if state[key].shape != tensor.shape:
-            raise ArtifactError(f"{path}: {key} has shape {tuple(state[key].shape)}, the FID "
-                                f"Inception expects {tuple(tensor.shape)}")
-    extra = sorted(set(state) - set(expected))
+        if shapes[key] != shape:
+            raise ArtifactError(f"{path}: {key} has shape {shapes[key]}, the FID Inception "
+                                f"expects {shape}")
+    extra = sorted(set(shapes) - set(expected))
     if extra:
         raise ArtifactError(f"{path}: not FID Inception weights (unexpected {extra[0]})")
+
+
+def load_fid_inception(path: str | Path, device: str | torch.device = "cpu") -> FIDInceptionV3:
+    """The FID network with weights from a safetensors file that passes
+    :func:`check_fid_weights`."""
+    from safetensors.torch import load_file
+
+    check_fid_weights(path)
+    state = {k: v for k, v in load_file(Path(path)).items() if _keep(k)}
+    model = FIDInceptionV3()
     model.load_state_dict(state, strict=False)  # only num_batches_tracked stay default
     return model.to(device).eval().requires_grad_(False)
 

@@ -81,6 +81,12 @@ def _batched(fn, images: torch.Tensor, batch: int) -> torch.Tensor:
                           for i in range(0, len(images), batch)])
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The PNG/JPEG/WebP files of a folder, sorted (what :func:`load_image_folder` reads)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+
+
 def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     """All PNG/JPEG/WebP images of a folder (sorted), RGB, ``(N, 3, H, W)`` in [0, 1]; resized
     to ``size`` (H, W) when given, otherwise they must share one size."""
@@ -88,8 +94,7 @@ def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None) -
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+    files = image_files(folder)
     if not files:
         raise ArtifactError(f"{folder}: no PNG/JPEG/WebP images")
     images = []
@@ -251,16 +256,34 @@ def real_metric_plugins(cfg: RealMetricsConfig) -> Iterator[ImageSetMetric]:
 
 
 def check_paths(cfg: RealMetricsConfig, prefix: str = "evaluate.real_metrics") -> list[str]:
-    """Config problems (missing local paths), each naming its field; empty when all is well."""
+    """Config problems, each naming its field; empty when all is well. Checked before any
+    stage starts, as far as it is cheap: the paths, the FID weights' names and shapes (from
+    the header), that the reference folder has images and the CLIP folder safetensors
+    weights; the plugins load only after every generator's images are made."""
+    from pipeline.evaluation.inception import check_fid_weights
+
     problems = []
     if cfg.fid is not None:
         if not Path(cfg.fid.weights).is_file():
             problems.append(f"{prefix}.fid.weights: file not found: {cfg.fid.weights}")
-        if cfg.fid.reference_dir and not Path(cfg.fid.reference_dir).is_dir():
-            problems.append(f"{prefix}.fid.reference_dir: folder not found: "
-                            f"{cfg.fid.reference_dir}")
-    if cfg.clip is not None and not (Path(cfg.clip.path) / "config.json").is_file():
-        problems.append(f"{prefix}.clip.path: not a CLIP model folder (no config.json): "
-                        f"{cfg.clip.path}")
+        else:
+            try:
+                check_fid_weights(cfg.fid.weights)
+            except ArtifactError as exc:
+                problems.append(f"{prefix}.fid.weights: {exc}")
+        reference = cfg.fid.reference_dir
+        if reference and not Path(reference).is_dir():
+            problems.append(f"{prefix}.fid.reference_dir: folder not found: {reference}")
+        elif reference and not image_files(Path(reference)):
+            problems.append(f"{prefix}.fid.reference_dir: no PNG/JPEG/WebP images in "
+                            f"{reference}")
+    if cfg.clip is not None:
+        folder = Path(cfg.clip.path)
+        if not (folder / "config.json").is_file():
+            problems.append(f"{prefix}.clip.path: not a CLIP model folder (no config.json): "
+                            f"{cfg.clip.path}")
+        elif not any(folder.glob("*.safetensors")):
+            problems.append(f"{prefix}.clip.path: no safetensors weights in {cfg.clip.path} "
+                            f"(save with CLIPModel.save_pretrained, safe_serialization)")
     return problems
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from pipeline.config import load_config
-from pipeline.errors import StageDependencyError
+from pipeline.errors import ConfigError, StageDependencyError
 from pipeline.export.folder import load_exported
 from pipeline.samples.reader import TeacherSampleReader, collate_samples
 from pipeline.stage import run_stage
@@ -98,6 +99,32 @@ def test_a_lora_student_exports_merged_and_samples_what_it_trained(finished):
                    output_type="latent").images
     torch.testing.assert_close(latents, student.sample(batch["noise"], batch["caption"]),
                                atol=1e-5, rtol=0)
+
+
+def test_extra_students_that_evaluate_cannot_score_are_refused_before_it_starts(finished,
+                                                                               tmp_path):
+    _, store, outputs = finished
+    student = store.local_path(outputs["train_e2e"].stage_dir)
+    other = tmp_path / "other-architecture"
+    shutil.copytree(student, other)
+    save_file({"g1.weight": torch.zeros(2)}, str(other / "ema.safetensors"))
+
+    def check(folder):
+        cfg = load_config("smoke", [*TINY, f"evaluate.extra_students={{b: {folder}}}"],
+                          workspace=store.root)
+        STAGES["evaluate"].check(cfg)
+
+    check(student)  # a finished training stage of this teacher
+    with pytest.raises(ConfigError, match=r"^evaluate.extra_students.b: .*manifest.json is not "
+                                          r"a train_init or train_e2e manifest; give a training "
+                                          r"stage folder$"):
+        check(store.local_path(outputs["evaluate"].stage_dir))
+    with pytest.raises(ConfigError, match=r"^evaluate.extra_students.b: .*ema.safetensors: \S+ "
+                                          r"is missing, the teacher's architecture"):
+        check(other)
+    with pytest.raises(ConfigError, match=r"^evaluate.extra_students.b: .* no manifest.json"):
+        check(tmp_path)
+
 
 def test_generate_from_the_export_or_the_workspace_gives_the_same_pngs(finished, tmp_path):
     _, store, outputs = finished

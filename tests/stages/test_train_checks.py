@@ -85,3 +85,21 @@ def test_workers_that_the_local_ray_instance_cannot_place_are_refused_before_any
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     STAGES["train_e2e"].check(cfg)
 
+
+
+def test_an_mlflow_server_that_cannot_be_reached_is_refused_before_training():
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    with pytest.raises(ConfigError, match=rf"^tracking.mlflow_uri '{uri}': cannot reach "
+                                          rf"127.0.0.1:{port} \("):
+        STAGES["train_init"].check(load_config("smoke", [f"tracking.mlflow_uri={uri}"]))
+    with socket.socket() as server:  # something listening: passes
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        STAGES["train_e2e"].check(load_config(
+            "smoke", [f"tracking.mlflow_uri=http://127.0.0.1:{server.getsockname()[1]}"]))
+    STAGES["train_e2e"].check(load_config("smoke", ["tracking.mlflow_uri=sqlite:///x.db"]))

@@ -203,7 +203,8 @@ def test_clip_score_is_the_cosine_of_clip_embeddings(clip_folder):
         plugin.score(images, prompts[:2], [0, 1])
 
 
-def test_missing_paths_are_config_errors_naming_the_field(tmp_path, clip_folder):
+def test_missing_paths_are_config_errors_naming_the_field(tmp_path, clip_folder,
+                                                           fid_weights):
     cfg = RealMetricsConfig(fid=FIDConfig(weights=str(tmp_path / "none.safetensors"),
                                           reference_dir=str(tmp_path / "nodir")),
                             clip=CLIPScoreConfig(path=str(tmp_path)))
@@ -216,6 +217,29 @@ def test_missing_paths_are_config_errors_naming_the_field(tmp_path, clip_folder)
     ]
     assert check_paths(RealMetricsConfig()) == []
     assert list(real_metric_plugins(RealMetricsConfig())) == []
+    # what the plugins would fail on only after every generator's images are made
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "inception.pth")  # not converted
+    from safetensors.torch import save_file
+
+    save_file({"conv.weight": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text("{}")
+    problems = [check_paths(RealMetricsConfig(fid=FIDConfig(weights=str(tmp_path / name))))[0]
+                for name in ("inception.pth", "other.safetensors")]
+    assert problems[0].startswith("evaluate.real_metrics.fid.weights: ") and \
+        "inception.pth: not a safetensors file" in problems[0]
+    assert problems[1].endswith("other.safetensors: not FID Inception weights "
+                                "(Conv2d_1a_3x3.conv.weight is missing)")
+    assert check_paths(RealMetricsConfig(
+        fid=FIDConfig(weights=str(fid_weights), reference_dir=str(tmp_path / "empty")),
+        clip=CLIPScoreConfig(path=str(tmp_path / "no-weights")))) == [
+        f"evaluate.real_metrics.fid.reference_dir: no PNG/JPEG/WebP images in "
+        f"{tmp_path / 'empty'}",
+        f"evaluate.real_metrics.clip.path: no safetensors weights in {tmp_path / 'no-weights'} "
+        f"(save with CLIPModel.save_pretrained, safe_serialization)"]
+    assert check_paths(RealMetricsConfig(fid=FIDConfig(weights=str(fid_weights)),
+                                         clip=CLIPScoreConfig(path=str(clip_folder)))) == []
     with pytest.raises(ArtifactError, match="not a CLIP model folder"):
         CLIPScore(CLIPScoreConfig(path=str(tmp_path)))
     (tmp_path / "config.json").write_text("{}")
