@@ -214,7 +214,8 @@ def run_stage(
         work_dir = _prepare_work_dir(store, spec, stage_dir, force)
         ctx = StageContext(
             name=spec.name, key=key, store=store, out_dir=work_dir, config=cfg,
-            section=spec.section(cfg), teacher=cfg.teacher if spec.uses_teacher else None,
+            section=spec.section(cfg),
+            teacher=cfg.teacher.located() if spec.uses_teacher else None,
             inputs=inputs, input_dirs={name: _dir_of(m) for name, m in inputs.items()},
             log=logging.getLogger(f"twostep.stages.{spec.name}"),
             progress=progress or (lambda fraction: None),

@@ -10,7 +10,9 @@ leave them out (:func:`cache_view`).
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -214,6 +216,14 @@ class TeacherConfig(StrictModel):
     height: int = Field(32, ge=8, description="Image height in pixels (toy: 32).")
     width: int = Field(32, ge=8, description="Image width in pixels (toy: 32).")
     steps: int = Field(8, ge=1, le=1000, description="Teacher sampling steps (Euler).")
+
+    def located(self) -> TeacherConfig:
+        """This teacher with an absolute ``path``, as handed to a stage: Ray actors and Ray
+        Train workers resolve a relative path against their own working directory (a Ray
+        session folder), not the one the run was started in."""
+        if self.path is None or PurePath(self.path).is_absolute():
+            return self
+        return self.model_copy(update={"path": os.path.abspath(self.path)})
 
     @model_validator(mode="after")
     def _zimage_needs_path(self) -> TeacherConfig:

@@ -76,7 +76,8 @@ def test_missing_upstream_is_an_error(tmp_path):
         run_stage(_spec("consume", ("produce",), []), cfg, ArtifactStore(str(tmp_path)))
 
 
-def test_the_teacher_is_in_the_keys_and_context_of_the_stages_that_use_it(tmp_path):
+def test_the_teacher_is_in_the_keys_and_context_of_the_stages_that_use_it(tmp_path,
+                                                                        monkeypatch):
     from pipeline.stage import compute_key
     from stages.registry import STAGES
 
@@ -103,6 +104,11 @@ def test_the_teacher_is_in_the_keys_and_context_of_the_stages_that_use_it(tmp_pa
     outcome = run_stage(spec, other, ArtifactStore(str(tmp_path)))
     assert seen[0].dtype == "bfloat16"
     assert outcome.manifest.run_config == {"teacher": other.teacher.model_dump(mode="json")}
+    # a relative teacher path reaches the stage absolute: Ray workers run in other folders
+    monkeypatch.chdir(tmp_path)
+    relative = load_config("smoke", ["teacher.path=teachers/toy"], workspace=str(tmp_path))
+    run_stage(spec, relative, ArtifactStore(str(tmp_path)))
+    assert seen[1].path == str(tmp_path / "teachers" / "toy")
 
 
 def test_a_failed_forced_rerun_keeps_the_good_result(tmp_path):
