@@ -78,10 +78,13 @@ def test_the_export_samples_what_evaluate_scored(finished):
 
 
 
-def test_a_lora_student_exports_merged_and_samples_what_it_trained(finished):
+def test_a_lora_student_exports_merged_and_samples_what_it_trained(finished, tmp_path):
     # the export manifest once allowed only decoupled/shared: a decoupled_lora run trained
     # both phases, evaluated, wrote the folder and then failed on its manifest, every rerun
-    _, store, outputs = finished
+    _, shared, outputs = finished
+    # a copy of the workspace: its "latest" results stay the other tests' decoupled student
+    shutil.copytree(shared.root, tmp_path / "ws")
+    store = ArtifactStore(str(tmp_path / "ws"))
     cfg = load_config("smoke", [*TINY, "train_init.parameterization=decoupled_lora",
                                 "train_init.lora.rank=4"], workspace=store.root)
     done = dict(outputs)  # curate and sample_teacher do not depend on the parameterization
@@ -122,7 +125,8 @@ def test_extra_students_that_evaluate_cannot_score_are_refused_before_it_starts(
     with pytest.raises(ConfigError, match=r"^evaluate.extra_students.b: .*ema.safetensors: \S+ "
                                           r"is missing, the teacher's architecture"):
         check(other)
-    with pytest.raises(ConfigError, match=r"^evaluate.extra_students.b: .* no manifest.json"):
+    with pytest.raises(ConfigError, match=r"^evaluate.extra_students.b: .* is not a finished "
+                                          r"training stage folder \(no manifest.json\)$"):
         check(tmp_path)
 
 
