@@ -32,50 +32,29 @@ draw on a 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
-import time
-from itertools import islice
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from evaluations import eval_batch, input_key, main_over_evaluations, stage_manifest
 
 KEPT = ("size", "color", "shape", "mean_accuracy", "valid_rate", "fd_teacher",
         "fd_teacher_unpaired", "fd_data")
 
 
-def _manifest(workspace: Path, stage: str, key: str) -> dict:
-    return json.loads((workspace / stage / key / "manifest.json").read_text())
-
-
-def _input_key(manifest: dict, stage: str) -> str:
-    return next(i["key"] for i in manifest["inputs"] if i["stage"] == stage)
-
-
-def measure(workspace: Path, evaluate_key: str, draws: int, batch_size: int = 128) -> dict:
+def measure(workspace: Path, evaluate_key: str, args, batch_size: int = 128) -> dict:
     import torch
 
     from pipeline.evaluation.generation import generate_images
     from pipeline.evaluation.scoring import score_generators
-    from pipeline.samples.reader import TeacherSampleReader, collate_samples
-    from pipeline.store import ArtifactStore
     from pipeline.student.load import load_student
-    from pipeline.teachers import load_teacher
     from schemas.config import RealMetricsConfig
-    from schemas.manifest import StudentCheckpointManifest, TeacherSamplesManifest
+    from schemas.manifest import StudentCheckpointManifest
 
-    evaluation = _manifest(workspace, "evaluate", evaluate_key)
-    e2e_key = _input_key(evaluation, "train_e2e")
-    e2e = StudentCheckpointManifest.model_validate(_manifest(workspace, "train_e2e", e2e_key))
-    samples = TeacherSamplesManifest.model_validate(
-        _manifest(workspace, "sample_teacher", _input_key(evaluation, "sample_teacher")))
-    teacher = load_teacher("toy", None, device="cpu")
-    reader = TeacherSampleReader.from_manifest(ArtifactStore(str(workspace)), samples, "eval")
-    batch = collate_samples(list(islice(reader, evaluation["config"]["max_samples"])))
+    evaluation = stage_manifest(workspace, "evaluate", evaluate_key)
+    e2e_key = input_key(evaluation, "train_e2e")
+    e2e = StudentCheckpointManifest.model_validate(stage_manifest(workspace, "train_e2e",
+                                                                  e2e_key))
+    samples, teacher, batch = eval_batch(workspace, evaluation)
     caps, metas = batch["caption"], batch["meta"]
     student = load_student(workspace / "train_e2e" / e2e_key, e2e, teacher,
                            evaluation["config"]["weights"])
@@ -100,7 +79,7 @@ def measure(workspace: Path, evaluate_key: str, draws: int, batch_size: int = 12
                                              batch["noise"]),
               "student paired": images(student_sampler, batch["noise"])}
     rows = {"eval noise": score(stored, "teacher_8")}
-    for draw in range(1, draws + 1):
+    for draw in range(1, args.draws + 1):
         fresh = torch.randn(batch["noise"].shape, generator=torch.Generator().manual_seed(
             10_000 + draw))
         teacher_fresh = images(teacher_sampler(samples.teacher.steps), fresh)
@@ -120,39 +99,18 @@ def measure(workspace: Path, evaluate_key: str, draws: int, batch_size: int = 12
             "rows": rows}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, default=Path("runs/toy"))
-    parser.add_argument("--evaluate", nargs="*", default=None,
-                        help="evaluate stage keys (default: the latest)")
-    parser.add_argument("--draws", type=int, default=2, help="fresh noise draws")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    import torch
-    from machine import describe_machine, print_machine
-
-    torch.set_num_threads(2)
-    info = describe_machine("cpu")
-    print_machine(info)
-    keys = args.evaluate or [json.loads(
-        (args.workspace / "evaluate" / "latest.json").read_text())["key"]]
-    results = []
-    for key in keys:
-        start = time.perf_counter()
-        result = measure(args.workspace, key, args.draws)
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        results.append(result)
-        print(f"evaluate {key} (student FD stored {result['stored_student_fd_teacher']}), "
-              f"{result['seconds']} s", flush=True)
-        for row, gens in result["rows"].items():
-            for name, m in gens.items():
-                print(f"  {row:14s} {name:30s} FD {m['fd_teacher']:7.2f}  unpaired "
-                      f"{m.get('fd_teacher_unpaired', float('nan')):6.2f}  shape "
-                      f"{m['shape']:.3f}  valid {m['valid_rate']:.3f}", flush=True)
-    if args.out:
-        args.out.write_text(json.dumps({"machine": info, "results": results}, indent=1) + "\n")
-    return 0
+def show(key: str, result: dict) -> None:
+    print(f"evaluate {key} (student FD stored {result['stored_student_fd_teacher']}), "
+          f"{result['seconds']} s", flush=True)
+    for row, gens in result["rows"].items():
+        for name, m in gens.items():
+            print(f"  {row:14s} {name:30s} FD {m['fd_teacher']:7.2f}  unpaired "
+                  f"{m.get('fd_teacher_unpaired', float('nan')):6.2f}  shape "
+                  f"{m['shape']:.3f}  valid {m['valid_rate']:.3f}", flush=True)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main_over_evaluations(
+        __doc__.splitlines()[0], measure, show,
+        lambda parser: parser.add_argument("--draws", type=int, default=2,
+                                           help="fresh noise draws")))

@@ -24,24 +24,9 @@ About 30 s per key on a 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from itertools import islice
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-
-def _manifest(workspace: Path, stage: str, key: str) -> dict:
-    return json.loads((workspace / stage / key / "manifest.json").read_text())
-
-
-def _input_key(manifest: dict, stage: str) -> str:
-    return next(i["key"] for i in manifest["inputs"] if i["stage"] == stage)
+from evaluations import eval_batch, input_key, main_over_evaluations, stage_manifest
 
 
 def fd_terms(a, b) -> dict[str, float]:
@@ -61,21 +46,14 @@ def fd_terms(a, b) -> dict[str, float]:
             "paired_squared_error": round(float((a - b).pow(2).sum(1).mean()), 4)}
 
 
-def measure(workspace: Path, evaluate_key: str, batch_size: int = 128) -> dict:
+def measure(workspace: Path, evaluate_key: str, args=None, batch_size: int = 128) -> dict:
     from pipeline.evaluation.generation import generate_images
     from pipeline.evaluation.toy import ToyScorer
-    from pipeline.samples.reader import TeacherSampleReader, collate_samples
-    from pipeline.store import ArtifactStore
     from pipeline.student.load import load_student
-    from pipeline.teachers import load_teacher
-    from schemas.manifest import StudentCheckpointManifest, TeacherSamplesManifest
+    from schemas.manifest import StudentCheckpointManifest
 
-    evaluation = _manifest(workspace, "evaluate", evaluate_key)
-    samples = TeacherSamplesManifest.model_validate(
-        _manifest(workspace, "sample_teacher", _input_key(evaluation, "sample_teacher")))
-    teacher = load_teacher("toy", None, device="cpu")
-    reader = TeacherSampleReader.from_manifest(ArtifactStore(str(workspace)), samples, "eval")
-    batch = collate_samples(list(islice(reader, evaluation["config"]["max_samples"])))
+    evaluation = stage_manifest(workspace, "evaluate", evaluate_key)
+    _, teacher, batch = eval_batch(workspace, evaluation)
     caps, noise = batch["caption"], batch["noise"]
     scorer = ToyScorer()
     teacher_feats = scorer.features(generate_images(lambda c, n: n, teacher, caps, batch["x0"],
@@ -84,49 +62,26 @@ def measure(workspace: Path, evaluate_key: str, batch_size: int = 128) -> dict:
                             batch_size)
     rows = {"teacher_2": fd_terms(scorer.features(naive), teacher_feats)}
     for stage in ("train_init", "train_e2e"):
-        key = _input_key(evaluation, stage)
-        manifest = StudentCheckpointManifest.model_validate(_manifest(workspace, stage, key))
+        key = input_key(evaluation, stage)
+        manifest = StudentCheckpointManifest.model_validate(stage_manifest(workspace, stage, key))
         student = load_student(workspace / stage / key, manifest, teacher,
                                evaluation["config"]["weights"])
         images = generate_images(lambda c, n, s=student: s.sample(n.to(teacher.device), c),
                                  teacher, caps, noise, batch_size)
         rows["student_phase1" if stage == "train_init" else "student"] = fd_terms(
             scorer.features(images), teacher_feats)
-    return {"evaluate": evaluate_key, "train_e2e": _input_key(evaluation, "train_e2e"),
+    return {"evaluate": evaluate_key, "train_e2e": input_key(evaluation, "train_e2e"),
             "samples": len(caps), "stored": {name: evaluation["metrics"].get(f"{name}.fd_teacher")
                                              for name in rows},
             "rows": rows}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, default=Path("runs/toy"))
-    parser.add_argument("--evaluate", nargs="*", default=None,
-                        help="evaluate stage keys (default: the latest)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    import torch
-    from machine import describe_machine, print_machine
-
-    torch.set_num_threads(2)
-    info = describe_machine("cpu")
-    print_machine(info)
-    keys = args.evaluate or [json.loads(
-        (args.workspace / "evaluate" / "latest.json").read_text())["key"]]
-    results = []
-    for key in keys:
-        start = time.perf_counter()
-        result = measure(args.workspace, key)
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        results.append(result)
-        print(f"evaluate {key}, {result['seconds']} s", flush=True)
-        for name, terms in result["rows"].items():
-            print(f"  {name:15s} " + "  ".join(f"{k} {v:.3f}" for k, v in terms.items())
-                  + f"  (stored FD {result['stored'][name]})", flush=True)
-    if args.out:
-        args.out.write_text(json.dumps({"machine": info, "results": results}, indent=1) + "\n")
-    return 0
+def show(key: str, result: dict) -> None:
+    print(f"evaluate {key}, {result['seconds']} s", flush=True)
+    for name, terms in result["rows"].items():
+        print(f"  {name:15s} " + "  ".join(f"{k} {v:.3f}" for k, v in terms.items())
+              + f"  (stored FD {result['stored'][name]})", flush=True)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main_over_evaluations(__doc__.splitlines()[0], measure, show))
