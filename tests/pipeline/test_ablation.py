@@ -79,3 +79,18 @@ def test_claims_get_a_second_verdict_on_the_distribution_where_evaluated():
     assert shared.endswith("| holds (+2.5%, +2.4) |")
     (e2e,) = [line for line in text.splitlines() if line.startswith("| end-to-end")]
     assert e2e.endswith("| inconclusive (+0.0%, +0.0) |")
+
+
+def test_claims_get_a_verdict_on_the_sample_match_where_psnr_was_scored():
+    # end-to-end: the same paired FD, a higher PSNR with it (what the toy measured)
+    psnr = {"full": (30.0, 30.1, 29.9), "no_end_to_end": (29.7, 29.8, 29.75)}
+    results = {name: [{**r, "psnr": psnr.get(name, (30.0, 30.1, 29.9))[k]}
+                      for k, r in enumerate(runs(10.0, 10.2, 9.8))] for name in VARIANTS}
+    lines = ablation_markdown(results).splitlines()
+    assert "| on psnr | on fd_teacher_unpaired |" in lines[len(VARIANTS) + 3]
+    (e2e,) = [line for line in lines if line.startswith("| end-to-end")]
+    # 30.0 ± 0.1 -> 29.75 ± 0.05: 0.25 lower over a standard error of 0.065; higher is better
+    assert e2e.endswith("| **inconclusive** | 10 ± 0.2 -> 10 ± 0.2 (+0.0%) | +0.0 | "
+                        "holds (+0.8%, +3.9) | - |")
+    (shared,) = [line for line in lines if line.startswith("| step-decoupled")]
+    assert shared.endswith("| inconclusive (+0.0%, +0.0) | - |")
