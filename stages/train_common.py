@@ -109,4 +109,3 @@ def check_training_setup(cfg: DistillConfig, phase: str) -> None:
                           "the local Ray instance (ray.num_cpus)")
     except ConfigError as exc:
         raise ConfigError(f"{phase}: {exc}") from None
-

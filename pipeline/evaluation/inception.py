@@ -237,10 +237,14 @@ def check_fid_weights(path: str | Path) -> None:
 def load_fid_inception(path: str | Path, device: str | torch.device = "cpu") -> FIDInceptionV3:
     """The FID network with weights from a safetensors file that passes
     :func:`check_fid_weights`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     check_fid_weights(path)
-    state = {k: v for k, v in load_file(Path(path)).items() if _keep(k)}
+    try:  # the header passed; the file may still change or vanish before it is read
+        state = {k: v for k, v in load_file(Path(path)).items() if _keep(k)}
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{path}: not a safetensors file: {exc}") from None
     model = FIDInceptionV3()
     model.load_state_dict(state, strict=False)  # only num_batches_tracked stay default
     return model.to(device).eval().requires_grad_(False)

@@ -86,7 +86,6 @@ def test_workers_that_the_local_ray_instance_cannot_place_are_refused_before_any
     STAGES["train_e2e"].check(cfg)
 
 
-
 def test_an_mlflow_server_that_cannot_be_reached_is_refused_before_training():
     import socket
 
