@@ -41,7 +41,7 @@ def build_job(ctx: StageContext, phase: int, parameterization: str,
     cfg = ctx.config
     samples = ctx.inputs["sample_teacher"]
     assert isinstance(samples, TeacherSamplesManifest) and ctx.teacher is not None
-    check_samples(ctx.store, samples, ctx.teacher)
+    check_samples(ctx.store, samples, ctx.teacher, ctx.section.num_workers, ctx.name)
     return TrainJob(
         phase=phase,
         config=ctx.section,

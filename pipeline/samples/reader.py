@@ -86,9 +86,18 @@ class TeacherSampleReader(torch.utils.data.IterableDataset):
         store = ArtifactStore(self.store_root)
         epoch = self.epoch
         while True:
-            yield from self._epoch(store, epoch, worker, workers)
+            count = 0
+            for sample in self._epoch(store, epoch, worker, workers):
+                count += 1
+                yield sample
             if not self.loop:
                 return
+            if count == 0:  # a looping reader with nothing to read would spin forever
+                raise ArtifactError(
+                    f"{store.uri(self.stage_dir)}: {self.num_samples} sample(s) cannot feed "
+                    f"{self.world_size} rank(s) x {workers} loader worker(s): rank {self.rank}"
+                    f", worker {worker} gets none; train on at most {self.num_samples} "
+                    f"worker(s) or sample more prompts")
             epoch += 1
 
     def _epoch(self, store: ArtifactStore, epoch: int, worker: int,

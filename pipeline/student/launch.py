@@ -29,14 +29,21 @@ class TrainingError(TwostepError):
 
 
 def check_samples(store: ArtifactStore, samples: TeacherSamplesManifest,
-                  teacher: TeacherConfig) -> None:
-    """The shard set is non-empty, every shard is where the manifest says with its size, and
-    it was made by the configured teacher."""
+                  teacher: TeacherConfig, workers: int = 1, phase: str = "training") -> None:
+    """The shard set is non-empty and holds a train sample for each of ``workers`` (a rank
+    reads every n-th sample where shards are fewer than ranks), every shard is where the
+    manifest says with its size, and it was made by the configured teacher."""
     stage_dir = f"{samples.stage}/{samples.key}"
     train = samples.splits.get("train")
     if train is None or not train.shards or train.num_samples == 0:
         raise ArtifactError(f"{store.uri(stage_dir)}: the teacher sample set has no train "
                             f"samples")
+    if train.num_samples < workers:
+        raise ConfigError(f"{phase}.num_workers: {workers} workers, but the teacher samples "
+                          f"({store.uri(stage_dir)}) hold {train.num_samples} train sample(s),"
+                          f" not one per worker; set {phase}.num_workers <= "
+                          f"{train.num_samples} or sample more prompts "
+                          f"(sample_teacher.max_train_prompts)")
     store.verify_files(stage_dir, [s for split in samples.splits.values() for s in split.shards],
                        full=False, way_out="recompute the teacher samples with distill run "
                                            "--only sample_teacher --force")

@@ -150,6 +150,12 @@ def test_problems_are_found_before_training(samples_workspace, tmp_path):
     empty.splits["train"].num_samples = 0
     with pytest.raises(ArtifactError, match="no train samples"):
         check_samples(store, empty, cfg.teacher)
+    # more training workers than train samples: a worker would read nothing
+    n = samples.splits["train"].num_samples
+    check_samples(store, samples, cfg.teacher, n, "train_e2e")
+    with pytest.raises(ConfigError, match=rf"train_e2e.num_workers: {n + 1} workers.* "
+                                          rf"hold {n} train sample.*num_workers <= {n}"):
+        check_samples(store, samples, cfg.teacher, n + 1, "train_e2e")
     # phase-1 weights of another architecture
     bad = tmp_path / "bad.safetensors"
     save_file({"g1.x_pad_token": torch.zeros(1, 64)}, str(bad))

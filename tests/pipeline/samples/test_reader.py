@@ -8,6 +8,7 @@ import torch
 
 from pipeline.errors import ArtifactError
 from pipeline.samples.reader import TeacherSampleReader, collate_samples
+from tests.pipeline.samples.conftest import write_sample_set
 
 
 def _keys(reader) -> list[str]:
@@ -68,6 +69,20 @@ def test_loop_repeats_epochs(sample_set):
     reader = TeacherSampleReader.from_manifest(store, manifest, "train", loop=True)
     it = iter(reader)
     assert len([next(it) for _ in range(45)]) == 45
+
+
+def test_looping_reader_without_samples_fails_instead_of_spinning(tmp_path):
+    """One sample, two ranks: rank 1 reads nothing each epoch; looping would never yield."""
+    store, manifest = write_sample_set(tmp_path / "ws", n_prompts=1, per_prompt=1)
+    first = iter(TeacherSampleReader.from_manifest(store, manifest, "train", rank=0,
+                                                   world_size=2, loop=True))
+    assert [next(first)["key"] for _ in range(3)] == [next(iter(_keys(
+        TeacherSampleReader.from_manifest(store, manifest, "train"))))] * 3
+    second = TeacherSampleReader.from_manifest(store, manifest, "train", rank=1, world_size=2,
+                                               loop=True)
+    with pytest.raises(ArtifactError, match=r"1 sample\(s\) cannot feed 2 rank\(s\).*rank 1"
+                                            r", worker 0 gets none"):
+        next(iter(second))
 
 
 def test_corrupt_shard_is_named(sample_set):
