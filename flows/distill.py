@@ -55,6 +55,17 @@ def stage_task(
     return outcome
 
 
+class NoEmptyTraceback(logging.Filter):
+    """Prefect logs a task that returns a Failed state (a stage's one-line error) with
+    ``exc_info=True`` outside any exception, which prints a bare ``NoneType: None`` after the
+    line; the empty exception info is dropped, a real one kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is None:
+            record.exc_info = None
+        return True
+
+
 RunSummary = dict[str, dict[str, object]]
 """Per stage: key, cached, uri, counts."""
 
@@ -70,6 +81,9 @@ def run_pipeline(
     (:func:`run_prepared`). A user-fixable error gives a Failed state with its one line."""
     for name in ("pipeline", "stages", "twostep"):  # stage progress lines (INFO) are shown
         logging.getLogger(name).setLevel(logging.INFO)
+    task_runs = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, NoEmptyTraceback) for f in task_runs.filters):
+        task_runs.addFilter(NoEmptyTraceback())
     try:
         run = prepare_run(config, overrides, workspace, only)
     except TwostepError as exc:

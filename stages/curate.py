@@ -22,6 +22,7 @@ from pipeline.curation.select import (
     split_rows,
 )
 from pipeline.curation.sources import check_source, fingerprint_sources, resolve_sources
+from pipeline.errors import SourceError
 from pipeline.ray_runtime import ray_session
 from pipeline.stage import StageContext, StageResult, StageSpec
 from schemas.config import CurateConfig, DistillConfig
@@ -49,14 +50,16 @@ def curate(ctx: StageContext) -> StageResult:
     sel = select_prompts(table, sources, cfg)
     timings["dedupe_s"] = round(time.perf_counter() - start, 3)
 
+    dropped, kept = dropped_counts(sel), len(sel.kept)
+    rows_by_split = split_rows(table, sources, sel, cfg)
+    check_splits({name: len(rows) for name, rows in rows_by_split.items()}, n, dropped, cfg)
     start = time.perf_counter()
     splits = {name: write_split(store, ctx.out_dir, name, rows, cfg.rows_per_shard)
-              for name, rows in split_rows(table, sources, sel, cfg).items()}
+              for name, rows in rows_by_split.items()}
     with store.open_atomic(ctx.out_dir, DROPPED_FILENAME) as handle:
         pq.write_table(dropped_table(table, sources, sel), handle, compression="zstd")
     timings["write_s"] = round(time.perf_counter() - start, 3)
 
-    dropped, kept = dropped_counts(sel), len(sel.kept)
     counts = {"rows_read": n, "kept": kept, "dropped": n - kept,
               "train": splits["train"].num_prompts, "eval": splits["eval"].num_prompts}
     ctx.log.info("curate: kept %d of %d rows (train %d, eval %d); dropped %s", kept, n,
@@ -68,6 +71,24 @@ def curate(ctx: StageContext) -> StageResult:
         fields={"splits": splits, "dropped": dropped,
                 "sources": source_stats(table, sources, sel)},
     )
+
+
+def check_splits(sizes: dict[str, int], rows_read: int, dropped: dict[str, int],
+                 cfg: CurateConfig) -> None:
+    """Refuse a prompt set that no later stage can use, before anything is written: no train
+    prompt, or no eval prompt although ``eval_fraction`` asks for an eval split (evaluate
+    would fail on it only after sampling and training)."""
+    why = ", ".join(f"{rule} {count}" for rule, count in dropped.items() if count) or "none"
+    kept = sum(sizes.values())
+    if sizes["train"] == 0:
+        raise SourceError(f"no train prompt: {kept} of {rows_read} rows kept (dropped: "
+                          f"{why}); check curate.sources (path, format, field) and the rules "
+                          f"(min_words, max_words, ...) in docs/curation.md")
+    if cfg.eval_fraction > 0 and sizes["eval"] == 0:
+        raise SourceError(f"no eval prompt: {kept} prompts kept, none drawn for eval at "
+                          f"curate.eval_fraction={cfg.eval_fraction:g}; add prompts, raise "
+                          f"eval_fraction, or set it to 0 to curate without an eval split (no "
+                          f"evaluate)")
 
 
 def check(cfg: DistillConfig) -> None:

@@ -44,7 +44,7 @@ def evaluate(ctx: StageContext) -> StageResult:
     samples = ctx.inputs["sample_teacher"]
     assert isinstance(samples, TeacherSamplesManifest)
     if "eval" not in samples.splits or samples.splits["eval"].num_samples < 2:
-        raise ArtifactError("evaluate: the teacher samples hold fewer than 2 eval samples; "
+        raise ArtifactError("the teacher samples hold fewer than 2 eval samples; "
                             "raise curate.eval_fraction")
     from pipeline.teachers import load_teacher
 

@@ -69,7 +69,8 @@ def sample_teacher(ctx: StageContext) -> StageResult:
     plans = {split: plan_shards(split, *prompts[split], per_prompt[split], cfg.seed,
                                 cfg.samples_per_shard) for split in SPLITS}
     if not plans["train"]:
-        raise ArtifactError("sample_teacher: the curated train split holds no prompts")
+        raise ArtifactError("the curated train split holds no prompts; curate again (distill "
+                            "run --only curate --force)")
     job = ShardJob(teacher=teacher_cfg, record={"teacher_id": desc.teacher_id,
                                                 "sigmas": desc.sigmas,
                                                 "sigma_mid": cfg.sigma_mid},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -121,7 +122,8 @@ def check_source(src: ResolvedSource) -> None:
     """Cheap pre-flight check of one file source, before any work (see docs/curation.md,
     "Whole-file checks"): a text source must be non-blank UTF-8 text with lines shorter than
     :data:`SAMPLE_BYTES` (judged on its first :data:`SAMPLE_BYTES`); a CSV or Parquet source
-    must have the configured column, and a Parquet source at least one row."""
+    must have the configured column, a JSONL source a record with it among the sampled ones,
+    and a Parquet source at least one row."""
     if src.toy is not None:
         return
     try:
@@ -140,7 +142,14 @@ def check_source(src: ResolvedSource) -> None:
     except (OSError, EOFError) as exc:  # also a corrupt .gz/.bz2/.xz
         raise SourceError(f"{src.config_path}.path: cannot read {src.uri}: "
                           f"{_first_line(exc)}") from None
-    _check_text_sample(head[:SAMPLE_BYTES], len(head) <= SAMPLE_BYTES, src)
+    whole = len(head) <= SAMPLE_BYTES
+    _check_text_sample(head[:SAMPLE_BYTES], whole, src)
+    if src.format == "jsonl":
+        lines = _lines(head[:SAMPLE_BYTES])
+        scope = "" if whole else f"in the first {_size(SAMPLE_BYTES)} "
+        error = _missing_field(src, _jsonl_records(lines if whole else lines[:-1]), scope)
+        if error:
+            raise error
     if src.format == "csv":
         line = head.removeprefix(_UTF8_BOM).split(b"\n", 1)[0]
         text = line.decode("utf-8", errors="replace").rstrip("\r")
@@ -246,14 +255,44 @@ def read_source(src: ResolvedSource) -> pa.Table:
     reader = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json,
               "csv": _read_csv, "parquet": _read_parquet}[src.format]
     texts, statuses = reader(data, src)
-    if src.format in ("jsonl", "json") and statuses and all(
-        s in ("missing_field", "") and t in (None, "") for t, s in zip(texts, statuses, strict=True)
-    ) and "missing_field" in statuses:
-        raise SourceError(
-            f"{src.config_path}.field: no record of {src.uri} has the field {src.field!r}; "
-            f"set field to the key that holds the prompt"
-        )
+    if src.format in ("jsonl", "json") and "missing_field" in statuses:
+        records = (_jsonl_records(_lines(data)) if src.format == "jsonl"
+                   else _json_records(data, src))
+        error = _missing_field(src, records, "")
+        if error:
+            raise error
     return _table(src.index, texts, statuses)
+
+
+def _missing_field(src: ResolvedSource, records: Iterable[object],
+                   scope: str) -> SourceError | None:
+    """The error for a JSON/JSONL source none of whose ``records`` (the parsed ones; ``scope``
+    says which part of the file) holds a prompt under ``field``, naming the keys they have;
+    None when a record holds it, is a bare string (a prompt too), or none is an object."""
+    keys: dict[str, None] = {}
+    for record in records:
+        if isinstance(record, str) or (isinstance(record, dict)
+                                       and record.get(src.field) is not None):
+            return None
+        if isinstance(record, dict):
+            keys.update(dict.fromkeys(map(str, record)))
+    if not keys:
+        return None
+    shown = ", ".join(list(keys)[:12]) + (", ..." if len(keys) > 12 else "")
+    return SourceError(f"{src.config_path}.field: no record {scope}of {src.uri} has the field "
+                       f"{src.field!r} (its records have: {shown}); set field to the key that "
+                       f"holds the prompt")
+
+
+def _jsonl_records(lines: Iterable[bytes]) -> Iterator[object]:
+    """The values of the lines that parse as JSON (blank and broken lines skipped)."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bad UTF-8
+            continue
 
 
 def _table(index: int, texts: list[str | None], statuses: list[str]) -> pa.Table:
@@ -338,7 +377,8 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _read_json(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list[str]]:
+def _json_records(data: bytes, src: ResolvedSource) -> list[object]:
+    """The records of a ``.json`` source: its top-level list, or the list under ``field``."""
     try:
         doc = json.loads(data.decode("utf-8-sig", errors="surrogateescape"))
     except json.JSONDecodeError as exc:
@@ -353,9 +393,13 @@ def _read_json(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list
             f"{src.config_path}: {src.uri} must hold a JSON list of records or strings (or an "
             f"object with a list under {src.field!r}), got {type(doc).__name__}"
         )
+    return doc
+
+
+def _read_json(data: bytes, src: ResolvedSource) -> tuple[list[str | None], list[str]]:
     texts: list[str | None] = []
     statuses: list[str] = []
-    for record in doc:
+    for record in _json_records(data, src):
         text, status = _field_value(record, src.field)
         if text is not None and _has_surrogates(text):
             text, status = None, "malformed_utf8"

@@ -64,7 +64,9 @@ def test_error_inside_a_stage_is_one_line_too(tmp_path):
     result = distill("run", "--config", "smoke", "--workspace", str(tmp_path / "ws"),
                      "--set", f"curate.sources=[{{path: '{bad}'}}]")
     assert result.returncode == 1
+    # no traceback, not even the empty one Prefect logs for a task that returns Failed
     assert "Traceback" not in result.stderr + result.stdout
+    assert "NoneType: None" not in result.stderr + result.stdout
     assert "error: curate: curate.sources[0]: " in result.stderr
     assert "bad.json is not valid JSON (line 1, column 41" in result.stderr
 

@@ -115,8 +115,8 @@ def test_missing_source_is_a_clear_error_before_work(tmp_path):
 def test_glob_source_and_csv_without_the_column(tmp_path):
     (tmp_path / "a.txt").write_text("a red circle\n")
     (tmp_path / "b.txt").write_text("a blue square\n")
-    cfg = load_config("smoke", [f"curate.sources=[{{path: '{tmp_path}/*.txt'}}]"],
-                      workspace=str(tmp_path / "ws"))
+    cfg = load_config("smoke", [f"curate.sources=[{{path: '{tmp_path}/*.txt'}}]",
+                                "curate.eval_fraction=0"], workspace=str(tmp_path / "ws"))
     m = run_stage(STAGE, cfg, ArtifactStore(cfg.workspace)).manifest
     assert [s.name for s in m.sources] == ["a.txt", "b.txt"] and m.counts["kept"] == 2
 
@@ -151,8 +151,8 @@ def test_key_depends_only_on_the_curate_section():
 def test_editing_a_source_file_changes_the_key(tmp_path):
     src = tmp_path / "p.txt"
     src.write_text("a red circle\n")
-    cfg = load_config("smoke", [f"curate.sources=[{{path: '{src}'}}]"],
-                      workspace=str(tmp_path / "ws"))
+    cfg = load_config("smoke", [f"curate.sources=[{{path: '{src}'}}]",
+                                "curate.eval_fraction=0"], workspace=str(tmp_path / "ws"))
     store = ArtifactStore(cfg.workspace)
     first = run_stage(STAGE, cfg, store)
     assert run_stage(STAGE, cfg, store).cached
@@ -166,8 +166,8 @@ def test_editing_a_source_file_changes_the_key(tmp_path):
 def test_punctuation_only_prompts_are_not_near_duplicates(tmp_path):
     src = tmp_path / "p.txt"
     src.write_text("!!!\n???\n...\n!!!\n")
-    cfg = load_config("smoke", [f"curate.sources=[{{path: '{src}'}}]"],
-                      workspace=str(tmp_path / "ws"))
+    cfg = load_config("smoke", [f"curate.sources=[{{path: '{src}'}}]",
+                                "curate.eval_fraction=0"], workspace=str(tmp_path / "ws"))
     m = run_stage(STAGE, cfg, ArtifactStore(cfg.workspace)).manifest
     assert m.counts["kept"] == 3 and m.dropped["exact_duplicate"] == 1
     assert m.dropped["near_duplicate"] == 0
@@ -181,3 +181,29 @@ def test_a_json_field_that_no_record_has_is_an_error(tmp_path):
     with pytest.raises(SourceError, match=r"sources\[0\].field: no record of .*p.jsonl has the "
                                           r"field 'prompt'"):
         run_stage(STAGE, cfg, ArtifactStore(cfg.workspace))
+
+
+def test_a_prompt_set_no_stage_can_use_is_refused_and_nothing_is_published(tmp_path):
+    """Every row dropped: no train prompt (the rules that dropped them are named). Prompts
+    kept but none drawn for eval although eval_fraction asks for it: evaluate would fail on
+    it after training. eval_fraction 0 curates without an eval split."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": 1}\n{"prompt": ["a list"]}\n')
+    cfg = load_config("smoke", [f"curate.sources=[{{path: '{bad}'}}]"],
+                      workspace=str(tmp_path / "ws"))
+    store = ArtifactStore(cfg.workspace)
+    with pytest.raises(SourceError, match=r"no train prompt: 0 of 2 rows kept \(dropped: "
+                                          r"malformed_record 2\)"):
+        run_stage(STAGE, cfg, store)
+    three = tmp_path / "three.txt"
+    three.write_text("a red circle\na blue square\na green star\n")
+    cfg = load_config("smoke", [f"curate.sources=[{{path: '{three}'}}]",
+                                "curate.eval_fraction=0.01"], workspace=str(tmp_path / "ws"))
+    with pytest.raises(SourceError, match=r"no eval prompt: 3 prompts kept, none drawn for "
+                                          r"eval at curate.eval_fraction=0.01"):
+        run_stage(STAGE, cfg, store)
+    assert not list((tmp_path / "ws" / "curate").glob("*/manifest.json"))
+    cfg = load_config("smoke", [f"curate.sources=[{{path: '{three}'}}]",
+                                "curate.eval_fraction=0"], workspace=str(tmp_path / "ws"))
+    assert run_stage(STAGE, cfg, store).manifest.counts == {
+        "rows_read": 3, "kept": 3, "dropped": 0, "train": 3, "eval": 0}

@@ -57,6 +57,30 @@ def test_file_level_errors_name_the_file(tmp_path):
         read_source(resolve_sources([FileSource(path=str(tmp_path / "p.parquet"))])[0])
 
 
+def test_a_jsonl_field_that_no_record_has_is_refused_before_reading(tmp_path):
+    """The pre-flight names the keys the records do have; one record with the field (or a
+    bare string) passes, and a file larger than the sample is judged on the sample."""
+    def check(name, data, **kw):
+        (tmp_path / name).write_bytes(data)
+        check_source(resolve_sources([FileSource(path=str(tmp_path / name), **kw)])[0])
+
+    records = b'{"caption": "a red circle", "id": 1}\n{"caption": "a blue square"}\n'
+    with pytest.raises(SourceError, match=r"sources\[0\].field: no record of .*a.jsonl has the "
+                                          r"field 'prompt' \(its records have: caption, id\); "
+                                          r"set field"):
+        check("a.jsonl", records)
+    check("a.jsonl", records, field="caption")
+    check("b.jsonl", records + b'not json\n{"prompt": "a star"}\n')
+    check("c.jsonl", records + b'"a bare string is a prompt"\n')
+    big = records * (SAMPLE_BYTES // len(records) + 10) + b'{"prompt": "too late"}\n'
+    with pytest.raises(SourceError, match=r"no record in the first 1 MiB of .*d.jsonl"):
+        check("d.jsonl", big)
+    (tmp_path / "e.json").write_text('[{"caption": "x"}, {"caption": "y"}]')
+    with pytest.raises(SourceError, match=r"no record of .*e.json has the field 'prompt' "
+                                          r"\(its records have: caption\)"):
+        _rows(tmp_path / "e.json")  # a .json document is judged when it is read
+
+
 def test_toy_source_is_deterministic():
     (src,) = resolve_sources([ToySource(num_prompts=50, seed=3)])
     assert read_source(src).equals(read_source(src))
