@@ -127,6 +127,8 @@ CASES: dict[str, Case] = {
                            "curate.sources[0].path"),
     "prompts_one_line_100mb": Case("prompts", one_line_100mb, "prompts_one_line_100mb.txt",
                                    "curate.sources[0].path"),
+    "prompts_wrong_field": Case("prompts", committed("prompts_wrong_field.jsonl"),
+                                "prompts_wrong_field.jsonl", "curate.sources[0].field"),
     # teacher folders: teacher.path=FOLDER
     "teacher_path_missing": Case("teacher", lambda tmp: tmp / "no_such_teacher",
                                  "no_such_teacher", "teacher.path"),
