@@ -123,6 +123,13 @@ LEVERS: dict[str, list[str]] = {
     # 2026-12-06, night: what phase 2 starts from and how much one of its steps averages
     "p2_init_student": ["train_e2e.init_from=student"],
     "p2_batch_64": ["train_e2e.batch_size=64"],
+    # 2026-12-06, second night: the perceptual term at the preset's phase-2 lr (measured only
+    # at lr 1e-4 on 2026-12-02)
+    "p2_feature_0.5": ["train_e2e.feature_weight=0.5"],
+    "p2_feature_2": ["train_e2e.feature_weight=2.0"],
+    # phase 2's lr on either side of the preset's 2e-5 at 300 + 200 (1e-4 measured at 200 + 200)
+    "p2_lr_1e-5": ["train_e2e.optimizer.lr=1e-5"],
+    "p2_lr_4e-5": ["train_e2e.optimizer.lr=4e-5"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
