@@ -27,7 +27,14 @@ from pipeline.stage import StageOutcome  # noqa: E402
 from pipeline.store import ArtifactStore  # noqa: E402
 from schemas.config import DistillConfig  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
-from stages.registry import STAGES, PlannedStage, PreparedRun, execute, prepare_run  # noqa: E402
+from stages.registry import (  # noqa: E402
+    STAGES,
+    PlannedStage,
+    PreparedRun,
+    check_ahead,
+    execute,
+    prepare_run,
+)
 
 
 @task(name="stage", task_run_name="{step.name}", cache_policy=NO_CACHE, retries=0)
@@ -81,9 +88,6 @@ def run_pipeline(
     (:func:`run_prepared`). A user-fixable error gives a Failed state with its one line."""
     for name in ("pipeline", "stages", "twostep"):  # stage progress lines (INFO) are shown
         logging.getLogger(name).setLevel(logging.INFO)
-    task_runs = logging.getLogger("prefect.task_runs")
-    if not any(isinstance(f, NoEmptyTraceback) for f in task_runs.filters):
-        task_runs.addFilter(NoEmptyTraceback())
     try:
         run = prepare_run(config, overrides, workspace, only)
     except TwostepError as exc:
@@ -95,6 +99,9 @@ def run_pipeline(
 def run_prepared(run: PreparedRun, force: bool) -> RunSummary | State:
     """Run the planned stages on one Ray session. Returns a summary per stage, or a Failed
     state carrying the one-line message of a failed stage (the flow run is then Failed)."""
+    task_runs = logging.getLogger("prefect.task_runs")  # every flow's stages pass here
+    if not any(isinstance(f, NoEmptyTraceback) for f in task_runs.filters):
+        task_runs.addFilter(NoEmptyTraceback())
     outputs: dict[str, Manifest] = {}
     summary: RunSummary = {}
     with ray_session(run.config.ray):
@@ -106,6 +113,11 @@ def run_prepared(run: PreparedRun, force: bool) -> RunSummary | State:
             outputs[step.name] = outcome.manifest
             summary[step.name] = {"key": outcome.manifest.key, "cached": outcome.cached,
                                   "uri": outcome.uri, "counts": outcome.manifest.counts}
+            try:
+                check_ahead(run.plan, run.config, outputs)
+            except TwostepError as exc:
+                get_run_logger().error("%s", exc)
+                return Failed(message=str(exc))
     return summary
 
 

@@ -96,6 +96,11 @@ class StageSpec(Generic[M]):
     section: Callable[[DistillConfig], BaseModel]
     run: Callable[[StageContext], StageResult]
     check: Callable[[DistillConfig], None] = lambda cfg: None
+    check_inputs: Callable[[DistillConfig, Mapping[str, Manifest]], None] = (
+        lambda cfg, outputs: None)
+    """Checks of earlier stages' outputs (``outputs``: those finished so far) that would fail
+    this stage: run after each earlier stage of the run, so that the run stops there and not
+    here after the stages between (:func:`stages.registry.check_ahead`)."""
     version: int = 1
     fingerprint: Callable[[DistillConfig], dict[str, str]] = lambda cfg: {}
     """Identity of inputs that are not manifests (e.g. the source files of ``curate``:

@@ -75,20 +75,20 @@ def curate(ctx: StageContext) -> StageResult:
 
 def check_splits(sizes: dict[str, int], rows_read: int, dropped: dict[str, int],
                  cfg: CurateConfig) -> None:
-    """Refuse a prompt set that no later stage can use, before anything is written: no train
-    prompt, or no eval prompt although ``eval_fraction`` asks for an eval split (evaluate
-    would fail on it only after sampling and training)."""
-    why = ", ".join(f"{rule} {count}" for rule, count in dropped.items() if count) or "none"
+    """Refuse a prompt set without a train prompt, which no later stage can use, before
+    anything is written. (An empty eval split is refused by ``evaluate``'s input check as soon
+    as curation ends, when the run evaluates.)"""
     kept = sum(sizes.values())
-    if sizes["train"] == 0:
-        raise SourceError(f"no train prompt: {kept} of {rows_read} rows kept (dropped: "
-                          f"{why}); check curate.sources (path, format, field) and the rules "
-                          f"(min_words, max_words, ...) in docs/curation.md")
-    if cfg.eval_fraction > 0 and sizes["eval"] == 0:
-        raise SourceError(f"no eval prompt: {kept} prompts kept, none drawn for eval at "
-                          f"curate.eval_fraction={cfg.eval_fraction:g}; add prompts, raise "
-                          f"eval_fraction, or set it to 0 to curate without an eval split (no "
-                          f"evaluate)")
+    if sizes["train"] > 0:
+        return
+    if kept:
+        raise SourceError(f"no train prompt: all {kept} kept prompts were drawn for eval at "
+                          f"curate.eval_fraction={cfg.eval_fraction:g}; lower eval_fraction or "
+                          f"add prompts")
+    why = ", ".join(f"{rule} {count}" for rule, count in dropped.items() if count) or "none"
+    raise SourceError(f"no train prompt: 0 of {rows_read} rows kept (dropped: {why}); check "
+                      f"curate.sources (path, format, field) and the rules (min_words, "
+                      f"max_words, ...) in docs/curation.md")
 
 
 def check(cfg: DistillConfig) -> None:

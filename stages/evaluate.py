@@ -5,6 +5,7 @@ image grid and the training curves (:mod:`pipeline.evaluation`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from itertools import islice
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from schemas.config import DistillConfig, EvaluateConfig
 from schemas.manifest import (
     EvalReportManifest,
     GeneratorScores,
+    Manifest,
+    PromptSetManifest,
     TeacherSamplesManifest,
 )
 
@@ -116,6 +119,24 @@ def check(cfg: DistillConfig) -> None:
         check_extra_student(cfg, name, Path(path))
 
 
+def check_inputs(cfg: DistillConfig, outputs: Mapping[str, Manifest]) -> None:
+    """As soon as curation ends: its eval split gives evaluate at least 2 eval samples (a
+    small corpus at a small ``eval_fraction`` may draw none), else the run would fail here
+    only after sampling and both training phases."""
+    prompts = outputs.get("curate")
+    if not isinstance(prompts, PromptSetManifest) or "sample_teacher" in outputs:
+        return  # once the samples exist, the stage's own check reads them
+    found = prompts.splits["eval"].num_prompts if "eval" in prompts.splits else 0
+    most = cfg.sample_teacher.max_eval_prompts
+    used = found if most is None else min(found, most)
+    if used * cfg.sample_teacher.eval_samples_per_prompt < 2:
+        raise ConfigError(
+            f"evaluate: the curated eval split holds {found} prompt(s), which give "
+            f"{used * cfg.sample_teacher.eval_samples_per_prompt} eval sample(s) (evaluate "
+            f"needs 2); add prompts or raise curate.eval_fraction (now "
+            f"{cfg.curate.eval_fraction:g}), or run without evaluate (--only ...)")
+
+
 def check_extra_student(cfg: DistillConfig, name: str, folder: Path) -> None:
     """``evaluate.extra_students.<name>`` is a finished training stage folder whose scored
     weights fit this run's teacher (names and shapes from the safetensors header): else the
@@ -159,6 +180,7 @@ STAGE: StageSpec[EvalReportManifest] = StageSpec(
     section=lambda cfg: cfg.evaluate,
     run=evaluate,
     check=check,
+    check_inputs=check_inputs,
     version=2,  # 2: fd_teacher_unpaired
     fingerprint=_fingerprint,
     uses_teacher=True,

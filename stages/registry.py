@@ -92,6 +92,15 @@ def execute(
                      allow_compute=step.compute, progress=progress)
 
 
+def check_ahead(plan: list[PlannedStage], cfg: DistillConfig,
+                done: Mapping[str, Manifest]) -> None:
+    """Each planned stage that has not run checks the outputs finished so far
+    (:attr:`~pipeline.stage.StageSpec.check_inputs`); raises its one-line error."""
+    for step in plan:
+        if step.name not in done:
+            step.spec.check_inputs(cfg, done)
+
+
 @dataclass(frozen=True)
 class PreparedRun:
     """A validated run: its config, its plan and its workspace."""

@@ -145,9 +145,9 @@ def check_source(src: ResolvedSource) -> None:
     whole = len(head) <= SAMPLE_BYTES
     _check_text_sample(head[:SAMPLE_BYTES], whole, src)
     if src.format == "jsonl":
-        lines = _lines(head[:SAMPLE_BYTES])
+        sample = head if whole else head[:SAMPLE_BYTES].rpartition(b"\n")[0]  # whole lines
         scope = "" if whole else f"in the first {_size(SAMPLE_BYTES)} "
-        error = _missing_field(src, _jsonl_records(lines if whole else lines[:-1]), scope)
+        error = _missing_field(src, _jsonl_records(_lines(sample)), scope)
         if error:
             raise error
     if src.format == "csv":
@@ -278,6 +278,10 @@ def _missing_field(src: ResolvedSource, records: Iterable[object],
             keys.update(dict.fromkeys(map(str, record)))
     if not keys:
         return None
+    if src.field in keys:
+        return SourceError(f"{src.config_path}.field: every record {scope}of {src.uri} that has "
+                           f"the field {src.field!r} holds null there: no prompt to read; fill "
+                           f"it in, or set field to the key that holds the prompt")
     shown = ", ".join(list(keys)[:12]) + (", ..." if len(keys) > 12 else "")
     return SourceError(f"{src.config_path}.field: no record {scope}of {src.uri} has the field "
                        f"{src.field!r} (its records have: {shown}); set field to the key that "

@@ -84,21 +84,34 @@ class TeacherSampleReader(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         store = ArtifactStore(self.store_root)
+        if self.loop and self._never_fed(worker, workers):  # it would spin forever
+            raise ArtifactError(
+                f"{store.uri(self.stage_dir)}: {self.num_samples} sample(s) in "
+                f"{len(self.shards)} shard(s) cannot feed {self.world_size} rank(s) x "
+                f"{workers} loader worker(s): rank {self.rank}, worker {worker} would never get "
+                f"one; use fewer training or loader workers, or sample more prompts")
         epoch = self.epoch
         while True:
-            count = 0
-            for sample in self._epoch(store, epoch, worker, workers):
-                count += 1
-                yield sample
+            yield from self._epoch(store, epoch, worker, workers)
             if not self.loop:
                 return
-            if count == 0:  # a looping reader with nothing to read would spin forever
-                raise ArtifactError(
-                    f"{store.uri(self.stage_dir)}: {self.num_samples} sample(s) cannot feed "
-                    f"{self.world_size} rank(s) x {workers} loader worker(s): rank {self.rank}"
-                    f", worker {worker} gets none; train on at most {self.num_samples} "
-                    f"worker(s) or sample more prompts")
             epoch += 1
+
+    def _never_fed(self, worker: int, workers: int) -> bool:
+        """Whether this (rank, worker) reads no sample in any epoch: the splits of
+        :meth:`_epoch` worked out from the shards' sizes (with a shuffle, any shards can be this
+        rank's, so the largest ones bound what it can get; without, its own shards decide)."""
+        if self.world_size > 1 and len(self.shards) < self.world_size:  # ranks split samples
+            per_rank = len(range(self.rank, self.num_samples, self.world_size))
+            return per_rank <= (worker if workers > 1 else 0)
+        mine = len(range(self.rank, len(self.shards), self.world_size))
+        counts = (sorted((s.num_samples for s in self.shards), reverse=True)[:mine]
+                  if self.shuffle_buffer
+                  else [s.num_samples for s in self.shards[self.rank::self.world_size]])
+        if workers > 1 and mine >= workers:  # workers split the rank's shards
+            n = len(range(worker, mine, workers))
+            return sum(counts[:n] if self.shuffle_buffer else counts[worker::workers]) == 0
+        return sum(counts) <= (worker if workers > 1 else 0)
 
     def _epoch(self, store: ArtifactStore, epoch: int, worker: int,
                workers: int) -> Iterator[dict[str, Any]]:

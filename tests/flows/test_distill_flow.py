@@ -63,6 +63,25 @@ def test_failed_stage_fails_the_flow(prefect_server, tmp_path):
         state.result()
 
 
+def test_an_eval_split_evaluate_cannot_use_stops_the_run_after_curation(prefect_server,
+                                                                          tmp_path):
+    """A small corpus at a small eval_fraction draws no eval prompt: the run stops as soon as
+    curation ends (evaluate's input check), not at evaluate after sampling and training."""
+    from flows.distill import distill
+
+    three = tmp_path / "three.txt"
+    three.write_text("a red circle\na blue square\na green star\n")
+    ws = tmp_path / "ws"
+    state = distill(config="smoke", workspace=str(ws), overrides=[
+        f"curate.sources=[{{path: '{three}'}}]", "curate.eval_fraction=0.01"],
+        return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"evaluate: the curated eval split holds 0 prompt\(s\), "
+                                        r"which give 0 eval sample\(s\) \(evaluate needs 2\)"):
+        state.result()
+    assert list(ws.glob("curate/*/manifest.json")) and not (ws / "sample_teacher").exists()
+
+
 def test_ablate_flow_checks_every_variant_before_training_any(prefect_server, tmp_path):
     """Through the flow (the deployment's path) as through the CLI: a variant the run's
     config contradicts (gan_real_data without a discriminator) fails before the variants

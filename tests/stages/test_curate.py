@@ -183,10 +183,9 @@ def test_a_json_field_that_no_record_has_is_an_error(tmp_path):
         run_stage(STAGE, cfg, ArtifactStore(cfg.workspace))
 
 
-def test_a_prompt_set_no_stage_can_use_is_refused_and_nothing_is_published(tmp_path):
-    """Every row dropped: no train prompt (the rules that dropped them are named). Prompts
-    kept but none drawn for eval although eval_fraction asks for it: evaluate would fail on
-    it after training. eval_fraction 0 curates without an eval split."""
+def test_a_prompt_set_without_train_prompts_is_refused_and_nothing_is_published(tmp_path):
+    """Every row dropped (the rules that dropped them are named), or every kept prompt drawn
+    for eval: nothing to train on, refused before anything is written."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": 1}\n{"prompt": ["a list"]}\n')
     cfg = load_config("smoke", [f"curate.sources=[{{path: '{bad}'}}]"],
@@ -198,12 +197,12 @@ def test_a_prompt_set_no_stage_can_use_is_refused_and_nothing_is_published(tmp_p
     three = tmp_path / "three.txt"
     three.write_text("a red circle\na blue square\na green star\n")
     cfg = load_config("smoke", [f"curate.sources=[{{path: '{three}'}}]",
-                                "curate.eval_fraction=0.01"], workspace=str(tmp_path / "ws"))
-    with pytest.raises(SourceError, match=r"no eval prompt: 3 prompts kept, none drawn for "
-                                          r"eval at curate.eval_fraction=0.01"):
+                                "curate.eval_fraction=0.999"], workspace=str(tmp_path / "ws"))
+    with pytest.raises(SourceError, match=r"no train prompt: all 3 kept prompts were drawn for "
+                                          r"eval at curate.eval_fraction=0.999"):
         run_stage(STAGE, cfg, store)
     assert not list((tmp_path / "ws" / "curate").glob("*/manifest.json"))
     cfg = load_config("smoke", [f"curate.sources=[{{path: '{three}'}}]",
-                                "curate.eval_fraction=0"], workspace=str(tmp_path / "ws"))
-    assert run_stage(STAGE, cfg, store).manifest.counts == {
+                                "curate.eval_fraction=0.01"], workspace=str(tmp_path / "ws"))
+    assert run_stage(STAGE, cfg, store).manifest.counts == {  # no eval: evaluate's concern
         "rows_read": 3, "kept": 3, "dropped": 0, "train": 3, "eval": 0}

@@ -80,9 +80,24 @@ def test_looping_reader_without_samples_fails_instead_of_spinning(tmp_path):
         TeacherSampleReader.from_manifest(store, manifest, "train"))))] * 3
     second = TeacherSampleReader.from_manifest(store, manifest, "train", rank=1, world_size=2,
                                                loop=True)
-    with pytest.raises(ArtifactError, match=r"1 sample\(s\) cannot feed 2 rank\(s\).*rank 1"
-                                            r", worker 0 gets none"):
+    with pytest.raises(ArtifactError, match=r"1 sample\(s\) in 1 shard\(s\) cannot feed 2 "
+                                            r"rank\(s\) x 1 loader worker\(s\): rank 1, "
+                                            r"worker 0 would never get one"):
         next(iter(second))
+
+
+def test_a_loader_worker_without_samples_in_one_epoch_is_not_refused(tmp_path):
+    """Shards of 4, 4 and 1 samples, shuffled: rank 1 of 2 holds one shard an epoch, and its
+    loader worker 1 reads nothing in the epochs where that is the 1-sample shard (epochs 1-3)
+    and 2 samples in the others. Only a reader that can never get a sample is refused."""
+    store, manifest = write_sample_set(tmp_path / "ws", n_prompts=9, per_prompt=1, per_shard=4)
+    assert [s.num_samples for s in manifest.splits["train"].shards] == [4, 4, 1]
+    reader = TeacherSampleReader.from_manifest(store, manifest, "train", rank=1, world_size=2,
+                                               shuffle_buffer=2, loop=True)
+    loader = torch.utils.data.DataLoader(reader, batch_size=1, num_workers=2,
+                                         collate_fn=collate_samples)
+    batches = iter(loader)
+    assert len([next(batches) for _ in range(12)]) == 12
 
 
 def test_corrupt_shard_is_named(sample_set):
