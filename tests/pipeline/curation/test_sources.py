@@ -75,6 +75,14 @@ def test_a_jsonl_field_that_no_record_has_is_refused_before_reading(tmp_path):
     big = records * (SAMPLE_BYTES // len(records) + 10) + b'{"prompt": "too late"}\n'
     with pytest.raises(SourceError, match=r"no record in the first 1 MiB of .*d.jsonl"):
         check("d.jsonl", big)
+    # the record with the prompt ends exactly at the sample's last byte: it is judged whole
+    head = b'{"id": 0}\n' * ((SAMPLE_BYTES - 22) // 10)
+    edge = head + b'{"prompt": "a star"}\n'.rjust(SAMPLE_BYTES - len(head), b" ")
+    assert len(edge) == SAMPLE_BYTES
+    check("f.jsonl", edge + b"x")
+    with pytest.raises(SourceError, match=r"every record of .*g.jsonl that has the field "
+                                          r"'prompt' holds null there"):
+        check("g.jsonl", b'{"prompt": null, "id": 1}\n{"id": 2}\n')
     (tmp_path / "e.json").write_text('[{"caption": "x"}, {"caption": "y"}]')
     with pytest.raises(SourceError, match=r"no record of .*e.json has the field 'prompt' "
                                           r"\(its records have: caption\)"):
