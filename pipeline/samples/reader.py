@@ -99,19 +99,19 @@ class TeacherSampleReader(torch.utils.data.IterableDataset):
 
     def _never_fed(self, worker: int, workers: int) -> bool:
         """Whether this (rank, worker) reads no sample in any epoch: the splits of
-        :meth:`_epoch` worked out from the shards' sizes (with a shuffle, any shards can be this
-        rank's, so the largest ones bound what it can get; without, its own shards decide)."""
-        if self.world_size > 1 and len(self.shards) < self.world_size:  # ranks split samples
-            per_rank = len(range(self.rank, self.num_samples, self.world_size))
-            return per_rank <= (worker if workers > 1 else 0)
-        mine = len(range(self.rank, len(self.shards), self.world_size))
-        counts = (sorted((s.num_samples for s in self.shards), reverse=True)[:mine]
-                  if self.shuffle_buffer
-                  else [s.num_samples for s in self.shards[self.rank::self.world_size]])
-        if workers > 1 and mine >= workers:  # workers split the rank's shards
-            n = len(range(worker, mine, workers))
+        :meth:`_epoch` (the same :func:`_split`) worked out from the shards' sizes. With a
+        shuffle any shards can be this rank's, so the largest ones bound what it can get;
+        without, its own shards decide. (``worker`` is 0 when ``workers`` is 1.)"""
+        shards, by_rank = _split(self.shards, self.rank, self.world_size)
+        if by_rank:  # ranks keep every n-th sample, its workers every n-th of those
+            return len(range(self.rank, self.num_samples, self.world_size)) <= worker
+        if self.shuffle_buffer:
+            shards = sorted(self.shards, key=lambda s: s.num_samples, reverse=True)[:len(shards)]
+        counts = [s.num_samples for s in shards]
+        if workers > 1 and len(counts) >= workers:  # workers split the rank's shards
+            n = len(range(worker, len(counts), workers))
             return sum(counts[:n] if self.shuffle_buffer else counts[worker::workers]) == 0
-        return sum(counts) <= (worker if workers > 1 else 0)
+        return sum(counts) <= worker  # one reader, or the workers split the rank's samples
 
     def _epoch(self, store: ArtifactStore, epoch: int, worker: int,
                workers: int) -> Iterator[dict[str, Any]]:
