@@ -21,6 +21,8 @@ from schemas.manifest import (
 )
 
 PHASES = ("train_init", "train_e2e")
+MIN_EVAL_SAMPLES = 2
+"""evaluate scores at least this many eval samples (an FD needs two)."""
 
 
 def evaluate(ctx: StageContext) -> StageResult:
@@ -46,8 +48,8 @@ def evaluate(ctx: StageContext) -> StageResult:
     assert isinstance(cfg, EvaluateConfig) and t is not None
     samples = ctx.inputs["sample_teacher"]
     assert isinstance(samples, TeacherSamplesManifest)
-    if "eval" not in samples.splits or samples.splits["eval"].num_samples < 2:
-        raise ArtifactError("the teacher samples hold fewer than 2 eval samples; "
+    if "eval" not in samples.splits or samples.splits["eval"].num_samples < MIN_EVAL_SAMPLES:
+        raise ArtifactError(f"the teacher samples hold fewer than {MIN_EVAL_SAMPLES} eval samples; "
                             "raise curate.eval_fraction")
     from pipeline.teachers import load_teacher
 
@@ -108,10 +110,11 @@ def check(cfg: DistillConfig) -> None:
                           "(e.g. 0.05), or train without evaluating: --only curate --only "
                           "sample_teacher --only train_init --only train_e2e")
     most = cfg.sample_teacher.max_eval_prompts
-    if most is not None and most * cfg.sample_teacher.eval_samples_per_prompt < 2:
+    if most is not None and most * cfg.sample_teacher.eval_samples_per_prompt < MIN_EVAL_SAMPLES:
         raise ConfigError(f"sample_teacher.max_eval_prompts={most} with "
                           f"eval_samples_per_prompt={cfg.sample_teacher.eval_samples_per_prompt}"
-                          f" gives evaluate fewer than 2 eval samples; raise either")
+                          f" gives evaluate fewer than {MIN_EVAL_SAMPLES} eval samples; raise "
+                          f"either")
     problems = check_paths(cfg.evaluate.real_metrics)
     if problems:
         raise ConfigError(problems[0])
@@ -128,13 +131,14 @@ def check_inputs(cfg: DistillConfig, outputs: Mapping[str, Manifest]) -> None:
         return  # once the samples exist, the stage's own check reads them
     found = prompts.splits["eval"].num_prompts if "eval" in prompts.splits else 0
     most = cfg.sample_teacher.max_eval_prompts
-    used = found if most is None else min(found, most)
-    if used * cfg.sample_teacher.eval_samples_per_prompt < 2:
+    used = found if most is None else min(found, most)  # sample_teacher's cap
+    count = used * cfg.sample_teacher.eval_samples_per_prompt
+    if count < MIN_EVAL_SAMPLES:
         raise ConfigError(
-            f"evaluate: the curated eval split holds {found} prompt(s), which give "
-            f"{used * cfg.sample_teacher.eval_samples_per_prompt} eval sample(s) (evaluate "
-            f"needs 2); add prompts or raise curate.eval_fraction (now "
-            f"{cfg.curate.eval_fraction:g}), or run without evaluate (--only ...)")
+            f"evaluate: the curated eval split holds {found} prompt(s), which give {count} eval "
+            f"sample(s) (evaluate needs {MIN_EVAL_SAMPLES}); add prompts or raise "
+            f"curate.eval_fraction (now {cfg.curate.eval_fraction:g}), or run without evaluate "
+            f"(--only ...)")
 
 
 def check_extra_student(cfg: DistillConfig, name: str, folder: Path) -> None:

@@ -255,7 +255,9 @@ def read_source(src: ResolvedSource) -> pa.Table:
     reader = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json,
               "csv": _read_csv, "parquet": _read_parquet}[src.format]
     texts, statuses = reader(data, src)
-    if src.format in ("jsonl", "json") and "missing_field" in statuses:
+    # a usable prompt means a record holds the field: no need to parse the file again
+    if src.format in ("jsonl", "json") and "missing_field" in statuses and not any(
+            t and not s for t, s in zip(texts, statuses, strict=True)):
         records = (_jsonl_records(_lines(data)) if src.format == "jsonl"
                    else _json_records(data, src))
         error = _missing_field(src, records, "")
