@@ -149,6 +149,34 @@ def metric_cell(g: GeneratorScores, key: str) -> str:
     return f"{g.metrics[key]:.4g}" if key in g.metrics else "-"
 
 
+METRIC_LEGEND: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("fd_teacher", "fd_teacher_unpaired", "fd_data"),
+     "FD: toy Frechet distance (feature network)"),
+    (("fd_teacher",), "fd_teacher against the teacher's images from the same noise (paired: "
+     "copying the teacher sample for sample scores 0)"),
+    (("fd_teacher_unpaired", "fid_teacher_unpaired"),
+     "*_unpaired against the teacher's images of the same prompts from other seeds (the "
+     "teacher's own row is the floor a generator of its distribution reaches)"),
+    (("fd_data", "fid_data", "kid_data"), "*_data against ground-truth renders or the "
+     "reference images"),
+    (("mean_accuracy", "size", "color", "shape", "position", "background"),
+     "accuracy: over the prompts naming each attribute"),
+    (("valid_rate",), "valid_rate: images with one crisp shape of pure colour"),
+    (("psnr", "ssim"), "psnr/ssim: against the teacher's image from the same noise"),
+    (("diversity",), "diversity: mean pairwise feature distance across seeds of a prompt"),
+    (("fid_teacher", "kid_teacher"), "fid/kid_teacher: Inception features against the "
+     "teacher's images from the same noise"),
+    (("clip_score",), "clip_score: CLIP score of the images against their prompts"),
+)
+"""What the report's preamble says about each group of metrics, said only where the table
+has one of them (a Z-Image run has no toy FD or attributes)."""
+
+
+def metric_legend(present: list[str]) -> list[str]:
+    """The :data:`METRIC_LEGEND` sentences for the metrics in ``present``, in order."""
+    return [text for keys, text in METRIC_LEGEND if any(k in present for k in keys)]
+
+
 def metrics_table(generators: list[GeneratorScores]) -> list[str]:
     """Markdown lines of the metrics table: a row per generator, the metrics any has."""
     present = present_metrics(generators)
@@ -175,13 +203,8 @@ def render_report(info: ReportContext, generators: list[GeneratorScores]) -> str
     """The Markdown report: metrics table, latency table, the grid and curves images."""
     lines = [f"# Evaluation `{info.key}`", "",
              f"{info.num_samples} eval samples ({info.num_prompts} prompts), the same noise "
-             f"for every generator; device: {info.device}. FD: toy Frechet distance (feature "
-             f"network); fd_teacher against the teacher's images from the same noise (paired: "
-             f"copying the teacher sample for sample scores 0); fd_teacher_unpaired against "
-             f"the teacher's images of the same prompts from other seeds (the teacher's "
-             f"own row is the floor a generator of its distribution reaches); accuracy: over the "
-             f"prompts naming each attribute; psnr/ssim: against the teacher's image from the "
-             f"same noise; diversity: mean pairwise feature distance across seeds of a prompt.",
+             f"for every generator; device: {info.device}."
+             + "".join(f" {part}." for part in metric_legend(present_metrics(generators))),
              "", *metrics_table(generators)]
     lines += ["", "Latency per image (seconds; median of repeats, batch "
               f"{info.latency_batch}):", "", *latency_table(generators)]

@@ -6,11 +6,14 @@ from __future__ import annotations
 import torch
 
 from pipeline.evaluation.report import (
+    METRIC_LEGEND,
+    METRIC_ORDER,
     ReportContext,
     data_uri,
     grid_png,
     inline_images,
     render_html,
+    render_report,
     tile_pngs,
 )
 from schemas.manifest import GeneratorScores
@@ -61,3 +64,17 @@ def test_switched_off_losses_and_other_metrics_get_no_curve():
     series = {"loss_final": ([1, 2], [0.1, 0.05]), "loss_feature": ([1, 2], [0.0, 0.0]),
               "d_real": ([1, 2], [0.3, 0.2]), "loss_adv_g": ([1, 2], [0.0, 0.7])}
     assert sorted(plotted_losses(series)) == ["loss_adv_g", "loss_final"]
+
+
+def test_preamble_explains_the_metrics_of_the_table_and_no_others():
+    def preamble(metrics: dict[str, float]) -> str:
+        scores = [GeneratorScores(name="student", steps=2, metrics=metrics, latency=LATENCY)]
+        info = ReportContext("k", 2, 2, "cpu", 1, ["student"], ["a", "b"], {})
+        return render_report(info, scores).split("\n")[2]
+
+    zimage = preamble({"psnr": 16.7, "ssim": 0.6})  # a Z-Image run: no toy feature network
+    assert "psnr/ssim" in zimage and "Frechet" not in zimage and "accuracy" not in zimage
+    toy = preamble({"fd_teacher": 3.6, "shape": 0.95, "psnr": 30.0})
+    assert "toy Frechet distance" in toy and "accuracy" in toy and "clip_score" not in toy
+    explained = {k for keys, _ in METRIC_LEGEND for k in keys}
+    assert set(METRIC_ORDER) <= explained  # a new metric gets its sentence
