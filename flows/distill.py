@@ -175,9 +175,11 @@ def ablate(
         return Failed(message=str(problem))
 
     try:
-        names = check_variants(config, overrides, workspace, variants, seeds)
+        names, left_out = check_variants(config, overrides, workspace, variants, seeds)
     except TwostepError as exc:
         return failed(exc)
+    for name, reason in left_out.items():
+        get_run_logger().warning("ablation: variant %s left out: %s", name, reason)
     for name in names:
         for seed in range(seeds):
             try:  # up to evaluate: a variant is scored, not exported
@@ -193,5 +195,5 @@ def ablate(
             results.setdefault(name, []).append(
                 student_metrics(run.store, f"evaluate/{evaluation['key']}"))
             sources.setdefault(name, []).append(str(evaluation["uri"]))
-    print(write_ablation(run.store, results, sources))
+    print(write_ablation(run.store, results, sources, left_out))
     return results

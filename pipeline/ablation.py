@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pipeline.errors import ArtifactError
+
 VARIANTS: dict[str, list[str]] = {
     "full": [],
     "shared": ["train_init.parameterization=shared"],
@@ -42,19 +44,25 @@ CLAIMS = (
           "no_step1_reg"),
 )
 
-PRIMARY = "fd_teacher"
-DISTRIBUTION = "fd_teacher_unpaired"
-"""A verdict on the distribution (the teacher's other seeds), not on the sample match from the
-same noise that :data:`PRIMARY` rewards."""
-SECONDARY = ("psnr", DISTRIBUTION)
-"""The further verdicts of each claim, a column each: PSNR to the teacher's image from the same
-noise (the sample match image by image, which an FD over the set can miss: on the toy,
-end-to-end gradients raise it on every seed at the same paired FD, docs/ablation.md), and the
-distribution."""
+PRIMARY_CHOICES = ("fd_teacher", "fid_teacher", "psnr")
+"""The metric a claim's verdict rests on: the first of these that every evaluation reports.
+The toy feature network's FD to the teacher; else (a Z-Image teacher) Inception FID where
+``evaluate.real_metrics.fid`` is configured; else PSNR, which every evaluation reports."""
+DISTRIBUTION = {"fd_teacher": "fd_teacher_unpaired", "fid_teacher": "fid_teacher_unpaired"}
+"""The primary metric's unpaired twin: a verdict on the distribution (the teacher's other
+seeds), not on the sample match from the same noise that the primary rewards."""
 LOWER_IS_BETTER = {"fd_teacher": True, "fd_teacher_unpaired": True, "fd_data": True,
-                   "mean_accuracy": False, "valid_rate": False, "psnr": False, "ssim": False,
-                   "diversity": False}
+                   "fid_teacher": True, "fid_teacher_unpaired": True, "kid_teacher": True,
+                   "fid_data": True, "kid_data": True, "mean_accuracy": False,
+                   "valid_rate": False, "psnr": False, "ssim": False, "diversity": False,
+                   "clip_score": False}
+METRIC_MEANING = {
+    "psnr": ": the student's image against the teacher's from the same noise, one by one",
+    **{twin: f": against the teacher's other seeds, the distribution, where `{paired}` is the "
+       "sample match from the same noise" for paired, twin in DISTRIBUTION.items()}}
+"""What ablation.md says a judged metric measures, where it needs saying."""
 TABLE_METRICS = tuple(LOWER_IS_BETTER)
+"""The table's columns, in this order, where any run reports them."""
 Z = 2.0
 """A claim holds (or does not) only when the difference of the means exceeds ``Z`` standard
 errors of the difference; otherwise it is inconclusive."""
@@ -107,8 +115,23 @@ class Verdict:
     z: float
 
 
+def judged_metrics(results: dict[str, list[dict[str, float]]]) -> tuple[str, tuple[str, ...]]:
+    """The primary metric (:data:`PRIMARY_CHOICES`) and the further verdicts' metrics: PSNR
+    to the teacher's image from the same noise (the sample match image by image, which an FD
+    over the set can miss: on the toy, end-to-end gradients raise it on every seed at the same
+    paired FD, docs/ablation.md) and the primary's :data:`DISTRIBUTION` twin."""
+    runs = [r for rs in results.values() for r in rs]
+    primary = next((m for m in PRIMARY_CHOICES if runs and all(m in r for r in runs)), None)
+    if primary is None:
+        raise ArtifactError(f"the ablation's evaluations report none of "
+                            f"{', '.join(PRIMARY_CHOICES)} in every run (evaluate always "
+                            f"reports psnr: are these manifests from another tool?)")
+    further = ("psnr", DISTRIBUTION.get(primary))
+    return primary, tuple(m for m in further if m and m != primary)
+
+
 def verdict(full: list[dict[str, float]], ablated: list[dict[str, float]],
-            metric: str = PRIMARY) -> Verdict:
+            metric: str) -> Verdict:
     """Judge a claim on ``metric`` from per-seed results of the full method and the ablated
     variant: the difference of the means against ``Z`` standard errors of the difference
     (Welch: ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``). One seed on either side gives no error
@@ -128,8 +151,9 @@ def verdict(full: list[dict[str, float]], ablated: list[dict[str, float]],
 
 def ablation_markdown(results: dict[str, list[dict[str, float]]]) -> str:
     """The variants' metrics (mean ± std over seeds) and one line per claim (student at 2
-    steps for each variant and seed)."""
-    keys = list(TABLE_METRICS)
+    steps for each variant and seed), judged on :func:`judged_metrics`."""
+    primary, further = judged_metrics(results)
+    keys = [k for k in TABLE_METRICS if any(k in r for runs in results.values() for r in runs)]
     lines = ["| variant | overrides | seeds | " + " | ".join(keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
     for name, runs in results.items():
@@ -137,21 +161,19 @@ def ablation_markdown(results: dict[str, list[dict[str, float]]]) -> str:
                  for k in keys]
         overrides = ", ".join(VARIANTS.get(name, [])) or "(the method)"
         lines.append(f"| {name} | {overrides} | {len(runs)} | " + " | ".join(cells) + " |")
-    lines += ["", f"| claim | statement | ablation | verdict | {PRIMARY}, full -> ablated | "
-              f"difference / its standard error | "
-              + " | ".join(f"on {metric}" for metric in SECONDARY) + " |",
-              "|---|---|---|---|---|---|" + "---|" * len(SECONDARY)]
+    head = ["claim", "statement", "ablation", "verdict", f"{primary}, full -> ablated",
+            "difference / its standard error", *(f"on {metric}" for metric in further)]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for claim in CLAIMS:
         if claim.variant not in results or "full" not in results:
             continue
         full, ablated = results["full"], results[claim.variant]
-        v = verdict(full, ablated)
-        spread = [Spread.of([r[PRIMARY] for r in runs]) for runs in (full, ablated)]
+        v = verdict(full, ablated, primary)
+        spread = [Spread.of([r[primary] for r in runs]) for runs in (full, ablated)]
         z = "-" if math.isnan(v.z) else f"{v.z:+.1f}"
-        further = [_verdict_cell(full, ablated, metric) for metric in SECONDARY]
+        cells = "".join(f" {_verdict_cell(full, ablated, metric)} |" for metric in further)
         lines.append(f"| {claim.name} | {claim.statement} | {claim.variant} | **{v.word}** | "
-                     f"{spread[0]} -> {spread[1]} ({v.change:+.1%}) | {z} | "
-                     + " | ".join(further) + " |")
+                     f"{spread[0]} -> {spread[1]} ({v.change:+.1%}) | {z} |" + cells)
     return "\n".join(lines) + "\n"
 
 
@@ -175,24 +197,32 @@ def student_metrics(store, evaluate_dir: str) -> dict[str, float]:
 
 
 def write_ablation(store, results: dict[str, list[dict[str, float]]],
-                   sources: dict[str, list[str]]) -> str:
+                   sources: dict[str, list[str]], left_out: dict[str, str] | None = None) -> str:
     """``<workspace>/ablation/ablation.md`` and ``ablation.json`` (per-seed metrics and the
-    evaluations they come from); returns the Markdown."""
+    evaluations they come from; ``left_out``: variants this run's teacher does not support,
+    with the reason); returns the Markdown."""
     import json
 
     seeds = sorted({len(runs) for runs in results.values()})
-    text = ("# Ablation of the paper's claims (toy world)\n\n"
-            f"Student at 2 steps, per variant, {'/'.join(map(str, seeds))} training seed(s) "
-            f"each (mean ± sample std); verdicts on `{PRIMARY}` (lower is better): a claim "
-            f"holds or does not only when the difference of the means exceeds {Z:g} standard "
-            "errors of the difference, else it is inconclusive. The last columns judge the same "
-            "way on `psnr` (higher is better: the student's image against the teacher's from "
-            f"the same noise, one by one) and on `{DISTRIBUTION}` (against the teacher's other "
-            "seeds: the distribution, where `fd_teacher` is the sample match from the same "
-            "noise).\n\n"
+    primary, further = judged_metrics(results)
+
+    def judged(metric: str) -> str:
+        better = "lower" if LOWER_IS_BETTER.get(metric, True) else "higher"
+        return f"`{metric}` ({better} is better{METRIC_MEANING.get(metric, '')})"
+
+    preamble = [f"Student at 2 steps, per variant, {'/'.join(map(str, seeds))} training "
+                f"seed(s) each (mean ± sample std); verdicts on {judged(primary)}: a claim "
+                f"holds or does not only when the difference of the means exceeds {Z:g} "
+                "standard errors of the difference, else it is inconclusive."]
+    if further:
+        preamble.append("The last columns judge the same way on "
+                        + " and on ".join(judged(m) for m in further) + ".")
+    preamble += [f"Left out: {name} ({why})." for name, why in (left_out or {}).items()]
+    text = ("# Ablation of the paper's claims\n\n" + " ".join(preamble) + "\n\n"
             + ablation_markdown(results) + "\nEvaluations (one per seed):\n\n"
             + "".join(f"- {name}: {', '.join(uris)}\n" for name, uris in sources.items()))
     store.write_bytes(text.encode(), "ablation", "ablation.md")
-    store.write_bytes(json.dumps({"results": results, "evaluations": sources},
+    store.write_bytes(json.dumps({"results": results, "evaluations": sources,
+                                  "left_out": left_out or {}},
                                  indent=2).encode(), "ablation", "ablation.json")
     return text

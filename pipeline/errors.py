@@ -12,6 +12,12 @@ class ConfigError(TwostepError):
     """The configuration (a preset, YAML file or ``--set`` override) is invalid."""
 
 
+class NotApplicable(ConfigError):
+    """A setting valid in itself that this run's teacher does not support (e.g. ground-truth
+    renders as the discriminator's real samples, which only the toy world has). An ablation
+    whose variants were not named leaves such a variant out instead of failing."""
+
+
 class SourceError(TwostepError):
     """An input source (a prompt file, a shard, a model folder) is missing or unreadable."""
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.config import load_config, workspace_of
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NotApplicable
 from pipeline.lock import check_unlocked
 from pipeline.ray_runtime import check_ray_address
 from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key, run_stage
@@ -138,25 +138,33 @@ def prepare_variant(config: str, overrides: list[str] | None, workspace: str | N
     try:
         return prepare_run(config, [*(overrides or []), *VARIANTS[variant], *extra], workspace,
                            None, until="evaluate")
-    except ConfigError as exc:
-        raise ConfigError(variant_problem(variant, exc)) from exc
+    except ConfigError as exc:  # the same class: NotApplicable stays NotApplicable
+        raise type(exc)(variant_problem(variant, exc)) from exc
 
 
 def check_variants(config: str, overrides: list[str] | None, workspace: str | None,
-                   variants: list[str] | None, seeds: int) -> list[str]:
-    """Every variant of an ablation (none named: all of them, returned) validated before any
-    of them runs, so that a variant the run's config contradicts fails at once instead of
-    after hours of the others' training (the seed changes no validity: seed 0 stands for
-    all)."""
+                   variants: list[str] | None, seeds: int) -> tuple[list[str], dict[str, str]]:
+    """Every variant of an ablation validated before any of them runs, so that a variant the
+    run's config contradicts fails at once instead of after hours of the others' training
+    (the seed changes no validity: seed 0 stands for all). Returns the variants to run and
+    those left out with the reason: with none named, every variant this run's teacher
+    supports (one it does not, :class:`~pipeline.errors.NotApplicable`, is left out); a named
+    variant it does not support fails."""
     from pipeline.ablation import VARIANTS
 
     names = list(variants or VARIANTS)
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown variant {unknown[0]!r} (variants: {', '.join(VARIANTS)})")
+    left_out: dict[str, str] = {}
     for name in names:
-        prepare_variant(config, overrides, workspace, name, 0 if seeds > 1 else None)
-    return names
+        try:
+            prepare_variant(config, overrides, workspace, name, 0 if seeds > 1 else None)
+        except NotApplicable as exc:
+            if variants:
+                raise
+            left_out[name] = str(exc.__cause__ or exc)
+    return [n for n in names if n not in left_out], left_out
 
 
 def cached_run(run: PreparedRun) -> dict[str, dict[str, object]] | None:

@@ -51,7 +51,7 @@ def phase2_choices(cfg: TrainE2EConfig) -> dict[str, object]:
 def check(cfg: DistillConfig) -> None:
     import json
 
-    from pipeline.errors import ConfigError
+    from pipeline.errors import ConfigError, NotApplicable
     from pipeline.student.discriminator import resolve_layers
     from pipeline.teachers.describe import describe_teacher
 
@@ -64,7 +64,7 @@ def check(cfg: DistillConfig) -> None:
         except ValueError as exc:
             raise ConfigError(f"train_e2e.discriminator.layers: {exc}") from None
     if cfg.train_e2e.gan_real == "data" and cfg.teacher.kind != "toy":
-        raise ConfigError("train_e2e.gan_real=data is implemented for the toy world (ground-"
+        raise NotApplicable("train_e2e.gan_real=data is implemented for the toy world (ground-"
                           "truth renders); for other teachers use gan_real=teacher")
 
 

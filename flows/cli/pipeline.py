@@ -83,7 +83,8 @@ def ablate(
         "shards). With N >= 2 a claim holds only beyond two standard errors.")] = 1,
 ) -> None:
     """Train and evaluate the full method and its ablation variants (parameterization=shared,
-    gan_real=data, end_to_end=false, step1_weight=0) from the same teacher shards; write the
+    gan_real=data (toy teacher only: left out for others), end_to_end=false, step1_weight=0,
+    decoupled_lora) from the same teacher shards; write the
     claims table to <workspace>/ablation/ablation.md. Each (variant, seed) is cached, so a
     stopped ablation resumes when run again."""
     from stages.registry import check_variants

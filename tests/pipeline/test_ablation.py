@@ -11,6 +11,7 @@ from pipeline.ablation import (
     VARIANTS,
     Spread,
     ablation_markdown,
+    judged_metrics,
     seed_overrides,
     verdict,
 )
@@ -29,20 +30,21 @@ def test_spread_is_mean_and_sample_std():
 
 def test_a_difference_beyond_two_standard_errors_holds_or_not():
     # means 10 vs 12, std 0.5 each, n 3: se = sqrt(2 * 0.25 / 3) = 0.408, z = 4.9
-    held = verdict(runs(9.5, 10.0, 10.5), runs(11.5, 12.0, 12.5))
+    held = verdict(runs(9.5, 10.0, 10.5), runs(11.5, 12.0, 12.5), "fd_teacher")
     assert held.word == "holds" and held.change == pytest.approx(0.2)
     assert held.z == pytest.approx(2.0 / math.sqrt(0.5 / 3))
-    assert verdict(runs(11.5, 12.0, 12.5), runs(9.5, 10.0, 10.5)).word == "does not hold"
+    reversed_ = verdict(runs(11.5, 12.0, 12.5), runs(9.5, 10.0, 10.5), "fd_teacher")
+    assert reversed_.word == "does not hold"
 
 
 def test_a_difference_within_the_noise_is_inconclusive():
     # the case: a 17% difference in one seed, 3.6% in another
-    v = verdict(runs(4.05, 4.03), runs(4.74, 4.18))
+    v = verdict(runs(4.05, 4.03), runs(4.74, 4.18), "fd_teacher")
     assert v.word == "inconclusive" and abs(v.z) <= 2.0 and v.change > 0.05
 
 
 def test_one_seed_gives_no_verdict():
-    v = verdict(runs(10.0), runs(20.0))
+    v = verdict(runs(10.0), runs(20.0), "fd_teacher")
     assert v.word == "untested (1 seed)" and v.change == pytest.approx(1.0)
     assert math.isnan(v.z)
 
@@ -94,3 +96,20 @@ def test_claims_get_a_verdict_on_the_sample_match_where_psnr_was_scored():
                         "holds (+0.8%, +3.9) | - |")
     (shared,) = [line for line in lines if line.startswith("| step-decoupled")]
     assert shared.endswith("| inconclusive (+0.0%, +0.0) | - |")
+
+
+def test_teachers_without_the_toy_feature_network_are_judged_on_what_they_report():
+    # a Z-Image teacher: no toy FD; Inception FID where real_metrics.fid is set, else PSNR
+    psnr_only = {name: [{"psnr": 16.0 + i + k * 0.1, "ssim": 0.6} for k in range(3)]
+                 for i, name in enumerate(VARIANTS)}
+    assert judged_metrics(psnr_only) == ("psnr", ())
+    text = ablation_markdown(psnr_only)
+    assert "| psnr, full -> ablated |" in text and "fd_teacher" not in text
+    (shared,) = [line for line in text.splitlines() if line.startswith("| step-decoupled")]
+    assert "**does not hold**" in shared  # the shared variant's PSNR is higher here
+    fid = {name: [{**r, "fid_teacher": 5.0, "fid_teacher_unpaired": 9.0} for r in runs_]
+           for name, runs_ in psnr_only.items()}
+    assert judged_metrics(fid) == ("fid_teacher", ("psnr", "fid_teacher_unpaired"))
+    # the toy: FD first, PSNR and the distribution after it
+    assert judged_metrics({"full": runs(1.0)}) == ("fd_teacher",
+                                                   ("psnr", "fd_teacher_unpaired"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ConfigError
-from stages.registry import STAGES, prepare_run
+from pipeline.errors import ConfigError, NotApplicable
+from stages.registry import STAGES, check_variants, prepare_run
 
 
 def test_an_object_store_workspace_is_refused_before_curation_when_training_follows():
@@ -41,3 +41,22 @@ def test_an_eval_split_too_small_to_score_is_refused_before_curation(tmp_path, o
     prepare_run("smoke", ["sample_teacher.max_eval_prompts=1",
                           "sample_teacher.eval_samples_per_prompt=2"], str(tmp_path / "ws"), None)
     prepare_run("smoke", overrides, str(tmp_path / "ws"), ["curate", "sample_teacher"])
+
+
+def test_an_ablation_leaves_out_the_variants_its_teacher_does_not_support(tmp_path,
+                                                                          zimage_folder):
+    # gan_real=data needs the toy world's ground-truth renders: a Z-Image ablation runs the
+    # other variants, and says which it left out and why
+    zimage = ["teacher.kind=zimage", f"teacher.path={zimage_folder}", "teacher.height=32",
+              "teacher.width=32", "train_e2e.discriminator.layers=[0,1]"]
+    names, left_out = check_variants("smoke", zimage, str(tmp_path / "ws"), None, 2)
+    assert "gan_real_data" not in names and {"full", "shared", "no_end_to_end"} <= set(names)
+    assert list(left_out) == ["gan_real_data"]
+    assert left_out["gan_real_data"].startswith("train_e2e.gan_real=data is implemented for "
+                                                "the toy world")
+    # named, it is the user's request: refused in one line with the way out
+    with pytest.raises(NotApplicable, match=r"^ablation variant gan_real_data .*--variant"):
+        check_variants("smoke", zimage, str(tmp_path / "ws"), ["full", "gan_real_data"], 1)
+    # the toy teacher supports every variant
+    names, left_out = check_variants("smoke", [], str(tmp_path / "ws"), None, 1)
+    assert "gan_real_data" in names and not left_out
