@@ -94,3 +94,44 @@ def test_ablate_flow_checks_every_variant_before_training_any(prefect_server, tm
     assert state.is_failed()
     assert state.message.startswith("ablation variant gan_real_data (train_e2e.gan_real=data)")
     assert not (ws / "train_init").exists() and not (ws / "curate").exists()
+
+
+def test_every_stage_runs_on_a_zimage_teacher(prefect_server, tmp_path, zimage_folder):
+    """The real-scale path at miniature size: a Z-Image diffusers folder as the teacher and a
+    prompt file of the user's own, through every stage to an export that generates. Its
+    evaluation has no toy feature network: PSNR/SSIM against the teacher, no toy FD."""
+    import itertools
+
+    import torch
+
+    from flows.distill import distill
+    from pipeline.export.folder import load_exported
+    from pipeline.store import ArtifactStore
+    from schemas.manifest import EvalReportManifest
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(
+        f"a {size} {color} {shape} on the {where}\n" for size, color, shape, where in
+        itertools.product(["big", "small"], ["red", "blue", "green"], ["circle", "square"],
+                          ["left", "right", "top", "bottom"])))  # 48 prompts
+    ws = tmp_path / "ws"
+    state = distill(config="smoke", workspace=str(ws), return_state=True, overrides=[
+        f"curate.sources=[{{path: '{prompts}'}}]", "curate.eval_fraction=0.1",
+        "teacher.kind=zimage", f"teacher.path={zimage_folder}", "teacher.height=32",
+        "teacher.width=32", "sample_teacher.batch_size=16", "train_init.steps=2",
+        "train_e2e.steps=2", "train_init.batch_size=4", "train_e2e.batch_size=4",
+        "train_e2e.discriminator.layers=[0,1]"])
+    assert state.is_completed(), state
+    summary = state.result()
+    assert list(summary) == ["curate", "sample_teacher", "train_init", "train_e2e",
+                             "evaluate", "export"]
+    report = ArtifactStore(str(ws)).read_manifest(
+        f"evaluate/{summary['evaluate']['key']}", EvalReportManifest)
+    student = {g.name: g for g in report.generators}["student"]
+    assert {"psnr", "ssim"} <= set(student.metrics) and "fd_teacher" not in student.metrics
+    text = (ws / "evaluate" / summary["evaluate"]["key"] / "report.md").read_text()
+    assert "psnr/ssim" in text and "Frechet" not in text
+    pipe = load_exported(ws / "export" / summary["export"]["key"] / "pipeline")
+    image = pipe("a red circle on the left", num_inference_steps=2, output_type="pt",
+                 generator=torch.Generator().manual_seed(1)).images
+    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
