@@ -62,7 +62,10 @@ def check(cfg: DistillConfig) -> None:
         try:
             resolve_layers(cfg.train_e2e.discriminator.layers, n_layers)
         except ValueError as exc:
-            raise ConfigError(f"train_e2e.discriminator.layers: {exc}") from None
+            spread = sorted({n_layers // 4, (3 * n_layers) // 4})  # the toy's [1, 3] at 4
+            raise ConfigError(f"train_e2e.discriminator.layers: {exc}; set it to blocks of "
+                              f"this teacher, e.g. --set 'train_e2e.discriminator.layers="
+                              f"{spread}'") from None
     if cfg.train_e2e.gan_real == "data" and cfg.teacher.kind != "toy":
         raise NotApplicable("train_e2e.gan_real=data is implemented for the toy world (ground-"
                           "truth renders); for other teachers use gan_real=teacher")

@@ -102,3 +102,19 @@ def test_an_mlflow_server_that_cannot_be_reached_is_refused_before_training():
         STAGES["train_e2e"].check(load_config(
             "smoke", [f"tracking.mlflow_uri=http://127.0.0.1:{server.getsockname()[1]}"]))
     STAGES["train_e2e"].check(load_config("smoke", ["tracking.mlflow_uri=sqlite:///x.db"]))
+
+
+def test_discriminator_layers_beyond_the_teachers_depth_name_a_setting_that_fits(zimage_folder):
+    # the default layers [1, 3] are the toy teacher's (4 blocks); a 2-block teacher of the
+    # user's own is refused before any stage runs, with layers that fit it
+    zimage = ["teacher.kind=zimage", f"teacher.path={zimage_folder}", "teacher.height=32",
+              "teacher.width=32"]
+    with pytest.raises(ConfigError, match=r"^train_e2e.discriminator.layers: discriminator "
+                                          r"layers \[3\] outside 0..1 .* the teacher has 2 "
+                                          r"main blocks; set it to blocks of this teacher, e.g. "
+                                          r"--set 'train_e2e.discriminator.layers=\[0, 1\]'$"):
+        STAGES["train_e2e"].check(load_config("smoke", zimage))
+    STAGES["train_e2e"].check(load_config("smoke", [*zimage,
+                                                    "train_e2e.discriminator.layers=[0, 1]"]))
+    # without a discriminator nothing reads the layers
+    STAGES["train_e2e"].check(load_config("smoke", [*zimage, "train_e2e.adv_weight=0"]))
