@@ -75,8 +75,10 @@ def check(cfg: DistillConfig) -> None:
     desc = describe_teacher(cfg.teacher)
     if desc.kind == "toy" and "autoencoder" not in {p.split("/")[0] for p in desc.fingerprint}:
         raise ConfigError(f"teacher.path {str(desc.folder)!r}: a pixel-space toy teacher (no "
-                          f"autoencoder/) cannot be exported; run --only evaluate, or build a "
-                          f"latent teacher (distill toy build-teacher)")
+                          f"autoencoder/) cannot be exported; run the stages before export "
+                          f"(--only curate --only sample_teacher --only train_init --only "
+                          f"train_e2e --only evaluate), or build a latent teacher (distill toy "
+                          f"build-teacher)")
 
 
 STAGE: StageSpec[ExportManifest] = StageSpec(

@@ -192,3 +192,16 @@ def test_ablate_with_two_seeds_reports_mean_and_std_and_reuses_the_cache(finishe
     table = (store.local_path("ablation") / "ablation.md").read_text()
     mean = sum(fds) / 2
     assert f"| full | (the method) | 2 | {mean:.4g} ± " in table
+
+
+def test_a_pixel_space_teacher_is_refused_before_any_stage_with_the_stages_that_run(tmp_path):
+    # a toy teacher without an autoencoder (built with space=pixel) has no decoder to export
+    pixel = tmp_path / "pixel-teacher"
+    shutil.copytree(REPO_ROOT / "pipeline" / "toy" / "assets" / "teacher" / "transformer",
+                    pixel / "transformer")
+    cfg = load_config("smoke", [f"teacher.path={pixel}"])
+    with pytest.raises(ConfigError, match=r"pixel-space toy teacher \(no autoencoder/\) cannot "
+                                          r"be exported; run the stages before export \(--only "
+                                          r"curate .* --only evaluate\)") as err:
+        STAGES["export"].check(cfg)
+    assert "\n" not in str(err.value)
