@@ -86,9 +86,12 @@ def sigma_index(sigma: float, sigmas: Sequence[float], what: str = "sigma") -> i
     index = find_sigma(sigma, sigmas)
     if index is not None:
         return index
-    grid = ", ".join(f"{s:.4f}" for s in sigmas[1:-1])
+    inner = sigmas[1:-1]
+    grid = ", ".join(f"{s:.4f}" for s in inner)
+    nearest = min(inner, key=lambda s: abs(s - sigma), default=None)
+    way_out = f"; the nearest: {what}={nearest:.4f}" if nearest is not None else ""
     raise ConfigError(f"{what} {sigma} is not on the teacher's {len(sigmas) - 1}-step "
-                      f"schedule (choose one of {grid})")
+                      f"schedule (choose one of {grid}{way_out})")
 
 
 @dataclass

@@ -63,7 +63,7 @@ def sample_teacher(ctx: StageContext) -> StageResult:
     cfg, teacher_cfg = ctx.section, ctx.teacher
     assert isinstance(cfg, SampleTeacherConfig) and teacher_cfg is not None
     desc = describe_teacher(teacher_cfg)
-    sigma_index(cfg.sigma_mid, desc.sigmas, "sigma_mid")
+    sigma_index(cfg.sigma_mid, desc.sigmas, "sample_teacher.sigma_mid")
     prompts = _prompts(ctx, cfg)
     per_prompt = {"train": cfg.samples_per_prompt, "eval": cfg.eval_samples_per_prompt}
     plans = {split: plan_shards(split, *prompts[split], per_prompt[split], cfg.seed,
@@ -148,7 +148,7 @@ def check(cfg: DistillConfig) -> None:
     from pipeline.flow import sigma_index
 
     desc = describe_teacher(cfg.teacher)
-    sigma_index(cfg.sample_teacher.sigma_mid, desc.sigmas, "sigma_mid")
+    sigma_index(cfg.sample_teacher.sigma_mid, desc.sigmas, "sample_teacher.sigma_mid")
 
 
 def _fingerprint(cfg: DistillConfig) -> dict[str, str]:

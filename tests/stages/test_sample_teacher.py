@@ -115,7 +115,9 @@ def test_two_runs_from_scratch_are_byte_identical_and_actor_count_does_not_matte
 
 def test_config_problems_are_found_before_work(tmp_path):
     cfg = load_config("smoke", ["sample_teacher.sigma_mid=0.7"], workspace=str(tmp_path))
-    with pytest.raises(ConfigError, match=r"sigma_mid 0.7 is not on .* 0\.7500"):
+    with pytest.raises(ConfigError, match=r"^sample_teacher.sigma_mid 0.7 is not on .* "
+                                          r"0\.6429, .*; the nearest: "
+                                          r"sample_teacher.sigma_mid=0\.7500\)$"):
         STAGES["sample_teacher"].check(cfg)
     cfg = load_config("smoke", [f"teacher.path={tmp_path / 'nope'}"],
                       workspace=str(tmp_path))
