@@ -121,3 +121,19 @@ def test_cache_view_leaves_out_speed_only_fields_at_every_depth():
     plain = cfg.curate.model_dump(mode="json")
     plain.pop("batch_size")
     assert cache_view(cfg.curate) == plain
+
+
+def test_the_readmes_config_files_are_valid(tmp_path):
+    """Every YAML config shown in README.md loads as it is written (docs match the schema)."""
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"readme-{i}.yaml"
+        path.write_text(block)
+        cfg = load_config(str(path))
+        assert cfg.name
