@@ -30,6 +30,19 @@ from diffusers.pipelines.z_image.pipeline_output import ZImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 MINILM_MAX_TOKENS = 64
+CAPTION_PAD_MULTIPLE = 32
+"""Z-Image's transformer pads each caption to a multiple of this many tokens (``SEQ_MULTI_OF``
+in diffusers' transformer_z_image.py)."""
+
+
+def caption_token_limit(transformer, requested: int) -> int:
+    """The most caption tokens, at most ``requested``, that ``transformer`` can place: the
+    caption, padded to :data:`CAPTION_PAD_MULTIPLE`, takes rope positions ``1 .. L`` on the
+    first axis and the image's frame position ``L + 1`` follows, all within that axis's table
+    (``axes_lens[0]``). Z-Image Turbo's 1536 holds the pipeline's 512 tokens; a smaller model's
+    table would be indexed past its end by a long prompt (an IndexError deep in the rope)."""
+    positions = transformer.config.axes_lens[0] - 2
+    return max(1, min(requested, positions // CAPTION_PAD_MULTIPLE * CAPTION_PAD_MULTIPLE))
 
 
 class TwoStepPipeline(ZImagePipeline):
@@ -62,10 +75,11 @@ class TwoStepPipeline(ZImagePipeline):
             # A copy: ZImagePipeline writes the chat-templated text back into the list.
             prompts = None if prompt is None else [prompt] if isinstance(prompt, str) \
                 else list(prompt)
+            limit = caption_token_limit(self.transformer, max_sequence_length)
             embeds, _ = super().encode_prompt(prompts, device=device,
                                               do_classifier_free_guidance=False,
                                               prompt_embeds=prompt_embeds,
-                                              max_sequence_length=max_sequence_length)
+                                              max_sequence_length=limit)
             return embeds, []
         if prompt_embeds is not None:
             return prompt_embeds, []

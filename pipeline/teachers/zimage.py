@@ -44,9 +44,12 @@ class ZImageTeacher(TeacherAdapter):
     name = "zimage"
 
     def __init__(self, pipe, device: str = "cpu") -> None:
+        from pipeline.export.pipeline_twostep import caption_token_limit
+
         self.pipe = pipe
         self.device = torch.device(device)
-        self.max_sequence_length = 512
+        # ZImagePipeline's 512, or fewer where the transformer's rope table holds fewer
+        self.max_sequence_length = caption_token_limit(pipe.transformer, 512)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu",
