@@ -14,6 +14,10 @@ from pipeline.errors import TwostepError
 if TYPE_CHECKING:
     import torch
 
+DEFAULT_SIZE = {"toy": 32, "zimage": 1024}
+"""A teacher's image side when --height/--width are not given: the toy world's, and Z-Image
+Turbo's (``ZImagePipeline``'s default)."""
+
 
 def one_of(option: str, *choices: str) -> dict[str, Any]:
     """``typer.Option`` arguments for a choice: the choices show in ``--help`` and a wrong
@@ -53,8 +57,9 @@ def generate(
                                               "8; a student: 2, the only choice).")] = None,
     seed: int = 0,
     num_images: Annotated[int, typer.Option(min=1, help="Images per prompt.")] = 1,
-    height: Annotated[int | None, typer.Option(help="Image height (default: 32 for the "
-                                               "teacher, the export's own size).")] = None,
+    height: Annotated[int | None, typer.Option(help="Image height (default: the toy "
+                                               "teacher 32, Z-Image 1024 as ZImagePipeline; a "
+                                               "student the export's own size).")] = None,
     width: Annotated[int | None, typer.Option(help="Image width (default as --height).")]
     = None,
     device: str = "cpu",
@@ -80,8 +85,9 @@ def generate(
                                       prompts, seeds, height, width, batch_size)
     else:
         steps, kind = steps or 8, teacher or "toy"
+        height = height or DEFAULT_SIZE[kind]
         images = sample_teacher(kind, teacher_path, device, prompts, seeds, steps,
-                                height or 32, width or 32, batch_size)
+                                height, width or height, batch_size)
         meta = {"generator": f"teacher:{kind}", "steps": steps}
     write_outputs(out, images, prompts, seeds, meta)
     what = "renders" if generator == "ground-truth" else "images"
@@ -188,7 +194,8 @@ def sample_student(model: Path | None, workspace: str | None, teacher: str | Non
             meta = {"generator": f"student:{workspace}", "steps": 2}
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("2-step sampling", total=len(prompts))
-            images = generate_with_pipeline(pipe, prompts, seeds, height, width, batch_size,
+            images = generate_with_pipeline(pipe, prompts, seeds, height, width or height,
+                                            batch_size,
                                             progress=lambda n: bar.advance(task, n))
     except (TwostepError, ValueError) as exc:
         fail(exc)
@@ -206,7 +213,6 @@ def _workspace_student(workspace: str, teacher: str | None, teacher_path: str | 
     cfg = None
     if teacher is not None or teacher_path is not None:  # else the run's own teacher
         kind = teacher or "toy"
-        size = 32 if kind == "toy" else 1024
-        cfg = TeacherConfig(kind=kind, path=teacher_path, height=height or size,
-                            width=width or size)
+        side = height or DEFAULT_SIZE[kind]
+        cfg = TeacherConfig(kind=kind, path=teacher_path, height=side, width=width or side)
     return workspace_student_pipeline(ArtifactStore(workspace), cfg, device, height, width)

@@ -131,13 +131,18 @@ def describe_teacher(cfg: TeacherConfig, check_weights: bool = True) -> TeacherD
     else:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        from pipeline.teachers.zimage import zimage_sigmas
+        from pipeline.teachers.zimage import check_image_tokens, zimage_sigmas
 
         vae = _read_json(folder / "vae" / "config.json", cfg.kind)
         scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1) * patch
         if cfg.height % scale or cfg.width % scale:
             raise ConfigError(f"teacher.height/width {cfg.height}x{cfg.width}: must be "
                               f"multiples of {scale} for this Z-Image folder")
+        try:
+            check_image_tokens(cfg.height, cfg.width, scale,
+                               transformer.get("axes_lens", [1024, 512, 512]))
+        except ValueError as exc:
+            raise ConfigError(f"teacher.height/width: {exc}") from None
         latent = (channels, cfg.height * patch // scale, cfg.width * patch // scale)
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             _read_json(folder / "scheduler" / "scheduler_config.json", cfg.kind))

@@ -112,7 +112,8 @@ def test_generate_writes_pngs_index_and_contact_sheet(tmp_path, zimage_folder):
     out = tmp_path / "out"
     result = distill("generate", "--generator", "teacher", "--teacher", "zimage",
                      "--teacher-path", str(zimage_folder), "--steps", "2", "--prompts-file",
-                     str(prompts), "--seed", "7", "--num-images", "2", "--out", str(out))
+                     str(prompts), "--seed", "7", "--num-images", "2", "--out", str(out),
+                     "--height", "32")  # width as height; the default is Z-Image's 1024
     assert result.returncode == 0, result.stderr[-2000:]
     import json
 

@@ -69,3 +69,29 @@ def test_bf16_model_gets_float32_timesteps_like_the_pipeline(zimage_folder):
     teacher.sample(caps, torch.randn(2, 4, 16, 16), 8)
     assert all(t.dtype == torch.float32 for t in seen)
     assert seen[1][0].item() == pytest.approx(1 - 0.9545, abs=1e-4)
+
+
+def test_sizes_and_prompts_beyond_the_rope_tables_are_refused_or_cut(zimage_folder):
+    """The miniature's position tables (axes_lens [64, 16, 16], 4 px a token) hold 64x64 px
+    and 32 caption tokens; past them its transformer fails with an IndexError in the rope, in
+    ZImagePipeline too. A size is refused in one line (the run's pre-flight and `generate`),
+    a long prompt is cut as ZImagePipeline cuts at 512 tokens."""
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.teachers.describe import describe_teacher
+
+    teacher = load_teacher("zimage", str(zimage_folder))
+    assert teacher.latent_shape(64, 64) == (4, 32, 32)
+    with pytest.raises(ValueError, match=r"128x64 px is 32x16 image tokens, .* hold 16x16: at "
+                                         r"most 64x64 px"):
+        teacher.latent_shape(128, 64)
+    cfg = load_config("smoke", ["teacher.kind=zimage", f"teacher.path={zimage_folder}",
+                                "teacher.height=128", "teacher.width=128"])
+    with pytest.raises(ConfigError, match=r"^teacher.height/width: 128x128 px is 32x32 image "
+                                          r"tokens"):
+        describe_teacher(cfg.teacher)
+    long = " ".join(["a big blue square at the top"] * 20)
+    caption = teacher.encode_prompts([long])[0]
+    assert len(caption) == 32
+    result = teacher.sample([caption], torch.randn(1, *teacher.latent_shape(32, 32)), 2)
+    assert torch.isfinite(result.final).all()
