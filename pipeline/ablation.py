@@ -149,10 +149,11 @@ def verdict(full: list[dict[str, float]], ablated: list[dict[str, float]],
     return Verdict("holds" if z > 0 else "does not hold", change, z)
 
 
-def ablation_markdown(results: dict[str, list[dict[str, float]]]) -> str:
+def ablation_markdown(results: dict[str, list[dict[str, float]]],
+                      judged: tuple[str, tuple[str, ...]] | None = None) -> str:
     """The variants' metrics (mean ± std over seeds) and one line per claim (student at 2
-    steps for each variant and seed), judged on :func:`judged_metrics`."""
-    primary, further = judged_metrics(results)
+    steps for each variant and seed), judged on ``judged`` (default: :func:`judged_metrics`)."""
+    primary, further = judged or judged_metrics(results)
     keys = [k for k in TABLE_METRICS if any(k in r for runs in results.values() for r in runs)]
     lines = ["| variant | overrides | seeds | " + " | ".join(keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
@@ -219,7 +220,8 @@ def write_ablation(store, results: dict[str, list[dict[str, float]]],
                         + " and on ".join(judged(m) for m in further) + ".")
     preamble += [f"Left out: {name} ({why})." for name, why in (left_out or {}).items()]
     text = ("# Ablation of the paper's claims\n\n" + " ".join(preamble) + "\n\n"
-            + ablation_markdown(results) + "\nEvaluations (one per seed):\n\n"
+            + ablation_markdown(results, (primary, further))
+            + "\nEvaluations (one per seed):\n\n"
             + "".join(f"- {name}: {', '.join(uris)}\n" for name, uris in sources.items()))
     store.write_bytes(text.encode(), "ablation", "ablation.md")
     store.write_bytes(json.dumps({"results": results, "evaluations": sources,

@@ -15,7 +15,12 @@ class ConfigError(TwostepError):
 class NotApplicable(ConfigError):
     """A setting valid in itself that this run's teacher does not support (e.g. ground-truth
     renders as the discriminator's real samples, which only the toy world has). An ablation
-    whose variants were not named leaves such a variant out instead of failing."""
+    whose variants were not named leaves such a variant out instead of failing, giving
+    ``reason`` (what the setting needs, without the way out the message adds)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class SourceError(TwostepError):

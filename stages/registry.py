@@ -138,8 +138,10 @@ def prepare_variant(config: str, overrides: list[str] | None, workspace: str | N
     try:
         return prepare_run(config, [*(overrides or []), *VARIANTS[variant], *extra], workspace,
                            None, until="evaluate")
-    except ConfigError as exc:  # the same class: NotApplicable stays NotApplicable
-        raise type(exc)(variant_problem(variant, exc)) from exc
+    except NotApplicable as exc:  # stays NotApplicable: check_variants may leave it out
+        raise NotApplicable(variant_problem(variant, exc), exc.reason) from exc
+    except ConfigError as exc:
+        raise ConfigError(variant_problem(variant, exc)) from exc
 
 
 def check_variants(config: str, overrides: list[str] | None, workspace: str | None,
@@ -149,7 +151,8 @@ def check_variants(config: str, overrides: list[str] | None, workspace: str | No
     (the seed changes no validity: seed 0 stands for all). Returns the variants to run and
     those left out with the reason: with none named, every variant this run's teacher
     supports (one it does not, :class:`~pipeline.errors.NotApplicable`, is left out); a named
-    variant it does not support fails."""
+    variant it does not support fails, and so does ``full``: then the run's own settings are
+    what the teacher does not support."""
     from pipeline.ablation import VARIANTS
 
     names = list(variants or VARIANTS)
@@ -161,9 +164,9 @@ def check_variants(config: str, overrides: list[str] | None, workspace: str | No
         try:
             prepare_variant(config, overrides, workspace, name, 0 if seeds > 1 else None)
         except NotApplicable as exc:
-            if variants:
+            if variants or not VARIANTS[name]:
                 raise
-            left_out[name] = str(exc.__cause__ or exc)
+            left_out[name] = exc.reason
     return [n for n in names if n not in left_out], left_out
 
 

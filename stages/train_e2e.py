@@ -68,7 +68,8 @@ def check(cfg: DistillConfig) -> None:
                               f"{spread}'") from None
     if cfg.train_e2e.gan_real == "data" and cfg.teacher.kind != "toy":
         raise NotApplicable("train_e2e.gan_real=data is implemented for the toy world (ground-"
-                          "truth renders); for other teachers use gan_real=teacher")
+                            "truth renders); for other teachers use gan_real=teacher",
+                            reason="gan_real=data needs the toy world's ground-truth renders")
 
 
 STAGE: StageSpec[StudentCheckpointManifest] = StageSpec(

@@ -41,8 +41,27 @@ def caption_token_limit(transformer, requested: int) -> int:
     first axis and the image's frame position ``L + 1`` follows, all within that axis's table
     (``axes_lens[0]``). Z-Image Turbo's 1536 holds the pipeline's 512 tokens; a smaller model's
     table would be indexed past its end by a long prompt (an IndexError deep in the rope)."""
-    positions = transformer.config.axes_lens[0] - 2
-    return max(1, min(requested, positions // CAPTION_PAD_MULTIPLE * CAPTION_PAD_MULTIPLE))
+    axes_lens = transformer.config.axes_lens
+    fits = (axes_lens[0] - 2) // CAPTION_PAD_MULTIPLE * CAPTION_PAD_MULTIPLE
+    if fits < 1:
+        raise ValueError(f"this transformer's caption position table (axes_lens[0] = "
+                         f"{axes_lens[0]}) holds no padded caption of {CAPTION_PAD_MULTIPLE} "
+                         f"tokens and the image after it")
+    return min(requested, fits)
+
+
+def check_image_tokens(height: int, width: int, pixels_per_token: int,
+                       axes_lens: list[int]) -> None:
+    """Raise ``ValueError`` when a ``height x width`` image has more tokens a side than the
+    transformer's rope tables hold (``axes_lens[1]`` rows, ``axes_lens[2]`` columns; Z-Image
+    Turbo: 512 at 16 px a token, 8192 px): past them the transformer fails with an IndexError
+    in its rope, as ``ZImagePipeline`` does."""
+    rows, cols = height // pixels_per_token, width // pixels_per_token
+    if rows > axes_lens[1] or cols > axes_lens[2]:
+        raise ValueError(f"{height}x{width} px is {rows}x{cols} image tokens, but this "
+                         f"transformer's position tables (axes_lens {list(axes_lens)}) hold "
+                         f"{axes_lens[1]}x{axes_lens[2]}: at most "
+                         f"{axes_lens[1] * pixels_per_token}x{axes_lens[2] * pixels_per_token} px")
 
 
 class TwoStepPipeline(ZImagePipeline):
@@ -124,6 +143,9 @@ class TwoStepPipeline(ZImagePipeline):
         if height % scale or width % scale:
             raise ValueError(f"height and width must be multiples of {scale}, got "
                              f"{height}x{width}")
+        check_image_tokens(height, width,
+                           self.vae_scale_factor * self.transformer.config.all_patch_size[0],
+                           self.transformer.config.axes_lens)
         device = self._execution_device
         embeds, _ = self.encode_prompt(prompt, device=device, prompt_embeds=prompt_embeds,
                                        max_sequence_length=max_sequence_length)

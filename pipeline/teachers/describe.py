@@ -131,7 +131,8 @@ def describe_teacher(cfg: TeacherConfig, check_weights: bool = True) -> TeacherD
     else:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        from pipeline.teachers.zimage import check_image_tokens, zimage_sigmas
+        from pipeline.export.pipeline_twostep import check_image_tokens
+        from pipeline.teachers.zimage import zimage_sigmas
 
         vae = _read_json(folder / "vae" / "config.json", cfg.kind)
         scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1) * patch
@@ -139,7 +140,7 @@ def describe_teacher(cfg: TeacherConfig, check_weights: bool = True) -> TeacherD
             raise ConfigError(f"teacher.height/width {cfg.height}x{cfg.width}: must be "
                               f"multiples of {scale} for this Z-Image folder")
         try:
-            check_image_tokens(cfg.height, cfg.width, scale,
+            check_image_tokens(cfg.height, cfg.width, scale,  # diffusers' default tables:
                                transformer.get("axes_lens", [1024, 512, 512]))
         except ValueError as exc:
             raise ConfigError(f"teacher.height/width: {exc}") from None

@@ -22,20 +22,6 @@ from pipeline.teachers.base import PipelineComponents, TeacherAdapter
 _REQUIRED = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-def check_image_tokens(height: int, width: int, pixels_per_token: int,
-                       axes_lens: list[int]) -> None:
-    """Raise ``ValueError`` when a ``height x width`` image has more tokens a side than the
-    transformer's rope tables hold (``axes_lens[1]`` rows, ``axes_lens[2]`` columns; Z-Image
-    Turbo: 512, i.e. 8192 px): past them the transformer fails with an IndexError in its rope,
-    as ``ZImagePipeline`` does."""
-    rows, cols = height // pixels_per_token, width // pixels_per_token
-    if rows > axes_lens[1] or cols > axes_lens[2]:
-        raise ValueError(f"{height}x{width} px is {rows}x{cols} image tokens, but this "
-                         f"transformer's position tables (axes_lens {list(axes_lens)}) hold "
-                         f"{axes_lens[1]}x{axes_lens[2]}: at most "
-                         f"{axes_lens[1] * pixels_per_token}x{axes_lens[2] * pixels_per_token} px")
-
-
 def zimage_sigmas(scheduler, steps: int, latent_shape: tuple[int, int, int]) -> list[float]:
     """``ZImagePipeline``'s ``steps + 1`` sigmas for latents ``(C, H, W)`` (resolution-dependent
     shift ``mu``), computed on a copy of ``scheduler``."""
@@ -103,10 +89,14 @@ class ZImageTeacher(TeacherAdapter):
         return zimage_sigmas(self.pipe.scheduler, steps, latent_shape)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        scale = self.pipe.vae_scale_factor * 2
+        from pipeline.export.pipeline_twostep import check_image_tokens
+
+        scale = self.pipe.vae_scale_factor * 2  # as ZImagePipeline (patch 2)
         if height % scale or width % scale:
             raise ValueError(f"height and width must be multiples of {scale}")
-        check_image_tokens(height, width, scale, self.pipe.transformer.config.axes_lens)
+        config = self.pipe.transformer.config
+        check_image_tokens(height, width, self.pipe.vae_scale_factor * config.all_patch_size[0],
+                           config.axes_lens)
         return (self.pipe.transformer.config.in_channels, 2 * (height // scale),
                 2 * (width // scale))
 

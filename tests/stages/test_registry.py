@@ -52,11 +52,15 @@ def test_an_ablation_leaves_out_the_variants_its_teacher_does_not_support(tmp_pa
     names, left_out = check_variants("smoke", zimage, str(tmp_path / "ws"), None, 2)
     assert "gan_real_data" not in names and {"full", "shared", "no_end_to_end"} <= set(names)
     assert list(left_out) == ["gan_real_data"]
-    assert left_out["gan_real_data"].startswith("train_e2e.gan_real=data is implemented for "
-                                                "the toy world")
+    assert left_out["gan_real_data"] == "gan_real=data needs the toy world's ground-truth renders"
     # named, it is the user's request: refused in one line with the way out
     with pytest.raises(NotApplicable, match=r"^ablation variant gan_real_data .*--variant"):
         check_variants("smoke", zimage, str(tmp_path / "ws"), ["full", "gan_real_data"], 1)
+    # the run's own settings are not a variant to leave out: refused
+    with pytest.raises(NotApplicable, match=r"^train_e2e.gan_real=data is implemented for the "
+                                            r"toy world"):
+        check_variants("smoke", [*zimage, "train_e2e.gan_real=data"], str(tmp_path / "ws"),
+                       None, 1)
     # the toy teacher supports every variant
     names, left_out = check_variants("smoke", [], str(tmp_path / "ws"), None, 1)
     assert "gan_real_data" in names and not left_out

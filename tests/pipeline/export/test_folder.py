@@ -158,6 +158,11 @@ pipe = DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)
 gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
 latents = pipe({prompts!r}, generator=gens, output_type="latent").images
 assert "pipeline" not in sys.modules
+try:  # past the miniature's position tables (16 tokens a side, 4 px each): one clear error
+    pipe("x", height=128, width=64)
+    raise SystemExit("128 px was not refused")
+except ValueError as exc:
+    assert "at most 64x64 px" in str(exc), exc
 from safetensors.torch import save_file
 save_file({{"latents": latents.contiguous()}}, {str(tmp_path / 'latents.safetensors')!r})
 print(type(pipe).__name__, pipe.config.boundary_sigma)
