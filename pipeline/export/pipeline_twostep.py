@@ -64,6 +64,21 @@ def check_image_tokens(height: int, width: int, pixels_per_token: int,
                          f"{axes_lens[1] * pixels_per_token}x{axes_lens[2] * pixels_per_token} px")
 
 
+
+def latent_size(height: int, width: int, vae_scale_factor: int,
+                transformer_config) -> tuple[int, int]:
+    """The latent's ``(h, w)`` of a ``height x width`` image as ``ZImagePipeline`` computes it
+    (sizes multiples of ``vae_scale_factor * 2``), once the size is checked against the
+    multiple and the transformer's position tables (:func:`check_image_tokens`)."""
+    scale = vae_scale_factor * 2
+    if height % scale or width % scale:
+        raise ValueError(f"height and width must be multiples of {scale}, got "
+                         f"{height}x{width}")
+    check_image_tokens(height, width, vae_scale_factor * transformer_config.all_patch_size[0],
+                       transformer_config.axes_lens)
+    return 2 * (height // scale), 2 * (width // scale)
+
+
 class TwoStepPipeline(ZImagePipeline):
     """Z-Image's pipeline with the distilled 2-step sampler and a second transformer."""
 
@@ -139,19 +154,13 @@ class TwoStepPipeline(ZImagePipeline):
             raise ValueError("guidance is distilled into this model: use guidance_scale=0")
         height = height or self.config.default_height
         width = width or self.config.default_width
-        scale = self.vae_scale_factor * 2
-        if height % scale or width % scale:
-            raise ValueError(f"height and width must be multiples of {scale}, got "
-                             f"{height}x{width}")
-        check_image_tokens(height, width,
-                           self.vae_scale_factor * self.transformer.config.all_patch_size[0],
-                           self.transformer.config.axes_lens)
+        latent_h, latent_w = latent_size(height, width, self.vae_scale_factor,
+                                         self.transformer.config)
         device = self._execution_device
         embeds, _ = self.encode_prompt(prompt, device=device, prompt_embeds=prompt_embeds,
                                        max_sequence_length=max_sequence_length)
         embeds = [e for e in embeds for _ in range(num_images_per_prompt)]
-        shape = (len(embeds), self.transformer.config.in_channels,
-                 2 * (height // scale), 2 * (width // scale))
+        shape = (len(embeds), self.transformer.config.in_channels, latent_h, latent_w)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device,
                                    dtype=torch.float32)

@@ -89,16 +89,11 @@ class ZImageTeacher(TeacherAdapter):
         return zimage_sigmas(self.pipe.scheduler, steps, latent_shape)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        from pipeline.export.pipeline_twostep import check_image_tokens
+        from pipeline.export.pipeline_twostep import latent_size
 
-        scale = self.pipe.vae_scale_factor * 2  # as ZImagePipeline (patch 2)
-        if height % scale or width % scale:
-            raise ValueError(f"height and width must be multiples of {scale}")
         config = self.pipe.transformer.config
-        check_image_tokens(height, width, self.pipe.vae_scale_factor * config.all_patch_size[0],
-                           config.axes_lens)
-        return (self.pipe.transformer.config.in_channels, 2 * (height // scale),
-                2 * (width // scale))
+        return (config.in_channels,
+                *latent_size(height, width, self.pipe.vae_scale_factor, config))
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
