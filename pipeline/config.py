@@ -232,7 +232,7 @@ def load_config(
         return DistillConfig.model_validate(data)
     except ValidationError as exc:
         # one line: every problem after the file, each naming its field
-        raise ConfigError(f"{origin}: {one_line_problems(exc)}") from None
+        raise ConfigError(f"{origin}: {one_line_problems(exc, DistillConfig)}") from None
 
 
 def workspace_of(cfg: DistillConfig) -> str:

@@ -20,7 +20,8 @@ def distill(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedPro
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--set", "curate.near_dedup.treshold=0.9"], "curate.near_dedup.treshold: unknown field"),
+        (["--set", "curate.near_dedup.treshold=0.9"],
+         "curate.near_dedup.treshold: unknown field (got 0.9); did you mean 'threshold'?"),
         (["--set", "curate.max_chars=lots"], "curate.max_chars: Input should be a valid integer"),
         (["--set", "curate.sources=[{path: /no/such/prompts.txt}]"],
          "curate.sources[0].path: source file not found: /no/such/prompts.txt"),

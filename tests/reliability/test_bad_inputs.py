@@ -104,16 +104,20 @@ CASES: dict[str, Case] = {
     "config_wrong_type": Case("config", committed("config_wrong_type.yaml"),
                               "config_wrong_type.yaml", "train_init.steps"),
     "config_unknown_key_top": Case("config", committed("config_unknown_key_top.yaml"),
-                                   "config_unknown_key_top.yaml", "trainn_init: unknown field"),
+                                   "config_unknown_key_top.yaml",
+                                   "trainn_init: unknown field; did you mean 'train_init'?"),
     "config_unknown_key_section": Case("config", committed("config_unknown_key_section.yaml"),
                                        "config_unknown_key_section.yaml",
-                                       "curate.min_wrds: unknown field"),
+                                       "curate.min_wrds: unknown field (got 2); did you mean "
+                                       "'min_words'?"),
     "config_unknown_key_nested": Case("config", committed("config_unknown_key_nested.yaml"),
                                       "config_unknown_key_nested.yaml",
-                                      "train_e2e.discriminator.layerz: unknown field"),
+                                      "train_e2e.discriminator.layerz: unknown field; did you "
+                                      "mean 'layers'?"),
     "config_unknown_key_list_item": Case("config", committed("config_unknown_key_list_item.yaml"),
                                          "config_unknown_key_list_item.yaml",
-                                         "curate.sources[0].sed: unknown field"),
+                                         "curate.sources[0].sed: unknown field (got 3); did you "
+                                         "mean 'seed'?"),
     # prompt files: curate.sources=[{path: FILE}]
     "prompts_empty": Case("prompts", committed("prompts_empty.txt"), "prompts_empty.txt",
                           "curate.sources[0].path"),

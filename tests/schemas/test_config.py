@@ -39,7 +39,8 @@ def test_workspace_defaults_to_runs_preset():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["curate.min_wrds=3"], r"smoke.yaml \(with overrides\): curate.min_wrds: unknown field"),
+        (["curate.min_wrds=3"], r"smoke.yaml \(with overrides\): curate.min_wrds: unknown field "
+                                r"\(got 3\); did you mean 'min_words'\?$"),
         (["curate.min_words=abc"], r"curate.min_words: Input should be a valid integer.*'abc'"),
         (["curate.near_dedup.threshold=2"], r"curate.near_dedup.threshold: .*less than or equal"),
         (["curate.blocklist=['(']"], r"blocklist\[0\] '\(' is not a valid regex"),
