@@ -5,6 +5,7 @@ Images are ``(N, 3, H, W)`` in [0, 1]; features ``(N, D)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 
 import torch
@@ -12,21 +13,42 @@ import torch.nn.functional as F
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)`` between Gaussians fit to
-    features ``a`` ``(N, D)`` and ``b`` ``(M, D)`` (the FID formula; symmetric square roots
-    by eigendecomposition, negative eigenvalues from rounding clipped to 0)."""
+    """``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2)`` between
+    Gaussians fit to features ``a`` ``(N, D)`` and ``b`` ``(M, D)`` (the FID formula, unbiased
+    covariances; NaN with fewer than 2 rows on a side).
+
+    The cross term is computed in whichever space is smaller. With the centred features
+    ``A``, ``B`` the nonzero eigenvalues of ``S_a^1/2 S_b S_a^1/2`` are those of ``S_b S_a``,
+    the squared singular values of ``B A^T / sqrt((N-1)(M-1))``, so the term is the nuclear
+    norm of that ``(M, N)`` matrix: exact, and far cheaper than two ``(D, D)``
+    eigendecompositions when there are fewer samples than features (an Inception FID on a
+    few hundred images: ``D`` = 2048). Otherwise: symmetric square roots of the ``(D, D)``
+    covariances by eigendecomposition, negative eigenvalues from rounding clipped to 0."""
     a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    n, m = a.shape[0], b.shape[0]
+    if min(n, m) < 2:
+        return float("nan")
+    centred_a, centred_b = a - a.mean(0), b - b.mean(0)
+    mean_term = (a.mean(0) - b.mean(0)).pow(2).sum()
+    traces = centred_a.pow(2).sum() / (n - 1) + centred_b.pow(2).sum() / (m - 1)
+    if max(n, m) < a.shape[1]:
+        cross = torch.linalg.svdvals(centred_b @ centred_a.T).sum() / math.sqrt((n - 1) * (m - 1))
+    else:
+        cross = _sqrtm_trace_of_covariances(centred_a.T @ centred_a / (n - 1),
+                                            centred_b.T @ centred_b / (m - 1))
+    return float((mean_term + traces - 2 * cross).clamp(min=0))
+
+
+def _sqrtm_trace_of_covariances(cov_a: torch.Tensor, cov_b: torch.Tensor) -> torch.Tensor:
+    """``tr((S_a^1/2 S_b S_a^1/2)^1/2)`` by symmetric eigendecompositions of ``(D, D)``
+    matrices."""
 
     def sqrtm(m: torch.Tensor) -> torch.Tensor:
         vals, vecs = torch.linalg.eigh((m + m.T) / 2)
         return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
 
     root_a = sqrtm(cov_a)
-    cross = sqrtm(root_a @ cov_b @ root_a)
-    value = (mu_a - mu_b).pow(2).sum() + torch.trace(cov_a + cov_b - 2 * cross)
-    return float(value.clamp(min=0))
+    return torch.trace(sqrtm(root_a @ cov_b @ root_a))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
