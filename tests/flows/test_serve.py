@@ -96,7 +96,10 @@ def test_serve_trigger_rerun_and_fail(tmp_path):
         assert "missing.txt" in logs.stdout, logs.stdout[-3000:]
     finally:
         if runner is not None:
-            kill_session(runner, signal.SIGINT)  # the runner first, by its own pid
+            # the runner first, by its own pid, with SIGTERM (Prefect's runner stops gracefully
+            # on it): SIGINT is ignored by a process started from a background job (`.ci/run
+            # &`), and the runner then sat out the 60 s grace before being killed
+            kill_session(runner, signal.SIGTERM)
         kill_session(server, signal.SIGTERM)
     for proc in (runner, server):
         if proc is not None:
