@@ -215,8 +215,8 @@ def test_gan_real_data_needs_the_toy_world():
 # process) differ by a few ulps per step and grow slowly over steps.
 REL = 2e-4
 # EMA weights of one worker against 2 FSDP2 workers resumed, after 3 steps at lr 1e-3: float32
-# sums in another order (largest difference 7e-6 on 2026-12-07); a resume that lost the Adam
-# state (each weight's step ~lr), the EMA or the noise would be off by ~lr = 1e-3
+# sums in another order (largest difference 7e-6 on 2026-12-07); an Adam step moves a weight
+# by up to ~lr = 1e-3, the scale of a resume that lost the optimizer state, the EMA or the noise
 EMA_TOLERANCE = 1e-4
 PHASE1 = ["train_init.steps=3", "train_init.batch_size=4", "train_init.shuffle_buffer=0",
           "train_init.cpus_per_worker=1", "train_init.lora.rank=4",
