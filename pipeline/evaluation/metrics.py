@@ -28,8 +28,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     n, m = a.shape[0], b.shape[0]
     if min(n, m) < 2:
         return float("nan")
-    centred_a, centred_b = a - a.mean(0), b - b.mean(0)
-    mean_term = (a.mean(0) - b.mean(0)).pow(2).sum()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    centred_a, centred_b = a - mu_a, b - mu_b
+    mean_term = (mu_a - mu_b).pow(2).sum()
     traces = centred_a.pow(2).sum() / (n - 1) + centred_b.pow(2).sum() / (m - 1)
     if max(n, m) < a.shape[1]:
         cross = torch.linalg.svdvals(centred_b @ centred_a.T).sum() / math.sqrt((n - 1) * (m - 1))

@@ -64,7 +64,6 @@ def check_image_tokens(height: int, width: int, pixels_per_token: int,
                          f"{axes_lens[1] * pixels_per_token}x{axes_lens[2] * pixels_per_token} px")
 
 
-
 def latent_size(height: int, width: int, vae_scale_factor: int,
                 transformer_config) -> tuple[int, int]:
     """The latent's ``(h, w)`` of a ``height x width`` image as ``ZImagePipeline`` computes it
