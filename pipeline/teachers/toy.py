@@ -5,8 +5,9 @@ into it (``build.json`` ``guidance_distillation``), so like Z-Image Turbo it is 
 one velocity call per step and no guidance.
 
 Prompts outside the toy vocabulary (see :func:`pipeline.toy.prompts.parse_prompt`) are still
-encoded (MiniLM reads any text) and a warning names the unknown words; ``strict=True`` turns
-that into a :class:`~pipeline.errors.ConfigError`.
+encoded (MiniLM reads any text) and a warning names the unknown words, each once per adapter
+(a sampling actor encodes hundreds of batches); ``strict=True`` turns that into a
+:class:`~pipeline.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ToyTeacher(TeacherAdapter):
         self.device = torch.device(device)
         self.strict = strict
         self._encoder = None
+        self._reported_unknown_words: set[str] = set()
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu",
@@ -71,11 +73,12 @@ class ToyTeacher(TeacherAdapter):
 
     def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
         unknown = {w for p in prompts for w in parse_prompt(p)[1]}
-        if unknown:
-            message = f"words outside the toy vocabulary: {', '.join(sorted(unknown))}"
-            if self.strict:
-                raise ConfigError(message)
-            log.warning("%s (they are encoded anyway; the teacher never saw them)", message)
+        if unknown and self.strict:
+            raise ConfigError(f"words outside the toy vocabulary: {', '.join(sorted(unknown))}")
+        if unreported := unknown - self._reported_unknown_words:
+            self._reported_unknown_words |= unreported
+            log.warning("words outside the toy vocabulary: %s (they are encoded anyway; the "
+                        "teacher never saw them)", ", ".join(sorted(unreported)))
         return self._text_encoder().encode(prompts)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor,

@@ -37,6 +37,11 @@ def test_prompts_outside_the_vocabulary(caplog):
     with caplog.at_level(logging.WARNING):
         assert len(teacher.encode_prompts(["a purple dragon"])) == 1
     assert "outside the toy vocabulary: dragon, purple" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # each unknown word is reported once
+        teacher.encode_prompts(["a purple dragon", "a purple unicorn"])
+    assert "outside the toy vocabulary: unicorn (" in caplog.text
+    assert "dragon" not in caplog.text
     strict = ToyTeacher(teacher.model, strict=True)
     with pytest.raises(ConfigError, match="outside the toy vocabulary"):
         strict.encode_prompts(["a purple dragon"])
