@@ -66,26 +66,44 @@ def build_teacher(
     = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="FIELD=VALUE",
                                                    help=TEACHER_SET_HELP)] = None,
+    min_accuracy: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Lowest 8-step attribute accuracy to write the teacher to "
+        "--out; a weaker build goes to OUT.rejected instead (0: always write).")] = 0.9,
 ) -> None:
     """Train the toy teacher with flow matching on toy renders (about 45 minutes on 2 CPUs;
     in latent space the autoencoder's two phases first, about 11 of them), distil
     classifier-free guidance into it (the last 5 minutes), then record its 8-step and naive
-    2-step attribute accuracy next to the weights."""
+    2-step attribute accuracy next to the weights.
+
+    The teacher replaces --out only if every attribute reaches --min-accuracy at 8 steps, so a
+    short or failed build never replaces a good teacher (the shipped one by default); a weaker
+    build is kept beside it in OUT.rejected."""
     cfg = teacher_build_config(set_ or [])  # a mistake is refused before any training
     import torch
 
     from pipeline.toy.teacher import ASSET_DIR, attribute_accuracy, save_teacher, train_teacher
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    build = train_teacher(cfg, log=console.print)
+    try:
+        build = train_teacher(cfg, log=console.print)
+    except TwostepError as exc:
+        fail(exc)
     info = build.info
     for steps in (8, 2):
         info[f"accuracy_{steps}_step"] = attribute_accuracy(build.model, steps,
                                                             autoencoder=build.autoencoder)
         console.print(f"{steps}-step attribute accuracy: {info[f'accuracy_{steps}_step']}")
     folder = out or ASSET_DIR
-    save_teacher(build.model, {**info, "command": " ".join(sys.argv[1:])}, folder,
+    weakest = min(info["accuracy_8_step"].items(), key=lambda item: item[1])
+    below_gate = weakest[1] < min_accuracy
+    target = folder.with_name(folder.name + ".rejected") if below_gate else folder
+    save_teacher(build.model, {**info, "command": " ".join(sys.argv[1:])}, target,
                  autoencoder=build.autoencoder)
+    if below_gate:
+        fail(f"8-step {weakest[0]} accuracy {weakest[1]:.4f} is below --min-accuracy "
+             f"{min_accuracy}: {folder} left as it was, the build written to {target} (use "
+             f"it with --set teacher.path={target}, or build longer: --set minutes=...)",
+             code=1)
     console.print(f"wrote {folder}")
 
 

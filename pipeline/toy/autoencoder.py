@@ -207,13 +207,31 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, grad_loss: float) -> t
     return loss
 
 
+class TrainingTooSlow(Exception):
+    """Training would not end by its deadline at the pace measured so far."""
+
+    def __init__(self, projected_seconds: float, measured: str) -> None:
+        super().__init__(f"projected to take {projected_seconds:.0f} s ({measured})")
+        self.projected_seconds = projected_seconds
+        self.measured = measured
+
+
+# A decoder-only epoch (frozen encoder, no probes) costs about half a phase-1 epoch: 45 s
+# against 89 s on 2 CPUs at the defaults (2026-12-07).
+DECODER_EPOCH_COST = 0.5
+
+
 def train_autoencoder(config: AutoencoderConfig, cfg: AutoencoderTrainConfig,
-                      log: Callable[[str], None] = print,
+                      log: Callable[[str], None] = print, deadline: float | None = None,
                       ) -> tuple[ToyAutoencoder, dict[str, object]]:
     """Phase 1: encoder and decoder on ``cfg.samples`` fresh renders (seeded); phase 2:
     :func:`refine_decoder`. Each phase is followed by :func:`reconstruction_report`. Latent
     statistics are left at 0/1: the caller sets them from its own data with
-    :meth:`ToyAutoencoder.fit_latent_statistics`."""
+    :meth:`ToyAutoencoder.fit_latent_statistics`.
+
+    ``deadline`` (a ``time.perf_counter()`` value): after each phase-1 epoch, raise
+    :class:`TrainingTooSlow` if the epochs left, at the pace so far, would end after it, so
+    that a budget too small for the autoencoder fails after one epoch, not after all of them."""
     from pipeline.toy.features import HEADS, render_set
 
     torch.manual_seed(cfg.seed)
@@ -250,8 +268,16 @@ def train_autoencoder(config: AutoencoderConfig, cfg: AutoencoderTrainConfig,
             loss.backward()
             opt.step()
             sched.step()
+        now = time.perf_counter()
         log(f"autoencoder epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.4f} "
-            f"({time.perf_counter() - start:.0f} s)")
+            f"({now - start:.0f} s)")
+        if deadline is not None:
+            pace = (now - start) / (epoch + 1)  # the renders count into the first epoch
+            left = (cfg.epochs - epoch - 1 + DECODER_EPOCH_COST * cfg.decoder_epochs) * pace
+            if now + left > deadline:
+                decoder = f"{cfg.decoder_epochs} decoder epoch" + "s" * (cfg.decoder_epochs != 1)
+                raise TrainingTooSlow(now - start + left, f"{epoch + 1} of {cfg.epochs} epochs "
+                                      f"took {now - start:.0f} s, then {decoder}")
     info: dict[str, object] = {"architecture": config.model_dump(mode="json"),
                                "training": cfg.model_dump(mode="json"),
                                "phase_1": reconstruction_report(model, cfg, log)}

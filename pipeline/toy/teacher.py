@@ -29,6 +29,7 @@ import torch
 from diffusers import ZImageTransformer2DModel
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from pipeline.errors import ConfigError
 from pipeline.flow import (
     SHIFT,
     ema_update,
@@ -43,6 +44,7 @@ from pipeline.toy.autoencoder import (
     AutoencoderConfig,
     AutoencoderTrainConfig,
     ToyAutoencoder,
+    TrainingTooSlow,
     train_autoencoder,
 )
 from pipeline.toy.paths import TEACHER_DIR
@@ -286,13 +288,27 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
 
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
+    flow_matching_end = start + cfg.flow_matching_minutes * 60
     autoencoder, ae_info = None, None
     if cfg.space == "latent":
-        autoencoder, ae_info = train_autoencoder(cfg.autoencoder, cfg.autoencoder_training, log)
+        try:
+            autoencoder, ae_info = train_autoencoder(cfg.autoencoder, cfg.autoencoder_training,
+                                                     log, deadline=flow_matching_end)
+        except TrainingTooSlow as exc:
+            raise ConfigError(
+                f"build-teacher: the autoencoder alone would take about "
+                f"{exc.projected_seconds / 60:.1f} minutes here ({exc.measured}), past the "
+                f"{cfg.flow_matching_minutes:g} minutes {_budget_words(cfg)}: {_BUDGET_WAY_OUT}"
+            ) from None
     encoder = MiniLMTextEncoder()
     x0_pool, cap_ids, caps = image_pool(cfg, log, caps=encoder.encode(pool_texts(cfg)))
     if autoencoder is not None:
         x0_pool = autoencoder.fit_latent_statistics(x0_pool)
+    if time.perf_counter() >= flow_matching_end:  # else flow matching would run no step
+        raise ConfigError(
+            f"build-teacher: {(time.perf_counter() - start) / 60:.1f} minutes went to the "
+            f"autoencoder and the training pool, leaving no time for flow matching in the "
+            f"{cfg.flow_matching_minutes:g} minutes {_budget_words(cfg)}: {_BUDGET_WAY_OUT}")
     torch.manual_seed(cfg.seed)
     model, info = train_flow_matching(new_teacher(cfg), x0_pool, cap_ids, caps, cfg, log,
                                       start=start, minutes=cfg.flow_matching_minutes)
@@ -304,6 +320,19 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
     if ae_info is not None:
         info["autoencoder"] = ae_info
     return ToyTeacherBuild(model, autoencoder, info)
+
+
+_BUDGET_WAY_OUT = ("raise --set minutes (44 by default), or shorten the autoencoder "
+                   "(autoencoder_training.epochs, autoencoder_training.samples) or the pool "
+                   "(pool_images), or build in pixel space (space=pixel); nothing written")
+
+
+def _budget_words(cfg: TeacherTrainConfig) -> str:
+    """How the flow-matching part of the budget came about, for the messages above."""
+    if cfg.guidance > 1:
+        return (f"the build has before guidance distillation (minutes {cfg.minutes:g}, "
+                f"guidance_minutes {cfg.guidance_minutes:g})")
+    return f"of the build (minutes {cfg.minutes:g})"
 
 
 VelocityFn = Callable[[ZImageTransformer2DModel, torch.Tensor, torch.Tensor,

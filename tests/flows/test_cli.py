@@ -274,10 +274,23 @@ def test_build_teacher_with_set_items_builds_and_records_them(tmp_path):
 
     sets = ["space=pixel", "dim=32", "n_layers=1", "n_heads=2", "max_steps=2", "pool_prompts=40",
             "pool_images=16", "batch=4", "warmup=1", "guidance=1", "minutes=10"]
-    result = distill("toy", "build-teacher", "--out", str(tmp_path / "t"),
+    result = distill("toy", "build-teacher", "--out", str(tmp_path / "t"), "--min-accuracy", "0",
                      *[arg for item in sets for arg in ("--set", item)])
     assert result.returncode == 0, result.stderr[-2000:]
     build = json.loads((tmp_path / "t" / "build.json").read_text())
     assert build["steps"] == 2 and set(build["accuracy_2_step"]) >= {"shape", "color"}
     assert build["config"]["space"] == "pixel" and build["config"]["patch"] == 4
     assert "--set dim=32" in build["command"]
+
+    # The default gate (every attribute >= 0.9 at 8 steps): a two-step build falls short, and
+    # the good folder stays as it was while the build is kept beside it.
+    before = (tmp_path / "t" / "build.json").read_bytes()
+    result = distill("toy", "build-teacher", "--out", str(tmp_path / "t"),
+                     *[arg for item in sets for arg in ("--set", item)])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.splitlines()[-1]  # after the build's own progress output
+    assert line.startswith("error: 8-step ") and line.count("error:") == 1
+    assert "accuracy" in line and "is below --min-accuracy 0.9" in line
+    assert f"written to {tmp_path / 't.rejected'}" in line
+    assert (tmp_path / "t" / "build.json").read_bytes() == before
+    assert json.loads((tmp_path / "t.rejected" / "build.json").read_text())["steps"] == 2

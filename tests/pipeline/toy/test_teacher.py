@@ -149,6 +149,28 @@ def test_latent_build_trains_the_autoencoder_and_loads_through_the_adapter(tmp_p
     assert ToyTeacher.load(tmp_path / "teacher").latent_shape() == (3, 32, 32)
 
 
+def test_a_budget_the_autoencoder_or_the_pool_uses_up_fails_instead_of_an_untrained_teacher():
+    """A build whose `minutes` end before flow matching could start once gave a teacher of zero
+    training steps; now it stops with the way out, in latent space after the first epoch."""
+    from pipeline.errors import ConfigError
+
+    lines: list[str] = []
+    latent = TeacherTrainConfig(
+        minutes=1e-4, guidance=1.0, pool_prompts=40, pool_images=16, dim=32, n_layers=1,
+        n_heads=2, autoencoder=AutoencoderConfig(channels=5, width=8),
+        autoencoder_training=AutoencoderTrainConfig(samples=64, epochs=3, batch=32,
+                                                    eval_renders=16, decoder_epochs=1))
+    with pytest.raises(ConfigError, match=r"the autoencoder alone would take about .* minutes "
+                       r"here \(1 of 3 epochs took .* s, then 1 decoder epoch\), past the "
+                       r"0.0001 minutes of the build \(minutes 0.0001\): raise --set minutes"):
+        train_teacher(latent, log=lines.append)
+    assert lines == [next(line for line in lines if line.startswith("autoencoder epoch 1/3"))]
+    pixel = _tiny_config(minutes=1e-4, guidance=1.0, pool_prompts=40, pool_images=16)
+    with pytest.raises(ConfigError, match="leaving no time for flow matching in the 0.0001 "
+                       "minutes of the build .*space=pixel.*; nothing written"):
+        train_teacher(pixel, log=lambda _: None)
+
+
 def test_a_teacher_that_does_not_fit_its_autoencoder_is_refused(tmp_path):
     from pipeline.errors import ArtifactError
     from pipeline.teachers.toy import ToyTeacher
