@@ -62,12 +62,21 @@ def run(
         fail(exc)
     table = Table(title=f"distill run ({config})")
     for column in ("stage", "key", "result", "counts", "folder"):
-        table.add_column(column, overflow="fold")
+        _add_column(table, column)
     for stage, info in summary.items():
         counts = ", ".join(f"{k}={v}" for k, v in info["counts"].items())
         table.add_row(stage, str(info["key"]), "cached" if info["cached"] else "computed",
                       counts, str(info["uri"]))
     console.print(table)
+
+
+def _add_column(table: Table, column: str) -> None:
+    """Stage names and keys are never folded (a key is copied or grepped from the output, which
+    is 80 columns wide when piped); the other columns fold to make room."""
+    if column in ("stage", "key"):
+        table.add_column(column, no_wrap=True, min_width=16 if column == "key" else None)
+    else:
+        table.add_column(column, overflow="fold")
 
 
 def ablate(
@@ -198,7 +207,7 @@ def status(
         fail(f"workspace {root} does not exist (nothing has run)")
     table = Table(title=f"workspace {root}")
     for column in ("stage", "key", "finished", "last run", "counts"):
-        table.add_column(column, overflow="fold")
+        _add_column(table, column)
     for stage in STAGES:
         try:
             latest = read_latest(store, stage)

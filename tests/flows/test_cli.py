@@ -11,8 +11,9 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 
-def distill(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+def distill(*args: str, cwd=None, timeout: int = 300, columns: int = 200,
+            ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd or REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -88,6 +89,13 @@ def test_run_twice_is_cached_and_status_reports_it(tmp_path):
     assert status.returncode == 0, status.stderr
     assert "curate" in status.stdout and "cached" in status.stdout
     assert "never run" in status.stdout  # later stages
+    # piped output is 80 columns wide: the keys stay whole, to be copied or grepped
+    import json
+
+    key = json.loads((tmp_path / "ws" / "curate" / "latest.json").read_text())["key"]
+    for args in (("status", "--workspace", ws),
+                 ("run", "--config", "smoke", "--workspace", ws, "--only", "curate")):
+        assert key in distill(*args, columns=80).stdout
 
 
 def test_status_of_a_missing_workspace(tmp_path):
