@@ -452,10 +452,23 @@ class TrainE2EConfig(TrainCommonConfig):
 
     @model_validator(mode="after")
     def _adversarial_starts_in_time(self) -> TrainE2EConfig:
-        if self.adversarial and self.adv_start_step >= self.steps:  # the default 0 passes
-            raise ValueError(f"adv_start_step ({self.adv_start_step}) >= steps ({self.steps}): "
-                             "the adversarial term would never act; lower it, or set "
-                             "adv_weight=0 to train without it")
+        # the ramp is 0 at adv_start_step itself when there is a warm-up (adversarial_ramp)
+        first_acting = self.adv_start_step + (1 if self.adv_warmup_steps else 0)
+        if self.adversarial and first_acting >= self.steps:  # the defaults pass
+            ramp = (f" + 1 (the adv_warmup_steps ramp is 0 at its first step) = {first_acting}"
+                    if self.adv_warmup_steps else "")
+            raise ValueError(f"adv_start_step ({self.adv_start_step}){ramp} >= steps "
+                             f"({self.steps}): the adversarial term would never act; lower it, "
+                             "or set adv_weight=0 to train without it")
+        return self
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> TrainE2EConfig:
+        if not (self.adversarial or self.step1_weight or self.final_weight
+                or self.feature_weight):
+            raise ValueError("adv_weight, step1_weight, final_weight and feature_weight are "
+                             "all 0: phase 2 would train nothing (every gradient is 0); set "
+                             "one of them > 0")
         return self
 
     @model_validator(mode="after")
@@ -529,7 +542,8 @@ class EvaluateConfig(StrictModel):
     weights: Literal["ema", "student"] = Field("ema", description="Student weights to use.")
     extra_students: dict[str, str] = Field(
         default_factory=dict, description="More students to compare: name -> folder of a "
-        "finished train_init/train_e2e stage.")
+        "finished train_init/train_e2e stage (not a name of the run's own generators: "
+        "student, student_phase1, teacher_<steps>).")
     grid_prompts: int = Field(8, ge=1, description="Rows of the image grid.")
     batch_size: int = speed_only(128, ge=1, description="Generation batch.")
     latency_repeats: int = Field(3, ge=1, description="Timed repeats of one batch per "
@@ -537,6 +551,16 @@ class EvaluateConfig(StrictModel):
                                  "latency numbers).")
     latency_batch: int = Field(1, ge=1, description="Batch size of the latency measurement.")
     real_metrics: RealMetricsConfig = Field(default_factory=RealMetricsConfig)
+
+    @field_validator("extra_students")
+    @classmethod
+    def _names_of_their_own(cls, students: dict[str, str]) -> dict[str, str]:
+        # the report, the export card and the ablation read these names as the run's own
+        for name in students:
+            if name in ("student", "student_phase1") or re.fullmatch(r"teacher_\d+", name):
+                raise ValueError(f"{name!r} is the name of one of the run's own generators "
+                                 "(student, student_phase1, teacher_<steps>): choose another")
+        return students
 
 
 class ExportConfig(StrictModel):

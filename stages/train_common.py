@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.stage import StageContext, StageResult
 from pipeline.tracking import mlflow_artifact_root, mlflow_uri
-from schemas.config import DistillConfig, LoraConfig, TrainCommonConfig
+from schemas.config import DistillConfig, LoraConfig, TrainCommonConfig, TrainE2EConfig
 from schemas.manifest import TeacherSamplesManifest
 
 if TYPE_CHECKING:  # the training loop imports torch: not at module level (cheap cache hits)
@@ -65,6 +65,7 @@ def build_job(ctx: StageContext, phase: int, parameterization: str,
 
 def train(ctx: StageContext, job: TrainJob, choices: dict[str, object]) -> StageResult:
     from pipeline.student.launch import run_training
+    from pipeline.student.train import warmup_outlasts_run
 
     section = ctx.section
     assert isinstance(section, TrainCommonConfig)
@@ -73,6 +74,12 @@ def train(ctx: StageContext, job: TrainJob, choices: dict[str, object]) -> Stage
     ctx.log.info("%s: %d steps of batch %d on %d worker(s) (%s, %s); MLflow %s", ctx.name,
                  section.steps, section.batch_size, section.num_workers, section.strategy,
                  job.parameterization, job.mlflow_uri)
+    optimizers = {f"{ctx.name}.optimizer": section.optimizer}
+    if isinstance(section, TrainE2EConfig) and section.adversarial:
+        optimizers[f"{ctx.name}.discriminator.optimizer"] = section.discriminator.optimizer
+    for field, optimizer in optimizers.items():
+        if warning := warmup_outlasts_run(optimizer, section.steps, field):
+            ctx.log.warning("%s", warning)
     state = run_training(job, section.num_workers, section.cpus_per_worker, section.use_gpu)
     metrics = {k: float(v) for k, v in state.get("last", {}).items()}
     return StageResult(

@@ -162,6 +162,17 @@ def scheduled_lr(cfg: OptimizerConfig, step: int, total: int) -> float:
     return cfg.lr * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
+def warmup_outlasts_run(cfg: OptimizerConfig, total: int, field: str) -> str | None:
+    """A one-line warning when the warm-up of ``field`` (e.g. ``train_init.optimizer``) does
+    not end before the last of ``total`` steps, so the learning rate never or only at the end
+    reaches ``lr``; None otherwise. (A deliberately short run on a preset is legitimate.)"""
+    if cfg.warmup_steps < total:
+        return None
+    return (f"{field}.warmup_steps ({cfg.warmup_steps}) >= steps ({total}): the learning rate "
+            f"peaks at {total / cfg.warmup_steps:.0%} of lr ({cfg.lr:g}) at the last step; "
+            f"lower the warm-up for a run this short")
+
+
 def _set_lr(opt: torch.optim.Optimizer, cfg: OptimizerConfig, step: int, total: int) -> None:
     for group in opt.param_groups:
         group["lr"] = scheduled_lr(cfg, step, total)

@@ -53,6 +53,18 @@ def test_workspace_defaults_to_runs_preset():
         (["train_e2e.steps=10", "train_e2e.adv_start_step=10"],
          r"train_e2e: .*adv_start_step \(10\) >= steps \(10\): the adversarial term would "
          r"never act"),
+        (["train_e2e.steps=10", "train_e2e.adv_start_step=9", "train_e2e.adv_warmup_steps=5"],
+         r"train_e2e: .*adv_start_step \(9\) \+ 1 \(the adv_warmup_steps ramp is 0 at its "
+         r"first step\) = 10 >= steps \(10\): the adversarial term would never act"),
+        (["train_e2e.steps=1", "train_e2e.adv_warmup_steps=1"],
+         r"adv_start_step \(0\) \+ 1 .* = 1 >= steps \(1\)"),
+        (["train_e2e.adv_weight=0", "train_e2e.step1_weight=0", "train_e2e.final_weight=0"],
+         r"train_e2e: .*adv_weight, step1_weight, final_weight and feature_weight are all 0: "
+         r"phase 2 would train nothing"),
+        (["evaluate.extra_students={student: /x}"],
+         r"evaluate.extra_students: .*'student' is the name of one of the run's own "
+         r"generators .*choose another"),
+        (["evaluate.extra_students={teacher_2: /x}"], r"'teacher_2' is the name"),
         (["train_e2e.gan_real=data", "train_e2e.adv_weight=0"],
          r"train_e2e: .*gan_real=data chooses the discriminator's real samples, but "
          r"adv_weight=0 trains no discriminator"),

@@ -34,3 +34,15 @@ def test_cosine_decays_from_lr_after_the_warm_up_to_the_floor(ratio):
 def test_cosine_with_no_steps_after_the_warm_up_keeps_lr():
     cfg = OptimizerConfig(lr=1e-4, warmup_steps=10, schedule="cosine")
     assert scheduled_lr(cfg, 12, 10) == 1e-4
+
+
+def test_a_warm_up_as_long_as_the_run_is_named_with_the_peak_it_reaches():
+    from pipeline.student.train import warmup_outlasts_run
+
+    cfg = OptimizerConfig(lr=2e-4, warmup_steps=20)
+    assert warmup_outlasts_run(cfg, 21, "train_init.optimizer") is None
+    warning = warmup_outlasts_run(cfg, 5, "train_init.optimizer")
+    assert warning.startswith("train_init.optimizer.warmup_steps (20) >= steps (5): the "
+                              "learning rate peaks at 25% of lr (0.0002) at the last step")
+    assert max(scheduled_lr(cfg, step, 5) for step in range(5)) == pytest.approx(0.25 * 2e-4)
+    assert "100% of lr" in warmup_outlasts_run(cfg, 20, "x")  # reached only at the last step
