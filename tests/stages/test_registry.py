@@ -64,3 +64,13 @@ def test_an_ablation_leaves_out_the_variants_its_teacher_does_not_support(tmp_pa
     # the toy teacher supports every variant
     names, left_out = check_variants("smoke", [], str(tmp_path / "ws"), None, 1)
     assert "gan_real_data" in names and not left_out
+
+
+def test_an_ablation_refuses_unknown_or_repeated_variants(tmp_path):
+    """A repeated variant would count its cached result as one more seed of itself (two seeds
+    with a spread of 0, and a claim that 'holds' on no evidence)."""
+    with pytest.raises(ConfigError, match=r"^unknown variant 'shard' \(variants: full, shared"):
+        check_variants("smoke", [], str(tmp_path / "ws"), ["full", "shard"], 1)
+    with pytest.raises(ConfigError, match=r"^--variant shared is given twice; give each "
+                                          r"variant once \(--seeds N runs each N times\)$"):
+        check_variants("smoke", [], str(tmp_path / "ws"), ["full", "shared", "shared"], 1)
