@@ -25,14 +25,17 @@ class ToyScorer:
                           for i in range(0, len(images), batch)])
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-        """Per-attribute accuracy over the prompts naming it, their mean, palette purity and
-        the valid rate (purity >= 0.9: one crisp shape of pure colours)."""
+        """Per-attribute accuracy over the prompts naming it (an attribute no prompt names is
+        left out), their mean, palette purity and the valid rate (purity >= 0.9: one crisp
+        shape of pure colours)."""
         parsed = [ToyPrompt(p, parse_prompt(p)[0]) for p in prompts]
         predicted = []
         for i in range(0, len(images), 512):
             predicted += self.net.predict(images[i:i + 512] * 2 - 1)
         result = dict(named_attribute_accuracy(parsed, predicted))
-        result["mean_accuracy"] = round(sum(result[h] for h in HEADS) / len(HEADS), 4)
+        named = [result[h] for h in HEADS if h in result]
+        if named:
+            result["mean_accuracy"] = round(sum(named) / len(named), 4)
         purity = palette_purity(images)
         result["palette_purity"] = round(purity.mean().item(), 4)
         result["valid_rate"] = round((purity >= VALID_PURITY).float().mean().item(), 4)

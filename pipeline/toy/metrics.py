@@ -30,11 +30,14 @@ def named_attribute_accuracy(
     prompts: Sequence[ToyPrompt], predicted: Sequence[ToyAttributes]
 ) -> dict[str, float]:
     """Per attribute, the fraction of images whose predicted value equals what the prompt
-    names, over the prompts that name that attribute (4 decimals)."""
+    names, over the prompts that name that attribute (4 decimals). An attribute that no
+    prompt names is left out: it was never asked for, so it has no accuracy (0 would read as
+    a generator that always gets it wrong)."""
     result = {}
     for name in ATTRIBUTES:
         pairs = [(getattr(p.attributes, name), getattr(q, name))
                  for p, q in zip(prompts, predicted, strict=True)
                  if getattr(p.attributes, name) is not None]
-        result[name] = round(sum(a == b for a, b in pairs) / max(len(pairs), 1), 4)
+        if pairs:
+            result[name] = round(sum(a == b for a, b in pairs) / len(pairs), 4)
     return result
