@@ -153,6 +153,9 @@ class TwoStepPipeline(ZImagePipeline):
             raise ValueError("guidance is distilled into this model: use guidance_scale=0")
         height = height or self.config.default_height
         width = width or self.config.default_width
+        check_size = getattr(self.vae, "check_image_size", None)  # a decoder of one size (toy)
+        if check_size is not None:
+            check_size(height, width)
         latent_h, latent_w = latent_size(height, width, self.vae_scale_factor,
                                          self.transformer.config)
         device = self._execution_device

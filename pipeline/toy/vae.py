@@ -41,6 +41,14 @@ class ToyVAE(ModelMixin, ConfigMixin):
         vae.autoencoder.load_state_dict(autoencoder.state_dict())
         return vae.eval()
 
+    def check_image_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` unless ``height x width`` is the toy world's 32x32: the decoder
+        (and the toy transformers) learned no other size, and a convolutional decoder would
+        silently decode any latent grid into an image of another size."""
+        if (height, width) != (IMAGE_SIDE, IMAGE_SIDE):
+            raise ValueError(f"{height}x{width} px: a toy model makes {IMAGE_SIDE}x{IMAGE_SIDE}"
+                             f" images only (its decoder was trained at that size)")
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(N, 3, 32, 32)`` in [-1, 1] -> normalised latents ``(N, C, G, G)``."""
         return self.autoencoder.encode(images)

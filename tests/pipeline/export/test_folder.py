@@ -61,6 +61,10 @@ def test_toy_export_samples_exactly_what_the_student_samples(toy_export):
         pipe(PROMPTS[0], num_inference_steps=8)
     with pytest.raises(ValueError, match="guidance_scale=0"):
         pipe(PROMPTS[0], guidance_scale=3.0)
+    for height, width in ((64, 64), (32, 40), (16, 16)):  # the decoder would make any size
+        with pytest.raises(ValueError, match=f"^{height}x{width} px: a toy model makes 32x32 "
+                                             "images only"):
+            pipe(PROMPTS[0], height=height, width=width)
 
 
 def test_export_folder_layout_names_the_code_file(toy_export):
