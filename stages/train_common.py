@@ -80,6 +80,11 @@ def train(ctx: StageContext, job: TrainJob, choices: dict[str, object]) -> Stage
     for field, optimizer in optimizers.items():
         if warning := warmup_outlasts_run(optimizer, section.steps, field):
             ctx.log.warning("%s", warning)
+    if (isinstance(section, TrainE2EConfig) and section.adversarial and not job.eval_shards
+            and section.discriminator.eval_samples > 0):
+        ctx.log.warning("%s: the teacher samples have no eval split, so the held-out "
+                        "discriminator accuracy is not measured (raise "
+                        "curate.eval_fraction to have it)", ctx.name)
     state = run_training(job, section.num_workers, section.cpus_per_worker, section.use_gpu)
     metrics = {k: float(v) for k, v in state.get("last", {}).items()}
     return StageResult(

@@ -440,7 +440,7 @@ class Worker:
         side here is still the teacher's. Every rank calls (FSDP2 forwards are collective)."""
         d = self.cfg.discriminator
         if self._heldout is None:
-            reader = self._reader(self.job.eval_shards or self.job.train_shards)
+            reader = self._reader(self.job.eval_shards)
             batch = collate_samples(list(islice(iter(reader), d.eval_samples)))
             gen = torch.Generator().manual_seed(self.cfg.seed + 1)
             n = batch["x0"].shape[0]
@@ -547,7 +547,9 @@ class Worker:
         last: dict[str, float] = {}
         step = start_step
         began, status = time.perf_counter(), "FINISHED"
-        watch_d = self.trains_disc and cfg.discriminator.eval_samples > 0
+        # held out means eval samples: without them (no eval split) there is no such check
+        watch_d = (self.trains_disc and cfg.discriminator.eval_samples > 0
+                   and bool(job.eval_shards))
         try:
             if watch_d and start_step == 0:
                 self._track_heldout(tracker, 0)

@@ -310,9 +310,10 @@ def _stop_and_resume_under_fsdp2(samples_workspace, tmp_path, straight) -> None:
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
 
 
-def _phase2_worker(samples_workspace: Path, tmp_path: Path, name: str, overrides: list[str]):
+def _phase2_worker(samples_workspace: Path, tmp_path: Path, name: str, overrides: list[str],
+                   eval_split: bool = True):
     """A one-rank phase-2 worker on the shared teacher samples (no MLflow), built as the
-    stage builds its job."""
+    stage builds its job (``eval_split=False``: as from teacher samples without one)."""
     from pipeline.student.train import TrainJob, Worker
 
     cfg = load_config("smoke", DATA + SMALL + overrides,
@@ -323,10 +324,22 @@ def _phase2_worker(samples_workspace: Path, tmp_path: Path, name: str, overrides
     job = TrainJob(phase=2, config=cfg.train_e2e, teacher=cfg.teacher,
                    store_root=str(cfg.workspace), samples_dir=f"{samples.stage}/{samples.key}",
                    train_shards=samples.splits["train"].shards,
-                   eval_shards=samples.splits["eval"].shards,
+                   eval_shards=samples.splits["eval"].shards if eval_split else [],
                    sigma_mid=samples.teacher.sigma_mid, parameterization="decoupled",
                    out_dir=str(out))
     return Worker(job, rank=0, world=1)
+
+
+def test_without_eval_samples_nothing_is_called_held_out(samples_workspace, tmp_path):
+    """The held-out discriminator accuracy once fell back to training samples when the
+    teacher samples had no eval split, and was logged as held out all the same."""
+    worker = _phase2_worker(samples_workspace, tmp_path, "no_eval",
+                            ["train_e2e.steps=3", "train_e2e.sample_every=3"], eval_split=False)
+    assert worker.trains_disc
+    worker.run()
+    files = {p.name for p in worker.out.iterdir()}
+    assert {"student.safetensors", "discriminator.safetensors"} <= files
+    assert "heldout_discriminator.jsonl" not in files
 
 
 def test_without_the_adversarial_term_no_discriminator_runs_and_the_student_is_the_same(
