@@ -274,9 +274,11 @@ def check_paths(cfg: RealMetricsConfig, prefix: str = "evaluate.real_metrics") -
         reference = cfg.fid.reference_dir
         if reference and not Path(reference).is_dir():
             problems.append(f"{prefix}.fid.reference_dir: folder not found: {reference}")
-        elif reference and not image_files(Path(reference)):
-            problems.append(f"{prefix}.fid.reference_dir: no PNG/JPEG/WebP images in "
-                            f"{reference}")
+        elif reference and len(found := image_files(Path(reference))) < 2:
+            # a covariance (FID) and KID's unbiased estimate need two images at least
+            problems.append(f"{prefix}.fid.reference_dir: {len(found) or 'no'} PNG/JPEG/WebP "
+                            f"image{'s' * (len(found) != 1)} in {reference}; FID and KID need "
+                            f"2 or more")
     if cfg.clip is not None:
         folder = Path(cfg.clip.path)
         if not (folder / "config.json").is_file():

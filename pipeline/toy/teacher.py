@@ -467,7 +467,8 @@ def _regress_velocity(
     step, losses = 0, []
     while step < cfg.max_steps and time.perf_counter() < deadline:
         frac = (time.perf_counter() - start) / (minutes * 60)
-        step_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0  # warmup 0: none
+        step_lr = lr * ramp * 0.5 * (1 + math.cos(math.pi * frac))
         for group in opt.param_groups:
             group["lr"] = step_lr
         x, sigma, x0, eps, batch_caps = _training_batch(x0_pool, cap_ids, caps, cfg.batch, gen)

@@ -235,9 +235,16 @@ def test_missing_paths_are_config_errors_naming_the_field(tmp_path, clip_folder,
         fid=FIDConfig(weights=str(fid_weights), reference_dir=str(tmp_path / "empty")),
         clip=CLIPScoreConfig(path=str(tmp_path / "no-weights")))) == [
         f"evaluate.real_metrics.fid.reference_dir: no PNG/JPEG/WebP images in "
-        f"{tmp_path / 'empty'}",
+        f"{tmp_path / 'empty'}; FID and KID need 2 or more",
         f"evaluate.real_metrics.clip.path: no safetensors weights in {tmp_path / 'no-weights'} "
         f"(save with CLIPModel.save_pretrained, safe_serialization)"]
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "empty" / "one.png")  # one image: no covariance
+    assert check_paths(RealMetricsConfig(fid=FIDConfig(
+        weights=str(fid_weights), reference_dir=str(tmp_path / "empty")))) == [
+        f"evaluate.real_metrics.fid.reference_dir: 1 PNG/JPEG/WebP image in "
+        f"{tmp_path / 'empty'}; FID and KID need 2 or more"]
     assert check_paths(RealMetricsConfig(fid=FIDConfig(weights=str(fid_weights)),
                                          clip=CLIPScoreConfig(path=str(clip_folder)))) == []
     with pytest.raises(ArtifactError, match="not a CLIP model folder"):

@@ -228,3 +228,11 @@ def test_the_build_ends_with_guidance_distillation_unless_the_weight_is_one():
         _tiny_config(guidance=0.5)
     with pytest.raises(ValueError, match="guidance_minutes 5.0 must be above 0 and below"):
         _tiny_config(minutes=5)
+
+
+def test_warmup_0_means_no_warm_up():
+    """The schema allows 0; the loop divided by it (ZeroDivisionError after the whole
+    autoencoder and pool)."""
+    build = train_teacher(_tiny_config(minutes=10, max_steps=2, pool_prompts=40, pool_images=16,
+                                       batch=4, warmup=0, guidance=1.0), log=lambda _: None)
+    assert build.info["steps"] == 2 and build.info["final_loss"] > 0
