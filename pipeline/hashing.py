@@ -42,22 +42,28 @@ def stage_key(stage: str, version: int, section: Any, input_hashes: dict[str, st
     return sha256_text(payload)[:16]
 
 
+def file_identity(path: Path) -> str:
+    """A file's identity for a cache key: its content sha256 under 64 MiB, else ``size:mtime``
+    (hashing a large weight file would cost seconds on every cache check)."""
+    stat = path.stat()
+    if stat.st_size < _HASH_CONTENT_BELOW:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"{stat.st_size}:{int(stat.st_mtime)}"
+
+
+# what a diffusers/transformers model folder is read from: configs, weights, vocabularies, and
+# the tokenizer's chat template (Z-Image's prompt encoding applies it)
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")
+
+
 def files_fingerprint(folder: Path, parts: tuple[str, ...],
-                      suffixes: tuple[str, ...] = (".json", ".safetensors", ".txt", ".model"),
-                      ) -> dict[str, str]:
+                      suffixes: tuple[str, ...] = MODEL_FILE_SUFFIXES) -> dict[str, str]:
     """Files under ``folder / part`` (a file or a folder, recursively) with one of
-    ``suffixes`` -> content sha256 (files under 64 MiB) or ``size:mtime`` (larger ones, whose
-    hashing would cost seconds on every cache check)."""
+    ``suffixes`` -> :func:`file_identity`, by path relative to ``folder``."""
     out: dict[str, str] = {}
     for part in parts:
         base = folder / part
         for f in sorted(base.rglob("*") if base.is_dir() else [base]):
-            if not f.is_file() or f.suffix not in suffixes:
-                continue
-            stat = f.stat()
-            if stat.st_size < _HASH_CONTENT_BELOW:
-                value = hashlib.sha256(f.read_bytes()).hexdigest()
-            else:
-                value = f"{stat.st_size}:{int(stat.st_mtime)}"
-            out[str(f.relative_to(folder))] = value
+            if f.is_file() and f.suffix in suffixes:
+                out[str(f.relative_to(folder))] = file_identity(f)
     return out

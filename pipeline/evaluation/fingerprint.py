@@ -13,7 +13,8 @@ def scorer_fingerprint(teacher_kind: str, real_metrics: RealMetricsConfig,
     extra students' manifests."""
     from pathlib import Path
 
-    from pipeline.hashing import files_fingerprint, sha256_text
+    from pipeline.evaluation.image_folder import image_files
+    from pipeline.hashing import file_identity, files_fingerprint, sha256_text
 
     out = {f"student:{name}": sha256_text((Path(p) / "manifest.json").read_text())
            for name, p in extra_students.items() if (Path(p) / "manifest.json").is_file()}
@@ -23,13 +24,12 @@ def scorer_fingerprint(teacher_kind: str, real_metrics: RealMetricsConfig,
         out.update({f"toy_features:{k}": v
                     for k, v in files_fingerprint(FEATURES_DIR, ("model.safetensors",)).items()})
     fid, clip = real_metrics.fid, real_metrics.clip
-    if fid is not None and Path(fid.weights).is_file():
-        weights = Path(fid.weights)
-        out.update({f"fid:{k}": v for k, v in files_fingerprint(weights.parent,
-                                                                  (weights.name,)).items()})
-    if fid is not None and fid.reference_dir:
-        out.update({f"fid_reference:{k}": v for k, v in files_fingerprint(
-            Path(fid.reference_dir), (".",), (".png", ".jpg", ".jpeg", ".webp")).items()})
+    if fid is not None and Path(fid.weights).is_file():  # whatever its file name
+        out[f"fid:{Path(fid.weights).name}"] = file_identity(Path(fid.weights))
+    if fid is not None and fid.reference_dir and Path(fid.reference_dir).is_dir():
+        # exactly the images FID reads (load_image_folder), no more, no fewer
+        out.update({f"fid_reference:{f.name}": file_identity(f)
+                    for f in image_files(Path(fid.reference_dir))})
     if clip is not None and Path(clip.path).is_dir():
         out.update({f"clip:{k}": v for k, v in files_fingerprint(Path(clip.path),
                                                                    (".",)).items()})

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ArtifactError
+from pipeline.evaluation.image_folder import image_files
 from pipeline.evaluation.metrics import frechet_distance, unpaired_frechet_distance
 from schemas.config import CLIPScoreConfig, FIDConfig, RealMetricsConfig
 
@@ -79,12 +80,6 @@ def _batched(fn, images: torch.Tensor, batch: int) -> torch.Tensor:
     with torch.inference_mode():
         return torch.cat([fn(images[i:i + batch]).float().cpu()
                           for i in range(0, len(images), batch)])
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The PNG/JPEG/WebP files of a folder, sorted (what :func:`load_image_folder` reads)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
 
 
 def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:

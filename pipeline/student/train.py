@@ -521,7 +521,10 @@ class Worker:
                       str(self.out / f"{name}.safetensors"))
         if self.trains_disc:
             save_file(ckpt.module_tensors(self.disc), str(self.out / "discriminator.safetensors"))
-        (self.out / "transformer_config.json").write_text(self.student.g1.to_json_string())
+        config = json.loads(self.student.g1.to_json_string())
+        config.pop("_name_or_path", None)  # where the teacher was loaded from: not content
+        (self.out / "transformer_config.json").write_text(json.dumps(config, indent=2,
+                                                                     sort_keys=True) + "\n")
         # Deterministic content only (the MLflow run id goes to the status file): the next
         # stage's cache key hashes these files.
         (self.out / "train_state.json").write_text(json.dumps(

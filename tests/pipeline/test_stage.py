@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import pytest
@@ -95,6 +96,13 @@ def test_the_teacher_is_in_the_keys_and_context_of_the_stages_that_use_it(tmp_pa
         assert (compute_key(spec, other, {}) != key) == (name == "sample_teacher")
         assert (compute_key(spec, elsewhere, {}) != key) == (name in users)
         assert compute_key(spec, faster, {}) == key  # speed-only fields are not in keys
+    # the teacher's place is not in any key (its content is: sample_teacher's fingerprint)
+    from pipeline.toy.paths import TEACHER_DIR
+
+    for path in (str(TEACHER_DIR), os.path.relpath(TEACHER_DIR)):
+        named = load_config("smoke", [f"teacher.path={path}"], workspace=str(tmp_path))
+        for name in users - {"evaluate"}:  # evaluate's key needs its inputs (below)
+            assert compute_key(STAGES[name], named, {}) == compute_key(STAGES[name], base, {})
 
     seen = []
     spec = StageSpec(name="produce", upstream=(), manifest_type=CountManifest,
@@ -107,7 +115,7 @@ def test_the_teacher_is_in_the_keys_and_context_of_the_stages_that_use_it(tmp_pa
     # a relative teacher path reaches the stage absolute: Ray workers run in other folders
     monkeypatch.chdir(tmp_path)
     relative = load_config("smoke", ["teacher.path=teachers/toy"], workspace=str(tmp_path))
-    run_stage(spec, relative, ArtifactStore(str(tmp_path)))
+    run_stage(spec, relative, ArtifactStore(str(tmp_path)), force=True)  # else a cache hit
     assert seen[1].path == str(tmp_path / "teachers" / "toy")
 
 

@@ -95,3 +95,16 @@ def test_sizes_and_prompts_beyond_the_rope_tables_are_refused_or_cut(zimage_fold
     assert len(caption) == 32
     result = teacher.sample([caption], torch.randn(1, *teacher.latent_shape(32, 32)), 2)
     assert torch.isfinite(result.final).all()
+
+
+def test_the_tokenizers_chat_template_is_part_of_the_teachers_identity(zimage_folder):
+    """Z-Image's prompt encoding applies tokenizer/chat_template.jinja: editing it changes the
+    caption features, so it must change sample_teacher's key (it was not fingerprinted)."""
+    from pipeline.teachers.describe import describe_teacher
+    from schemas.config import TeacherConfig
+
+    template = zimage_folder / "tokenizer" / "chat_template.jinja"
+    assert template.is_file()
+    cfg = TeacherConfig(kind="zimage", path=str(zimage_folder), height=32, width=32)
+    desc = describe_teacher(cfg, check_weights=False)
+    assert "tokenizer/chat_template.jinja" in desc.fingerprint
