@@ -63,7 +63,7 @@ def denoise(model, x, caps, sigmas):
 
 def sampling(model, batch: int, latent: tuple[int, int, int], cap_len: int, repeats: int,
              name: str) -> dict[str, object]:
-    from pipeline.flow import shifted_sigmas
+    from pipeline.schedule import shifted_sigmas
 
     dtype = next(model.parameters()).dtype
     x = torch.randn(batch, *latent, device=DEV)

@@ -1,5 +1,5 @@
 """Flow matching, once for the whole project: noising, the transformer call, Euler sampling,
-the shifted schedule, the on-the-grid check and the EMA update.
+the EMA update (the shifted schedule and the on-the-grid check: :mod:`pipeline.schedule`).
 
 Convention (everywhere in twostep): ``x_sigma = (1 - sigma) x0 + sigma eps``, velocity
 ``v = eps - x0``, Euler step ``x_b = x_a + (sigma_b - sigma_a) v``. A Z-Image transformer (the
@@ -15,20 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from pipeline.schedule import sigma_index
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(x (B, C, H, W), sigma (B,)) -> v (B, C, H, W)``: captions and model already bound."""
-
-SHIFT = 3.0
-"""The toy teacher's schedule shift (Z-Image Turbo's scheduler shift is 3 too)."""
-
-GRID_TOLERANCE = 1e-3
-"""How close a sigma must be to a schedule entry to count as on the grid."""
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -60,38 +53,6 @@ def transformer_velocity(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
                          captions: list[torch.Tensor]) -> torch.Tensor:
     """``v = eps - x0`` predicted at ``x`` ``(B, C, H, W)`` and ``sigma`` ``(B,)`` (float32)."""
     return -transformer_output(model, x, sigma, captions)
-
-
-def shifted_sigmas(steps: int, shift: float = SHIFT) -> list[float]:
-    """``steps + 1`` sigmas from 1 to 0: ``sigma(s) = shift s / (1 + (shift - 1) s)`` on
-    ``s = linspace(1, 0, steps + 1)`` (shift 3, 8 steps: 1, .9545, .9, .8333, .75, .6429, .5,
-    .3, 0)."""
-    s = np.linspace(1.0, 0.0, steps + 1)
-    return [float(v) for v in shift_sigma(s, shift)]
-
-
-def shift_sigma(u, shift: float = SHIFT):
-    """The schedule shift applied to uniform ``u`` in [0, 1] (array or tensor)."""
-    return shift * u / (1.0 + (shift - 1.0) * u)
-
-
-def find_sigma(sigma: float, sigmas: Sequence[float], tol: float = GRID_TOLERANCE) -> int | None:
-    """Index of ``sigma`` on a schedule (within ``tol``), or None."""
-    return next((i for i, s in enumerate(sigmas) if abs(s - sigma) <= tol), None)
-
-
-def sigma_index(sigma: float, sigmas: Sequence[float], what: str = "sigma") -> int:
-    """Index of ``sigma`` on the schedule; a :class:`ConfigError` listing the inner grid
-    otherwise (``what`` names the setting in the message, e.g. ``sigma_mid``)."""
-    index = find_sigma(sigma, sigmas)
-    if index is not None:
-        return index
-    inner = sigmas[1:-1]
-    grid = ", ".join(f"{s:.4f}" for s in inner)
-    nearest = min(inner, key=lambda s: abs(s - sigma), default=None)
-    way_out = f"; the nearest: {what}={nearest:.4f}" if nearest is not None else ""
-    raise ConfigError(f"{what} {sigma} is not on the teacher's {len(sigmas) - 1}-step "
-                      f"schedule (choose one of {grid}{way_out})")
 
 
 @dataclass

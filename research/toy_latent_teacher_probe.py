@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from diffusers import ZImageTransformer2DModel
 
-from pipeline.flow import euler, shifted_sigmas, transformer_velocity
+from pipeline.flow import euler, transformer_velocity
+from pipeline.schedule import shifted_sigmas
 from pipeline.toy.autoencoder import AutoencoderConfig, AutoencoderTrainConfig, train_autoencoder
 from pipeline.toy.features import load_feature_net
 from pipeline.toy.metrics import named_attribute_accuracy, palette_purity

@@ -46,7 +46,6 @@ def sample_teacher(ctx: StageContext) -> StageResult:
     # Heavy imports here, not at module level: a cache hit imports none of them.
     import numpy as np
 
-    from pipeline.flow import sigma_index
     from pipeline.samples.format import plan_shards
     from pipeline.samples.sampling import (
         ShardJob,
@@ -59,6 +58,7 @@ def sample_teacher(ctx: StageContext) -> StageResult:
         settings_of,
         write_settings,
     )
+    from pipeline.schedule import sigma_index
 
     cfg, teacher_cfg = ctx.section, ctx.teacher
     assert isinstance(cfg, SampleTeacherConfig) and teacher_cfg is not None
@@ -145,7 +145,7 @@ def sample_teacher(ctx: StageContext) -> StageResult:
 def check(cfg: DistillConfig) -> None:
     """Before any work: the teacher folder is readable and ``sigma_mid`` lies on its
     schedule."""
-    from pipeline.flow import sigma_index
+    from pipeline.schedule import sigma_index
 
     desc = describe_teacher(cfg.teacher)
     sigma_index(cfg.sample_teacher.sigma_mid, desc.sigmas, "sample_teacher.sigma_mid")

@@ -110,7 +110,7 @@ def describe_teacher(cfg: TeacherConfig, check_weights: bool = True) -> TeacherD
         if (cfg.height, cfg.width) != (32, 32):
             raise ConfigError(f"teacher.height/width {cfg.height}x{cfg.width}: the toy teacher "
                               f"makes 32x32 images")
-        from pipeline.flow import shifted_sigmas  # imports torch: only for a toy teacher
+        from pipeline.schedule import shifted_sigmas
 
         sigmas = shifted_sigmas(cfg.steps)
         latent = (channels, 32, 32)

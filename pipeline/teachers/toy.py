@@ -20,7 +20,8 @@ from diffusers import ZImageTransformer2DModel
 from torch import nn
 
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.flow import SHIFT, shifted_sigmas, transformer_velocity
+from pipeline.flow import transformer_velocity
+from pipeline.schedule import SHIFT, shifted_sigmas
 from pipeline.teachers.base import PipelineComponents, TeacherAdapter
 from pipeline.toy.autoencoder import ToyAutoencoder
 from pipeline.toy.prompts import parse_prompt

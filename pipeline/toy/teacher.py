@@ -30,16 +30,8 @@ from diffusers import ZImageTransformer2DModel
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import ConfigError
-from pipeline.flow import (
-    SHIFT,
-    ema_update,
-    euler,
-    noised,
-    shift_sigma,
-    shifted_sigmas,
-    transformer_output,
-    transformer_velocity,
-)
+from pipeline.flow import ema_update, euler, noised, transformer_output, transformer_velocity
+from pipeline.schedule import SHIFT, shift_sigma, shifted_sigmas
 from pipeline.toy.autoencoder import (
     AutoencoderConfig,
     AutoencoderTrainConfig,

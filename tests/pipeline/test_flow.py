@@ -13,11 +13,10 @@ from pipeline.flow import (
     ema_update,
     euler,
     noised,
-    shifted_sigmas,
-    sigma_index,
     timestep,
     transformer_velocity,
 )
+from pipeline.schedule import shifted_sigmas, sigma_index
 
 
 def test_shifted_schedule_matches_the_design():
