@@ -152,6 +152,10 @@ def describe_teacher(cfg: TeacherConfig, check_weights: bool = True) -> TeacherD
                  "scheduler")
         weighted = ("transformer", "vae", "text_encoder")
     fingerprint = files_fingerprint(folder, parts)
+    if cfg.kind == "toy":  # its caption features come from MiniLM, which no folder holds
+        from pipeline.toy.paths import minilm_identity
+
+        fingerprint["text_encoder:minilm"] = minilm_identity()
     if check_weights:
         check_teacher_weights(folder, weighted, transformer, fingerprint)
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]

