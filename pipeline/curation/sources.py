@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import SourceError
+from pipeline.hashing import canonical_json, sha256_text, stream_sha256
 from pipeline.store import is_local_fs
 from schemas.config import FileSource, PromptSource, ToySource
 
@@ -101,14 +102,31 @@ def _expand(source: FileSource, where: str) -> list[str]:
     return [fs.unstrip_protocol(m) for m in matches]
 
 
+# What an HTTP server says about a file's version, as fsspec's HTTP info() reads it.
+_HTTP_VALIDATORS = ("ETag", "Content-MD5", "Digest", "Last-Modified")
+
+
 def fingerprint_sources(sources: list[ResolvedSource]) -> dict[str, str]:
-    """URI -> fsspec ``ukey`` (a hash of size, modification time or ETag) of every file."""
+    """URI -> a key that changes with the file: fsspec's ``ukey`` (local: size, mtime, inode;
+    object stores: ETag and the like). HTTP(S) is the exception: fsspec's ukey there is the URL
+    alone ("assume static"), so the key is the response's size and validators (ETag,
+    Last-Modified, ...), or the content's sha256 where the server sends none."""
     out = {}
     for src in sources:
         if src.toy is not None:
             continue
         fs, path = fsspec.core.url_to_fs(src.uri)
-        out[src.uri] = fs.ukey(path)
+        if "http" in fs.protocol or "https" in fs.protocol:
+            info = fs.info(path)
+            validators = {k: info[k] for k in _HTTP_VALIDATORS if info.get(k)}
+            if validators:
+                out[src.uri] = sha256_text(canonical_json({"size": info.get("size"),
+                                                           **validators}))
+            else:
+                with fs.open(path, "rb") as handle:
+                    out[src.uri] = stream_sha256(handle)
+        else:
+            out[src.uri] = fs.ukey(path)
     return out
 
 

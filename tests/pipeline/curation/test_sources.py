@@ -130,3 +130,41 @@ def test_the_text_check_refuses_files_that_are_not_prompt_text(tmp_path, name, d
     path.write_bytes(data)
     with pytest.raises(SourceError, match=rf"curate.sources\[0\].path: .*{name}.*{message}"):
         _check(path)
+
+
+@pytest.mark.parametrize("validators", [True, False])
+def test_a_changed_prompt_file_over_http_gets_another_key(tmp_path, validators):
+    """fsspec's HTTP ukey is the URL alone: a prompt file edited on its server was a cache hit.
+    The key now follows the server's Last-Modified/ETag, else the content."""
+    import functools
+    import http.server
+    import os
+    import threading
+
+    from pipeline.curation.sources import fingerprint_sources
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def send_header(self, keyword, value):
+            if validators or keyword != "Last-Modified":
+                super().send_header(keyword, value)
+
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/prompts.txt"
+
+        def key() -> str:
+            return fingerprint_sources(resolve_sources([FileSource(path=url)]))[url]
+
+        before = key()
+        assert key() == before  # stable while the file is
+        (tmp_path / "prompts.txt").write_text("a blue square\n")  # the same size
+        os.utime(tmp_path / "prompts.txt", (1e9, 1e9))
+        assert key() != before
+    finally:
+        server.shutdown()
