@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pipeline.errors import ArtifactError, ConfigError
 from pipeline.stage import StageContext, StageResult, StageSpec, code_version
-from pipeline.teachers.describe import describe_teacher
+from pipeline.teachers.describe import OTHER_TEACHER_HINT, describe_teacher, same_teacher
 from schemas.config import DistillConfig, ExportConfig
 from schemas.manifest import EvalReportManifest, ExportManifest, StudentCheckpointManifest
 
@@ -27,9 +27,10 @@ def export(ctx: StageContext) -> StageResult:
     assert isinstance(student_manifest, StudentCheckpointManifest)
     assert isinstance(evaluation, EvalReportManifest)
     desc = describe_teacher(t)
-    if desc.teacher_id != student_manifest.teacher_id:
+    if not same_teacher(student_manifest.teacher_id, desc.teacher_id):
         raise ArtifactError(f"the student was distilled from {student_manifest.teacher_id}, "
-                            f"the configured teacher is {desc.teacher_id}")
+                            f"the configured teacher is {desc.teacher_id} "
+                            f"({OTHER_TEACHER_HINT})")
     from pipeline.teachers import load_teacher
 
     # Loaded in the export's dtype (on a GPU where there is one): a 6B teacher and its two

@@ -161,8 +161,8 @@ def check_variants(config: str, overrides: list[str] | None, workspace: str | No
         raise ConfigError(f"unknown variant {unknown[0]!r} (variants: {', '.join(VARIANTS)})")
     if repeated := next((v for i, v in enumerate(names) if v in names[:i]), None):
         # a repeat would count its cached result as one more seed of the same variant
-        raise ConfigError(f"--variant {repeated} is given twice; give each variant once "
-                          "(--seeds N runs each N times)")
+        raise ConfigError(f"variant {repeated} is given twice (--variant, or the flow's "
+                          f"variants); give each once (--seeds N runs each N times)")
     left_out: dict[str, str] = {}
     for name in names:
         try:

@@ -68,7 +68,8 @@ def build_teacher(
                                                    help=TEACHER_SET_HELP)] = None,
     min_accuracy: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Lowest 8-step attribute accuracy to write the teacher to "
-        "--out; a weaker build goes to OUT.rejected instead (0: always write).")] = 0.9,
+        "--out; a weaker build goes to OUT.rejected instead (./teacher.rejected without --out; "
+        "0: always write).")] = 0.9,
 ) -> None:
     """Train the toy teacher with flow matching on toy renders (about 45 minutes on 2 CPUs;
     in latent space the autoencoder's two phases first, about 11 of them), distil
@@ -77,7 +78,8 @@ def build_teacher(
 
     The teacher replaces --out only if every attribute reaches --min-accuracy at 8 steps, so a
     short or failed build never replaces a good teacher (the shipped one by default); a weaker
-    build is kept beside it in OUT.rejected."""
+    build is kept beside it in OUT.rejected (in ./teacher.rejected for the shipped one, outside
+    the package)."""
     cfg = teacher_build_config(set_ or [])  # a mistake is refused before any training
     import torch
 
@@ -96,7 +98,9 @@ def build_teacher(
     folder = out or ASSET_DIR
     weakest = min(info["accuracy_8_step"].items(), key=lambda item: item[1])
     below_gate = weakest[1] < min_accuracy
-    target = folder.with_name(folder.name + ".rejected") if below_gate else folder
+    rejected = Path("teacher.rejected") if out is None else folder.with_name(folder.name +
+                                                                             ".rejected")
+    target = rejected if below_gate else folder
     save_teacher(build.model, {**info, "command": " ".join(sys.argv[1:])}, target,
                  autoencoder=build.autoencoder)
     if below_gate:

@@ -170,18 +170,26 @@ def workspace_student_pipeline(store, teacher_cfg=None, device: str = "cpu",
     from pipeline.stage import latest_result, read_latest
     from pipeline.student.load import load_student
     from pipeline.teachers import load_teacher
-    from pipeline.teachers.describe import describe_teacher
+    from pipeline.teachers.describe import OTHER_TEACHER_HINT, describe_teacher, same_teacher
     from schemas.config import TeacherConfig
     from schemas.manifest import EvalReportManifest, StudentCheckpointManifest
 
     manifest, stage_dir = latest_result(store, "train_e2e", StudentCheckpointManifest)
-    if teacher_cfg is None:
+    recorded = teacher_cfg is None
+    if recorded:
         teacher_cfg = TeacherConfig.model_validate(manifest.run_config.get("teacher", {}))
-    teacher_id = describe_teacher(teacher_cfg).teacher_id
-    if manifest.teacher_id != teacher_id:
+    try:
+        teacher_id = describe_teacher(teacher_cfg).teacher_id
+    except ArtifactError as exc:
+        if not recorded:
+            raise
+        raise ArtifactError(f"{exc} (the teacher folder the run recorded: if it has moved, "
+                            f"pass --teacher-path)") from None
+    if not same_teacher(manifest.teacher_id, teacher_id):
         raise ArtifactError(f"{store.uri(stage_dir)}: the student was distilled from "
                             f"{manifest.teacher_id}, the teacher given is {teacher_id} (pass "
-                            f"that teacher's --teacher and --teacher-path)")
+                            f"that teacher's --teacher and --teacher-path; "
+                            f"{OTHER_TEACHER_HINT})")
     weights = "ema"
     if read_latest(store, "evaluate") is not None:
         evaluation, _ = latest_result(store, "evaluate", EvalReportManifest)

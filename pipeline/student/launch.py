@@ -19,7 +19,7 @@ from pipeline.student.checkpoint import (
     verify_checkpoint,
 )
 from pipeline.student.train import STATUS_FILE, TrainJob, train_one_worker, train_worker
-from pipeline.teachers.describe import describe_teacher
+from pipeline.teachers.describe import OTHER_TEACHER_HINT, describe_teacher, same_teacher
 from schemas.config import LoraConfig, TeacherConfig
 from schemas.manifest import TeacherSamplesManifest
 
@@ -48,9 +48,9 @@ def check_samples(store: ArtifactStore, samples: TeacherSamplesManifest,
                        full=False, way_out="recompute the teacher samples with distill run "
                                            "--only sample_teacher --force")
     desc = describe_teacher(teacher)
-    if desc.teacher_id != samples.teacher.teacher_id:
+    if not same_teacher(samples.teacher.teacher_id, desc.teacher_id):
         raise ConfigError(f"the teacher samples were made by {samples.teacher.teacher_id}, the "
-                          f"configured teacher is {desc.teacher_id}")
+                          f"configured teacher is {desc.teacher_id} ({OTHER_TEACHER_HINT})")
 
 
 def student_on_meta(teacher: TeacherConfig, parameterization: str,

@@ -29,6 +29,21 @@ class TeacherDescription:
     """Config and weight file -> content sha256 (small files) or size:mtime (large ones)."""
 
 
+def same_teacher(recorded: str, current: str) -> bool:
+    """Whether two teacher ids (``kind:folder-name@digest``) name one teacher: the same kind
+    and content digest. The folder's name is in an id to be read, not compared: a renamed or
+    moved copy is the same teacher (the cache keys leave its place out too)."""
+    def identity(teacher_id: str) -> tuple[str, str]:
+        return teacher_id.partition(":")[0], teacher_id.rpartition("@")[2]
+
+    return identity(recorded) == identity(current)
+
+
+OTHER_TEACHER_HINT = ("if the teacher is the same, a twostep upgrade changed how teachers are "
+                      "identified: rerun `distill run` to recompute with it")
+"""The way out that a teacher-mismatch error adds for a workspace older than the rules."""
+
+
 def teacher_folder(cfg: TeacherConfig) -> Path:
     if cfg.kind == "toy" and not cfg.path:
         from pipeline.toy.paths import TEACHER_DIR as ASSET_DIR

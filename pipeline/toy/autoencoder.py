@@ -240,6 +240,7 @@ def train_autoencoder(config: AutoencoderConfig, cfg: AutoencoderTrainConfig,
     probes = nn.ModuleDict({k: nn.Conv2d(config.channels, len(v), 1)
                             for k, v in HEADS.items() if k != "position"})
     data = render_set(cfg.samples, seed=cfg.seed + 11)
+    epochs_start = time.perf_counter()  # the pace of an epoch, without the renders
     opt = torch.optim.Adam([*model.parameters(), *probes.parameters()], lr=cfg.lr)
     steps_per_epoch = math.ceil(cfg.samples / cfg.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
@@ -272,7 +273,7 @@ def train_autoencoder(config: AutoencoderConfig, cfg: AutoencoderTrainConfig,
         log(f"autoencoder epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.4f} "
             f"({now - start:.0f} s)")
         if deadline is not None:
-            pace = (now - start) / (epoch + 1)  # the renders count into the first epoch
+            pace = (now - epochs_start) / (epoch + 1)
             left = (cfg.epochs - epoch - 1 + DECODER_EPOCH_COST * cfg.decoder_epochs) * pace
             if now + left > deadline:
                 decoder = f"{cfg.decoder_epochs} decoder epoch" + "s" * (cfg.decoder_epochs != 1)

@@ -290,8 +290,8 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
             raise ConfigError(
                 f"build-teacher: the autoencoder alone would take about "
                 f"{exc.projected_seconds / 60:.1f} minutes here ({exc.measured}), past the "
-                f"{cfg.flow_matching_minutes:g} minutes {_budget_words(cfg)}: {_BUDGET_WAY_OUT}"
-            ) from None
+                f"{cfg.flow_matching_minutes:g} minutes {_budget_words(cfg)}: "
+                f"{_budget_way_out(cfg)}") from None
     encoder = MiniLMTextEncoder()
     x0_pool, cap_ids, caps = image_pool(cfg, log, caps=encoder.encode(pool_texts(cfg)))
     if autoencoder is not None:
@@ -299,8 +299,9 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
     if time.perf_counter() >= flow_matching_end:  # else flow matching would run no step
         raise ConfigError(
             f"build-teacher: {(time.perf_counter() - start) / 60:.1f} minutes went to the "
-            f"autoencoder and the training pool, leaving no time for flow matching in the "
-            f"{cfg.flow_matching_minutes:g} minutes {_budget_words(cfg)}: {_BUDGET_WAY_OUT}")
+            f"{'autoencoder and the ' if autoencoder is not None else ''}training pool, "
+            f"leaving no time for flow matching in the {cfg.flow_matching_minutes:g} minutes "
+            f"{_budget_words(cfg)}: {_budget_way_out(cfg)}")
     torch.manual_seed(cfg.seed)
     model, info = train_flow_matching(new_teacher(cfg), x0_pool, cap_ids, caps, cfg, log,
                                       start=start, minutes=cfg.flow_matching_minutes)
@@ -314,9 +315,12 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
     return ToyTeacherBuild(model, autoencoder, info)
 
 
-_BUDGET_WAY_OUT = ("raise --set minutes (44 by default), or shorten the autoencoder "
-                   "(autoencoder_training.epochs, autoencoder_training.samples) or the pool "
-                   "(pool_images), or build in pixel space (space=pixel); nothing written")
+def _budget_way_out(cfg: TeacherTrainConfig) -> str:
+    """The way out of a budget too small for the work before flow matching."""
+    autoencoder = ("the autoencoder (autoencoder_training.epochs, autoencoder_training.samples) "
+                   "or " if cfg.space == "latent" else "")
+    return (f"raise --set minutes (44 by default), or shorten {autoencoder}the training pool "
+            f"(pool_images); nothing written")
 
 
 def _budget_words(cfg: TeacherTrainConfig) -> str:

@@ -71,6 +71,6 @@ def test_an_ablation_refuses_unknown_or_repeated_variants(tmp_path):
     with a spread of 0, and a claim that 'holds' on no evidence)."""
     with pytest.raises(ConfigError, match=r"^unknown variant 'shard' \(variants: full, shared"):
         check_variants("smoke", [], str(tmp_path / "ws"), ["full", "shard"], 1)
-    with pytest.raises(ConfigError, match=r"^--variant shared is given twice; give each "
-                                          r"variant once \(--seeds N runs each N times\)$"):
+    with pytest.raises(ConfigError, match=r"^variant shared is given twice \(--variant, or the "
+                                          r"flow's variants\); give each once"):
         check_variants("smoke", [], str(tmp_path / "ws"), ["full", "shared", "shared"], 1)

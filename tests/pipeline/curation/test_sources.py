@@ -151,7 +151,7 @@ def test_a_changed_prompt_file_over_http_gets_another_key(tmp_path, validators):
             if validators or keyword != "Last-Modified":
                 super().send_header(keyword, value)
 
-    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    (tmp_path / "prompts.txt").write_text("a blue circle\n")
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
     threading.Thread(target=server.serve_forever, daemon=True).start()

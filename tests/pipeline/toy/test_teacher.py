@@ -166,8 +166,10 @@ def test_a_budget_the_autoencoder_or_the_pool_uses_up_fails_instead_of_an_untrai
         train_teacher(latent, log=lines.append)
     assert lines == [next(line for line in lines if line.startswith("autoencoder epoch 1/3"))]
     pixel = _tiny_config(minutes=1e-4, guidance=1.0, pool_prompts=40, pool_images=16)
-    with pytest.raises(ConfigError, match="leaving no time for flow matching in the 0.0001 "
-                       "minutes of the build .*space=pixel.*; nothing written"):
+    with pytest.raises(ConfigError, match=r"minutes went to the training pool, leaving no time "
+                       r"for flow matching in the 0.0001 minutes of the build \(minutes "
+                       r"0.0001\): raise --set minutes \(44 by default\), or shorten the "
+                       r"training pool \(pool_images\); nothing written$"):
         train_teacher(pixel, log=lambda _: None)
 
 
