@@ -545,7 +545,9 @@ class EvaluateConfig(StrictModel):
         "finished train_init/train_e2e stage (not a name of the run's own generators: "
         "student, student_phase1, teacher_<steps>).")
     grid_prompts: int = Field(8, ge=1, description="Rows of the image grid.")
-    batch_size: int = speed_only(128, ge=1, description="Generation batch.")
+    batch_size: int = speed_only(128, ge=1, description="Generation batch (another batch moves "
+                                 "the images by float rounding only: 6e-6 in the toy latent, "
+                                 "the same uint8 images; so not in the cache key).")
     latency_repeats: int = Field(3, ge=1, description="Timed repeats of one batch per "
                                  "generator for the latency table (they change only the "
                                  "latency numbers).")
