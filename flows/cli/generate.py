@@ -90,7 +90,7 @@ def generate(
                                 height, width or height, batch_size)
         meta = {"generator": f"teacher:{kind}", "steps": steps}
     write_outputs(out, images, prompts, seeds, meta)
-    what = "renders" if generator == "ground-truth" else "images"
+    what = ("render" if generator == "ground-truth" else "image") + "s" * (len(prompts) != 1)
     console.print(f"wrote {len(prompts)} {what}, prompts.jsonl and contact_sheet.png to {out}")
 
 
