@@ -35,6 +35,29 @@ def is_local_fs(fs) -> bool:
     return bool({"file", "local"} & set(protocols))
 
 
+def unwritable_folder(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a folder this command writes into, or None: it is a
+    file, or its nearest existing ancestor is not a writable folder. Checked before any work,
+    so that a mistake is not found after minutes of sampling or training; by creating (and
+    removing) a folder there, since permission bits do not tell (root, /proc, read-only
+    mounts)."""
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        return "exists and is not a folder"
+    where = path if path.exists() else next(
+        (p for p in path.absolute().parents if p.exists()), None)
+    if where is None or not where.is_dir():
+        return f"cannot be created ({where} is not a folder)"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".twostep-probe-", dir=where))
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+        return (f"is not writable ({problem})" if where == path
+                else f"cannot be created in {where} ({problem})")
+    return None
+
+
 def replace_dir(fs, source: str, target: str) -> None:
     """Move the finished folder ``source`` to ``target`` on ``fs``, replacing it whole: the
     old folder is moved aside first and removed only once the new one is in place, so a crash

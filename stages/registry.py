@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.config import load_config, workspace_of
 from pipeline.errors import ConfigError, NotApplicable
 from pipeline.lock import check_unlocked
 from pipeline.ray_runtime import check_ray_address
 from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key, run_stage
-from pipeline.store import ArtifactStore
+from pipeline.store import ArtifactStore, unwritable_folder
 from schemas.config import DistillConfig
 from schemas.manifest import Manifest
 from stages import curate, evaluate, export, sample_teacher, train_e2e, train_init
@@ -121,6 +122,8 @@ def prepare_run(config: str, overrides: list[str] | None, workspace: str | None,
     cfg = resolve_auto_dtype(load_config(config, overrides, workspace))
     plan = plan_run(only, until)
     store = ArtifactStore(workspace_of(cfg))
+    if store.is_local and (problem := unwritable_folder(Path(store.root))):
+        raise ConfigError(f"workspace {store.root}: {problem}; give another --workspace")
     cached = preflight(cfg, store, plan)
     return PreparedRun(cfg, plan, store, cached)
 

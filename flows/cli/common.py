@@ -39,20 +39,31 @@ def print_error(problem: TwostepError | str) -> None:
                       soft_wrap=True)
 
 
-def unreachable_prefect_api() -> str | None:
-    """The configured Prefect API (``PREFECT_API_URL``) when it does not answer now; None
-    when it answers or none is configured (an ephemeral server is the run's own)."""
+def unreachable_prefect_api(url: str | None = None) -> str | None:
+    """The Prefect API ``url`` (default: ``PREFECT_API_URL``) when it does not answer now;
+    None when it answers or none is configured (an ephemeral server is the run's own)."""
     import os
     import urllib.request
 
-    url = os.environ.get("PREFECT_API_URL")
+    url = url or os.environ.get("PREFECT_API_URL")
     if not url:
         return None
     try:
         urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=5).close()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: not a URL at all
         return url
     return None
+
+
+def require_prefect_api(url: str | None = None) -> None:
+    """Before a command that talks to a configured Prefect server (``url``, default
+    ``PREFECT_API_URL``): one line when nothing answers there (else Prefect fails deep inside
+    the flow with its own traceback)."""
+    url = unreachable_prefect_api(url)
+    if url is not None:
+        fail(f"PREFECT_API_URL is {url}, and no Prefect server answers there: start one "
+             f"(prefect server start --host 127.0.0.1) or unset PREFECT_API_URL for a run "
+             f"with its own temporary server")
 
 
 def leave_if_the_api_went_away(code: int) -> None:
@@ -63,10 +74,12 @@ def leave_if_the_api_went_away(code: int) -> None:
     import os
     import sys
 
+    if "prefect" not in sys.modules:  # this command never talked to a Prefect server
+        return
     url = unreachable_prefect_api()
     if url is None:
         return
-    err_console.print(f"warning: the Prefect API at {url} stopped answering during the run: "
+    err_console.print(f"warning: the Prefect API at {url} is not answering: "
                       f"its flow-run state and logs there are incomplete; what is on disk is "
                       f"consistent (finished stages have manifests; rerun to resume the rest)",
                       highlight=False, soft_wrap=True, markup=False)

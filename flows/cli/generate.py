@@ -10,6 +10,7 @@ import typer
 
 from flows.cli.common import console, err_console, fail
 from pipeline.errors import TwostepError
+from pipeline.store import unwritable_folder
 
 if TYPE_CHECKING:
     import torch
@@ -71,8 +72,8 @@ def generate(
 
     prompts = [p for p in read_prompts(prompt, prompts_file) for _ in range(num_images)]
     seeds = [seed + i for i in range(len(prompts))]
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out}: exists and is not a folder")
+    if problem := unwritable_folder(out):
+        fail(f"--out {out}: {problem}")
     generator = check_choices(generator, model, workspace, teacher, teacher_path, steps,
                               height, width)
     check_device(device)

@@ -14,6 +14,7 @@ from flows.cli.common import (
     WorkspaceOpt,
     console,
     fail,
+    require_prefect_api,
     unreachable_prefect_api,
 )
 from pipeline.errors import TwostepError
@@ -38,6 +39,7 @@ def run(
         # Nothing to compute: answer from the cache without starting Prefect or Ray.
         summary = None if force else cached_run(prepared)
         if summary is None:
+            require_prefect_api()
             from flows.distill import distill
 
             try:
@@ -104,6 +106,7 @@ def ablate(
     except TwostepError as exc:
         fail(exc)
     try:
+        require_prefect_api()
         from flows.distill import ablate as ablate_flow
 
         state = ablate_flow(config=config, overrides=set_ or [], workspace=workspace,
@@ -141,6 +144,7 @@ def serve(
         load_config(config)  # the default preset must at least be valid
     except TwostepError as exc:
         fail(exc)
+    require_prefect_api(api)
     from flows.serve import serve_all
 
     console.print(f"serving twostep deployments on {api} (Ctrl-C to stop)")
@@ -150,7 +154,7 @@ def serve(
 def dashboard(
     config: ConfigOpt = "toy",
     workspace: WorkspaceOpt = None,
-    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Bind address (127.0.0.1: this machine only).")]
     = "127.0.0.1",
 ) -> None:
@@ -171,6 +175,14 @@ def dashboard(
         uri = mlflow_uri(cfg.tracking, store)
     except TwostepError as exc:
         fail(exc)
+    import socket
+
+    try:  # MLflow's server exits 0 when it cannot bind: check first, for a clear error
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        reason = str(exc.strerror or exc).split(" (while attempting")[0]
+        fail(f"cannot serve on {host}:{port} ({reason}): choose another --port or --host")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--default-artifact-root", store.path(MLFLOW_ARTIFACTS),
                "--host", host, "--port", str(port)]

@@ -10,6 +10,7 @@ import typer
 
 from flows.cli.common import console, fail
 from pipeline.errors import TwostepError
+from pipeline.store import unwritable_folder
 
 if TYPE_CHECKING:
     from pipeline.toy.teacher import TeacherTrainConfig
@@ -44,6 +45,7 @@ def build_features(
 
     The weights are written only if every attribute reaches --min-accuracy on held-out
     renders, so a bad run never replaces good shipped weights."""
+    _check_out(out, "model.safetensors", "a toy feature network")
     from pipeline.toy.features import ASSET_DIR, save_feature_net, train_feature_net
 
     model, info = train_feature_net(train_size=train_size, test_size=test_size, epochs=epochs,
@@ -81,6 +83,7 @@ def build_teacher(
     build is kept beside it in OUT.rejected (in ./teacher.rejected for the shipped one, outside
     the package)."""
     cfg = teacher_build_config(set_ or [])  # a mistake is refused before any training
+    _check_out(out, "transformer/config.json", "a toy teacher")
     import torch
 
     from pipeline.toy.teacher import ASSET_DIR, attribute_accuracy, save_teacher, train_teacher
@@ -109,6 +112,19 @@ def build_teacher(
              f"it with --set teacher.path={target}, or build longer: --set minutes=...)",
              code=1)
     console.print(f"wrote {folder}")
+
+
+def _check_out(out: Path | None, marker: str, what: str) -> None:
+    """Before any training: ``--out`` must be a folder this command can write, and one that it
+    may replace whole (new, empty, or holding ``what``, recognised by ``marker``), never a
+    file or a folder of other things, which the build would delete."""
+    if out is None:
+        return
+    if problem := unwritable_folder(out):
+        fail(f"--out {out}: {problem}")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        fail(f"--out {out}: holds other files, not {what}, and the build replaces the folder "
+             f"whole: give a new or empty folder")
 
 
 def teacher_build_config(overrides: list[str]) -> TeacherTrainConfig:

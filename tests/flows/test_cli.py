@@ -302,3 +302,58 @@ def test_build_teacher_with_set_items_builds_and_records_them(tmp_path):
     assert f"written to {tmp_path / 't.rejected'}" in line
     assert (tmp_path / "t" / "build.json").read_bytes() == before
     assert json.loads((tmp_path / "t.rejected" / "build.json").read_text())["steps"] == 2
+
+
+def test_outputs_and_servers_are_checked_before_any_work(tmp_path):
+    """Found by running the CLI on wrong targets: a build deleted the folder --out named, a
+    workspace or --out that cannot be written failed after the work in a traceback, a Prefect
+    URL that answers nothing failed deep in the flow, and the dashboard exited 0 when MLflow
+    could not bind. Each is now one line before anything runs."""
+    import socket
+
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("keep me\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me too\n")
+    cases = [
+        (("toy", "build-teacher", "--out", str(other), "--set", "guidance=1"),
+         f"--out {other}: holds other files, not a toy teacher, and the build replaces the "
+         f"folder whole: give a new or empty folder"),
+        (("toy", "build-features", "--out", str(a_file)),
+         f"--out {a_file}: exists and is not a folder"),
+        (("generate", "--prompt", "a red circle", "--out", str(a_file / "sub")),
+         f"--out {a_file / 'sub'}: cannot be created ({a_file} is not a folder)"),
+        (("run", "--config", "smoke", "--workspace", str(a_file), "--only", "curate"),
+         f"workspace {a_file}: exists and is not a folder; give another --workspace"),
+    ]
+    for args, message in cases:
+        result = distill(*args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert _one_error_line(result) == f"error: {message}", args
+    assert a_file.read_text() == "keep me\n" and sorted(p.name for p in other.iterdir()) == [
+        "notes.txt"]
+
+    tracked = tmp_path / "tracked"
+    tracked.mkdir()
+    (tracked / "mlflow.db").write_bytes(b"")  # the port is checked before MLflow reads it
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = distill("dashboard", "--workspace", str(tracked), "--port", str(port))
+    assert result.returncode == 2
+    assert _one_error_line(result).startswith(f"error: cannot serve on 127.0.0.1:{port} (")
+
+    dead = "http://127.0.0.1:9/api"  # nothing listens on the discard port
+    env = {**os.environ, "PREFECT_API_URL": dead, "COLUMNS": "200"}
+    for args in (("run", "--config", "smoke", "--workspace", str(tmp_path / "ws"), "--only",
+                  "curate"), ("serve",)):
+        result = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO_ROOT,
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert _one_error_line(result).startswith(
+            f"error: PREFECT_API_URL is {dead}, and no Prefect server answers there")
+    # a command that never talks to Prefect says nothing about it
+    quiet = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], cwd=REPO_ROOT,
+                           env={**env, "PREFECT_API_URL": "notaurl"}, capture_output=True,
+                           text=True, timeout=120)
+    assert quiet.returncode == 0 and quiet.stderr == ""
