@@ -336,16 +336,29 @@ def _write_latest(store: ArtifactStore, stage: str, manifest: Manifest, cached: 
     store.write_bytes(json.dumps(record, indent=2).encode(), stage, LATEST_FILENAME)
 
 
+# what _write_latest writes and its readers use
+_LATEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "key": str, "cached": bool, "at": str, "created_at": str, "counts": dict}
+
+
 def read_latest(store: ArtifactStore, stage: str) -> dict[str, Any] | None:
-    """The record of the stage's last run in this workspace, or None."""
+    """The record of the stage's last run in this workspace, or None; an
+    :class:`ArtifactError` with the way out when it is damaged."""
     if not store.exists(stage, LATEST_FILENAME):
         return None
+    where = store.uri(stage, LATEST_FILENAME)
     try:
         record = json.loads(store.read_bytes(stage, LATEST_FILENAME))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{store.uri(stage, LATEST_FILENAME)}: unreadable ({exc}); "
-                            f"delete it, the next run rewrites it") from None
-    return record if isinstance(record, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ArtifactError(f"{where}: unreadable ({exc}); delete it, the next run rewrites "
+                            f"it") from None
+    wrong = next((name for name, kind in _LATEST_FIELDS.items()
+                  if not isinstance(record, dict) or not isinstance(record.get(name), kind)),
+                 None)
+    if wrong is not None:
+        raise ArtifactError(f"{where}: not a record of a stage's last run ({wrong!r} missing "
+                            f"or of the wrong type); delete it, the next run rewrites it")
+    return record
 
 
 def latest_result(store: ArtifactStore, stage: str, model: type[M]) -> tuple[M, str]:

@@ -121,6 +121,10 @@ def test_a_corrupt_latest_json_is_one_line_and_the_next_run_rewrites_it(workspac
     assert str(latest) in line and "unreadable" in line and "the next run rewrites it" in line
     with pytest.raises(ArtifactError, match="unreadable"):
         latest_result(store, "train_init", StudentCheckpointManifest)
+    for damaged in (b'{"key": "x"}', b"[1]"):  # JSON, but not such a record: was a traceback
+        latest.write_bytes(damaged)           # (or, for [1], "never run")
+        line = error_line(distill("status", "--workspace", cfg.workspace))
+        assert str(latest) in line and "not a record of a stage's last run" in line
     run_stage(train_init.STAGE, cfg, store, {"sample_teacher": outputs["sample_teacher"]})
     assert json.loads(latest.read_text())["key"] == outputs["train_init"].key
     assert distill("status", "--workspace", cfg.workspace).returncode == 0
