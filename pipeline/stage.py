@@ -175,6 +175,16 @@ def compute_key(spec: StageSpec[Any], cfg: DistillConfig, inputs: Mapping[str, M
     return stage_key(spec.name, spec.version, section, input_hashes)
 
 
+def no_result_problem(stage: str, key: str, store: ArtifactStore,
+                      rejected: str | None = None) -> str:
+    """What a run that may not compute ``stage`` says when it has no usable cached result
+    (``rejected``: why the one there was not taken, from :func:`check_cache`)."""
+    if rejected is not None:
+        return f"stage {stage}: {rejected}; recompute it: include it in --only, with --force"
+    return (f"stage {stage} has no finished result for this config (key {key} under "
+            f"{store.uri(stage)}); run it first, or include it in --only")
+
+
 def run_stage(
     spec: StageSpec[M],
     cfg: DistillConfig,
@@ -204,13 +214,7 @@ def run_stage(
             _write_latest(store, spec.name, cached, cached=True)
             return StageOutcome(cached, True, stage_dir, store.uri(stage_dir))
     if not allow_compute:
-        if rejected is not None:
-            raise StageDependencyError(f"stage {spec.name}: {rejected}; recompute it: include "
-                                       f"it in --only, with --force")
-        raise StageDependencyError(
-            f"stage {spec.name} has no finished result for this config (key {key} under "
-            f"{store.uri(spec.name)}); run it first, or include it in --only"
-        )
+        raise StageDependencyError(no_result_problem(spec.name, key, store, rejected))
     spec.check(cfg)
     with stage_lock(store, spec.name, key) as lock, disk_full_is_one_line(store, stage_dir):
         if not force:  # another run may have finished it while this one checked

@@ -9,10 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import load_config, workspace_of
-from pipeline.errors import ConfigError, NotApplicable
+from pipeline.errors import ConfigError, NotApplicable, StageDependencyError
 from pipeline.lock import check_unlocked
 from pipeline.ray_runtime import check_ray_address
-from pipeline.stage import StageOutcome, StageSpec, cached_manifest, compute_key, run_stage
+from pipeline.stage import (
+    StageOutcome,
+    StageSpec,
+    cached_manifest,
+    check_cache,
+    compute_key,
+    no_result_problem,
+    run_stage,
+)
 from pipeline.store import ArtifactStore, unwritable_folder
 from schemas.config import DistillConfig
 from schemas.manifest import Manifest
@@ -70,7 +78,10 @@ def preflight(cfg: DistillConfig, store: ArtifactStore,
             manifest = cached_manifest(store, f"{step.name}/{key}", step.spec.manifest_type)
         if manifest is not None:
             known[step.name] = manifest
-        elif step.compute:
+        elif not step.compute:  # --only left it out: say so before Prefect and Ray start
+            _, rejected = check_cache(store, f"{step.name}/{key}", step.spec.manifest_type)
+            raise StageDependencyError(no_result_problem(step.name, key, store, rejected))
+        else:
             if step.spec.local_files:
                 store.local_path()  # an object-store workspace: one line now, not after hours
             step.spec.check(cfg)

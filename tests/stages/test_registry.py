@@ -74,3 +74,12 @@ def test_an_ablation_refuses_unknown_or_repeated_variants(tmp_path):
     with pytest.raises(ConfigError, match=r"^variant shared is given twice \(--variant, or the "
                                           r"flow's variants\); give each once"):
         check_variants("smoke", [], str(tmp_path / "ws"), ["full", "shared", "shared"], 1)
+
+
+def test_only_a_stage_whose_upstream_is_not_cached_is_refused_before_the_run(tmp_path):
+    """It started Prefect and Ray and failed inside the flow (exit 1, ERROR log lines)."""
+    from pipeline.errors import StageDependencyError
+
+    with pytest.raises(StageDependencyError, match=r"^stage curate has no finished result for "
+                                                   r"this config .*include it in --only$"):
+        prepare_run("smoke", [], str(tmp_path / "ws"), ["sample_teacher"])
