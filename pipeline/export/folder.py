@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from pipeline.errors import ArtifactError
 from pipeline.store import replace_local_dir
@@ -114,21 +115,33 @@ def check_export(folder: Path) -> dict[str, Any]:
         hint = " (a teacher folder? use --teacher-path)" if (folder / MODEL_INDEX).is_file() \
             else ""
         raise ArtifactError(f"{folder}: not a twostep export (no {INFO_FILE}){hint}")
-    try:
-        index = json.loads((folder / MODEL_INDEX).read_text())
-        info = json.loads((folder / INFO_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{folder}: unreadable export metadata ({exc})") from None
+    documents = {}
+    for name in (MODEL_INDEX, INFO_FILE):
+        try:
+            documents[name] = json.loads((folder / name).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{folder / name}: unreadable export metadata ({exc})") from None
+        if not isinstance(documents[name], dict):
+            raise ArtifactError(f"{folder / name}: not a JSON object; export the model again "
+                                f"(distill run --only export --force)")
+    index, info = documents[MODEL_INDEX], documents[INFO_FILE]
     if info.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{folder}: {INFO_FILE} has format_version "
                             f"{info.get('format_version')!r}, this twostep reads "
                             f"{FORMAT_VERSION}")
-    if index.get("_class_name") != [PIPELINE_FILE.removesuffix(".py"), PIPELINE_CLASS] or \
-            not (folder / PIPELINE_FILE).is_file():
+    if index.get("_class_name") != [PIPELINE_FILE.removesuffix(".py"), PIPELINE_CLASS]:
         raise ArtifactError(f"{folder}: not a twostep export ({MODEL_INDEX} does not name "
                             f"{PIPELINE_FILE})")
+    if not (folder / PIPELINE_FILE).is_file():
+        raise ArtifactError(f"{folder / PIPELINE_FILE}: the pipeline's code file is missing "
+                            f"from the export; export the model again")
     for name, value in index.items():
-        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+        if name.startswith("_") or not isinstance(value, list):
+            continue
+        if len(value) != 2:
+            raise ArtifactError(f"{folder / MODEL_INDEX}: component {name!r} is {value!r}, "
+                                f"not [library, class]; export the model again")
+        if value[0] is None:
             continue
         part = folder / name
         if not part.is_dir() or not any(part.iterdir()):
@@ -154,7 +167,7 @@ def load_exported(folder: Path, device: str = "cpu", dtype: torch.dtype | None =
         pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True,
                                                  local_files_only=True, use_safetensors=True,
                                                  **kwargs)
-    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+    except (OSError, ValueError, RuntimeError, TypeError, SafetensorError) as exc:
         raise ArtifactError(f"{folder}: cannot load the exported pipeline: {exc}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

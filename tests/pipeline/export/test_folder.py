@@ -121,6 +121,33 @@ def test_broken_exports_are_refused_in_one_line(toy_export, tmp_path):
         check_export(broken)
     with pytest.raises(ArtifactError, match="no such folder"):
         check_export(tmp_path / "nothing")
+    # JSON of the wrong shape, a missing code file, a truncated weight file: one line each
+    # (were AttributeError, IndexError and SafetensorError tracebacks)
+    for name, text, message in (("model_index.json", "[1, 2, 3]", "not a JSON object"),
+                                ("twostep.json", "[1]", "not a JSON object"),
+                                ("model_index.json", None, r"component 'vae' is \[\], not "
+                                                           r"\[library, class\]")):
+        damaged = tmp_path / f"damaged-{name}-{text}"
+        shutil.copytree(out, damaged)
+        if text is None:
+            index = json.loads((damaged / name).read_text())
+            (damaged / name).write_text(json.dumps({**index, "vae": []}))
+        else:
+            (damaged / name).write_text(text)
+        with pytest.raises(ArtifactError, match=message):
+            check_export(damaged)
+    missing_code = tmp_path / "missing-code"
+    shutil.copytree(out, missing_code)
+    (missing_code / "pipeline_twostep.py").unlink()
+    with pytest.raises(ArtifactError, match="pipeline_twostep.py: the pipeline's code file is "
+                                            "missing"):
+        check_export(missing_code)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(out, truncated)
+    weights = next((truncated / "text_encoder").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match="cannot load the exported pipeline"):
+        load_exported(truncated)
 
 
 def _plain_teacher_folder(tmp_path: Path) -> Path:
