@@ -15,6 +15,8 @@ from pipeline.store import unwritable_folder
 if TYPE_CHECKING:
     import torch
 
+MAX_SEED = 2**63 - 1
+
 DEFAULT_SIZE = {"toy": 32, "zimage": 1024}
 """A teacher's image side when --height/--width are not given: the toy world's, and Z-Image
 Turbo's (``ZImagePipeline``'s default)."""
@@ -71,6 +73,9 @@ def generate(
     from pipeline.generate import write_outputs
 
     prompts = [p for p in read_prompts(prompt, prompts_file) for _ in range(num_images)]
+    if not 0 <= seed <= MAX_SEED - len(prompts) + 1:  # a torch generator takes 64-bit seeds
+        fail(f"--seed {seed}: image i uses seed SEED + i, which must lie in 0..{MAX_SEED}; "
+             f"give a seed from 0 to {MAX_SEED - len(prompts) + 1}")
     seeds = [seed + i for i in range(len(prompts))]
     if problem := unwritable_folder(out):
         fail(f"--out {out}: {problem}")
@@ -147,6 +152,8 @@ def check_device(device: str) -> None:
         torch_device = torch.device(device)
     except RuntimeError as exc:
         fail(f"--device {device!r}: {exc}")
+    if torch_device.type not in ("cpu", "cuda"):  # e.g. meta: no numbers come out of it
+        fail(f"--device {device}: use cpu or cuda[:N]")
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         fail(f"--device {device}: CUDA is not available here")
 

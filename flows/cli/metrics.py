@@ -26,7 +26,13 @@ def convert_inception(
     The checkpoint is read with torch.load(weights_only=True) (tensors only, no code runs)
     and checked against the architecture before the file is written."""
     from pipeline.evaluation.inception import convert_fid_weights
+    from pipeline.store import unwritable_folder
 
+    if target.is_dir():
+        fail(f"{target}: is a folder; give the file to write, e.g. "
+             f"{target / 'inception-2015-12-05.safetensors'}")
+    if problem := unwritable_folder(target.parent):
+        fail(f"{target}: its folder {target.parent} {problem}")
     try:
         count = convert_fid_weights(source, target)
     except TwostepError as exc:

@@ -326,6 +326,15 @@ def test_outputs_and_servers_are_checked_before_any_work(tmp_path):
          f"--out {a_file / 'sub'}: cannot be created ({a_file} is not a folder)"),
         (("run", "--config", "smoke", "--workspace", str(a_file), "--only", "curate"),
          f"workspace {a_file}: exists and is not a folder; give another --workspace"),
+        (("generate", "--prompt", "a red circle", "--out", str(tmp_path / "g"), "--seed",
+          str(2**63 - 1), "--num-images", "2"),  # was "Overflow when unpacking long long"
+         f"--seed {2**63 - 1}: image i uses seed SEED + i, which must lie in 0..{2**63 - 1}; "
+         f"give a seed from 0 to {2**63 - 2}"),
+        (("generate", "--prompt", "a red circle", "--out", str(tmp_path / "g"), "--device",
+          "meta"), "--device meta: use cpu or cuda[:N]"),  # was a traceback after loading
+        (("metrics", "convert-inception", str(a_file), str(other)),  # left an 87 MB .tmp-
+         f"{other}: is a folder; give the file to write, e.g. "
+         f"{other / 'inception-2015-12-05.safetensors'}"),
     ]
     for args, message in cases:
         result = distill(*args)
