@@ -171,9 +171,15 @@ def refine_decoder_cmd(
     folder = teacher or ASSET_DIR
     try:
         loaded = ToyTeacher.load(folder)
-        build = json.loads((folder / "build.json").read_text(encoding="utf-8"))
-    except (ArtifactError, OSError, json.JSONDecodeError) as exc:
-        fail(f"{folder}: not a latent toy teacher: {exc}")
+    except ArtifactError as exc:
+        fail(exc)
+    record = folder / "build.json"  # rewritten with the new decoder's scores at the end
+    try:
+        build = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        fail(f"{record}: unreadable build record ({exc})")
+    if not isinstance(build, dict):
+        fail(f"{record}: not a build record (a JSON object)")
     model, autoencoder = loaded.model, loaded.autoencoder
     if autoencoder is None:
         fail(f"{folder}: not a latent toy teacher: no autoencoder/ (a pixel-space teacher has "

@@ -216,6 +216,11 @@ def test_refine_decoder_keeps_the_latent_space_and_refuses_pixel_teachers(tmp_pa
     refused = distill("toy", "refine-decoder", "--teacher", str(tmp_path / "pixel"))
     assert refused.returncode == 2
     assert "not a latent toy teacher" in refused.stderr and "Traceback" not in refused.stderr
+    (tmp_path / "latent" / "build.json").write_text("[1]")  # checked before the training
+    refused = distill("toy", "refine-decoder", "--teacher", str(tmp_path / "latent"))
+    assert refused.returncode == 2
+    assert _one_error_line(refused) == (f"error: {tmp_path / 'latent' / 'build.json'}: not a "
+                                        f"build record (a JSON object)")
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
