@@ -51,7 +51,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc
+        # one line, like a file's YAML error; columns count from the value's first character
+        raise ConfigError(f"override {item!r}: value {raw!r} is "
+                          f"{_yaml_problem(exc).replace('line 1, ', '')}; quote it to pass a "
+                          f"string") from None
     return key.split("."), value
 
 

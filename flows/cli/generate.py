@@ -60,10 +60,10 @@ def generate(
                                               "8; a student: 2, the only choice).")] = None,
     seed: int = 0,
     num_images: Annotated[int, typer.Option(min=1, help="Images per prompt.")] = 1,
-    height: Annotated[int | None, typer.Option(help="Image height (default: the toy "
+    height: Annotated[int | None, typer.Option(min=1, help="Image height (default: the toy "
                                                "teacher 32, Z-Image 1024 as ZImagePipeline; a "
                                                "student the export's own size).")] = None,
-    width: Annotated[int | None, typer.Option(help="Image width (default as --height).")]
+    width: Annotated[int | None, typer.Option(min=1, help="Image width (default as --height).")]
     = None,
     device: str = "cpu",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -217,6 +218,8 @@ def status(
         fail(exc)
     if store.is_local and not store.exists():
         fail(f"workspace {root} does not exist (nothing has run)")
+    if store.is_local and not Path(store.root).is_dir():
+        fail(f"workspace {root} is a file, not a workspace folder")
     table = Table(title=f"workspace {root}")
     for column in ("stage", "key", "finished", "last run", "counts"):
         _add_column(table, column)

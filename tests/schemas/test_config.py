@@ -47,6 +47,9 @@ def test_workspace_defaults_to_runs_preset():
         (["curate.sources=[{kind: web}]"], r"source kind must be 'file'"),
         (["curate.min_words=9", "curate.max_words=3"], r"min_words \(9\) > max_words \(3\)"),
         (["nonsense"], r"override 'nonsense' must look like 'section.field=value'"),
+        (["curate.min_words=[1,"], r"override 'curate.min_words=\[1,': value '\[1,' is not "
+                                   r"valid YAML at column 4: expected the node content, but "
+                                   r"found '<stream end>' \(while parsing a flow node"),
         (["curate.sources.7.path=x"], r"list index below 1"),
         (["train_e2e.adv_weighting=adaptive", "train_e2e.final_weight=0"],
          r"train_e2e: .*adv_weighting=adaptive .*final_weight=0 switches off"),
