@@ -341,7 +341,7 @@ def _write_latest(store: ArtifactStore, stage: str, manifest: Manifest, cached: 
 
 
 # what _write_latest writes and its readers use
-_LATEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+_LATEST_FIELDS: dict[str, type] = {
     "key": str, "cached": bool, "at": str, "created_at": str, "counts": dict}
 
 

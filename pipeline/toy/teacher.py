@@ -290,8 +290,7 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
             raise ConfigError(
                 f"build-teacher: the autoencoder alone would take about "
                 f"{exc.projected_seconds / 60:.1f} minutes here ({exc.measured}), past the "
-                f"{cfg.flow_matching_minutes:g} minutes {_budget_words(cfg)}: "
-                f"{_budget_way_out(cfg)}") from None
+                f"{_flow_matching_budget(cfg)}") from None
     encoder = MiniLMTextEncoder()
     x0_pool, cap_ids, caps = image_pool(cfg, log, caps=encoder.encode(pool_texts(cfg)))
     if autoencoder is not None:
@@ -300,8 +299,7 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
         raise ConfigError(
             f"build-teacher: {(time.perf_counter() - start) / 60:.1f} minutes went to the "
             f"{'autoencoder and the ' if autoencoder is not None else ''}training pool, "
-            f"leaving no time for flow matching in the {cfg.flow_matching_minutes:g} minutes "
-            f"{_budget_words(cfg)}: {_budget_way_out(cfg)}")
+            f"leaving no time for flow matching in the {_flow_matching_budget(cfg)}")
     torch.manual_seed(cfg.seed)
     model, info = train_flow_matching(new_teacher(cfg), x0_pool, cap_ids, caps, cfg, log,
                                       start=start, minutes=cfg.flow_matching_minutes)
@@ -315,20 +313,18 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print,
     return ToyTeacherBuild(model, autoencoder, info)
 
 
-def _budget_way_out(cfg: TeacherTrainConfig) -> str:
-    """The way out of a budget too small for the work before flow matching."""
+def _flow_matching_budget(cfg: TeacherTrainConfig) -> str:
+    """The end of the messages above: the minutes flow matching has, how they came about, and
+    the way out of a budget too small for the work before it."""
+    if cfg.guidance > 1:
+        source = (f"the build has before guidance distillation (minutes {cfg.minutes:g}, "
+                  f"guidance_minutes {cfg.guidance_minutes:g})")
+    else:
+        source = f"of the build (minutes {cfg.minutes:g})"
     autoencoder = ("the autoencoder (autoencoder_training.epochs, autoencoder_training.samples) "
                    "or " if cfg.space == "latent" else "")
-    return (f"raise --set minutes (44 by default), or shorten {autoencoder}the training pool "
-            f"(pool_images); nothing written")
-
-
-def _budget_words(cfg: TeacherTrainConfig) -> str:
-    """How the flow-matching part of the budget came about, for the messages above."""
-    if cfg.guidance > 1:
-        return (f"the build has before guidance distillation (minutes {cfg.minutes:g}, "
-                f"guidance_minutes {cfg.guidance_minutes:g})")
-    return f"of the build (minutes {cfg.minutes:g})"
+    return (f"{cfg.flow_matching_minutes:g} minutes {source}: raise --set minutes (44 by "
+            f"default), or shorten {autoencoder}the training pool (pool_images); nothing written")
 
 
 VelocityFn = Callable[[ZImageTransformer2DModel, torch.Tensor, torch.Tensor,
