@@ -29,13 +29,41 @@ app.add_typer(toy.app, name="toy")
 app.add_typer(metrics.app, name="metrics")
 
 
+def run_app(args: list[str] | None = None) -> int:
+    """Run the typer app on ``args`` (default: the process's) and return its exit status.
+    Click's own mistakes (an unknown or missing option, a bad value, an unknown command) are
+    one ``error:`` line naming the command's ``--help``, like every other user mistake,
+    instead of typer's usage box; ``distill`` with no arguments still prints the help."""
+    try:  # click's exceptions, wherever this typer takes click from (0.2x vendors it)
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+    no_args_is_help = getattr(click, "NoArgsIsHelpError", ())  # click < 8.2 exits 0 instead
+    try:
+        result = app(args=args, standalone_mode=False)
+    except no_args_is_help as exc:
+        exc.show()
+        return exc.exit_code
+    except click.UsageError as exc:
+        where = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+        print_error(f"{exc.format_message().rstrip('.')}{where}")
+        return exc.exit_code
+    except click.ClickException as exc:
+        print_error(exc.format_message().rstrip("."))
+        return exc.exit_code
+    except typer.Abort:  # end of input at a prompt
+        print_error("aborted")
+        return 1
+    # a command returns None; an exit (typer.Exit, --help, Ctrl-C: 130) returns its status
+    return result if isinstance(result, int) else 0
+
+
 def main() -> None:  # pragma: no cover - console entry point
     try:
-        app()
+        code = run_app()
     except TwostepError as exc:
         print_error(exc)
-        leave_if_the_api_went_away(2)
-        sys.exit(2)
+        code = 2
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         leave_if_the_api_went_away(code)
@@ -44,3 +72,5 @@ def main() -> None:  # pragma: no cover - console entry point
         traceback.print_exc()  # a bug: keep its traceback, but do not hang after it
         leave_if_the_api_went_away(1)
         raise
+    leave_if_the_api_went_away(code)
+    sys.exit(code)

@@ -47,6 +47,26 @@ def test_user_mistakes_are_one_clear_line(args, message, tmp_path):
     assert not (tmp_path / "ws").exists()
 
 
+def test_usage_mistakes_are_one_line_naming_the_help():
+    """Click's own mistakes were typer's five-line usage box; now one line like the rest."""
+    cases = [
+        (("run", "--seed", "1"),
+         "error: No such option: --seed (Possible options: --set); see 'distill run --help'"),
+        (("generate", "--prompt", "a red circle"),
+         "error: Missing option '--out'; see 'distill generate --help'"),
+        (("toy", "build-teacher", "--minutes", "x"),
+         "error: No such option: --minutes; see 'distill toy build-teacher --help'"),
+        (("frob",), "error: No such command 'frob'; see 'distill --help'"),
+    ]
+    for args, message in cases:
+        result = distill(*args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        # run as `python -m flows.cli`, click names the command as it was called
+        assert _one_error_line(result) == message.replace("'distill", "'python -m flows.cli")
+    bare = distill()  # no command: the help, as before
+    assert bare.returncode == 2 and "Usage: python -m flows.cli" in bare.stdout
+
+
 def test_an_ablation_variant_that_contradicts_the_run_is_named_before_anything_runs(tmp_path):
     """Without the adversarial term the gan_real_data variant has no discriminator to vary."""
     result = distill("ablate", "--config", "smoke", "--workspace", str(tmp_path / "ws"),
