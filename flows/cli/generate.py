@@ -113,6 +113,12 @@ def check_choices(generator: str | None, model: Path | None, workspace: str | No
     if generator == "ground-truth" and ((height or 32, width or 32) != (32, 32)
                                         or teacher not in (None, "toy")):
         fail("--generator ground-truth renders the toy world: 32x32 images, --teacher toy")
+    if generator == "ground-truth" and (steps is not None or teacher_path is not None):
+        fail("--generator ground-truth draws what each prompt names, no sampling: --steps "
+             "and --teacher-path do not go with it")
+    if model is not None and (teacher is not None or teacher_path is not None):
+        fail("--model is a whole exported pipeline, its own text encoder included: "
+             "--teacher and --teacher-path do not go with it")
     if generator == "student":
         if model is not None and workspace is not None:
             fail("give either --model (an export) or --workspace (its latest training)")

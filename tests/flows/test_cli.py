@@ -154,6 +154,27 @@ def test_generate_writes_pngs_index_and_contact_sheet(tmp_path, zimage_folder):
     assert (out / "contact_sheet.png").is_file()
 
 
+def test_generate_refuses_options_it_would_ignore(tmp_path, capsys):
+    """Each was accepted and had no effect (checked in-process: the choices come before any
+    model is loaded)."""
+    import typer
+
+    from flows.cli.generate import check_choices
+
+    cases = [  # generator, model, workspace, teacher, teacher_path, steps, height, width
+        (("ground-truth", None, None, None, None, 8, None, None), "--steps and --teacher-path"),
+        (("ground-truth", None, None, "toy", "/t", None, None, None), "--steps and --teacher-"),
+        ((None, tmp_path, None, None, "/t", None, None, None), "--model is a whole exported"),
+        (("student", tmp_path, None, "toy", None, None, None, None), "--teacher and --teache"),
+    ]
+    for args, message in cases:
+        with pytest.raises(typer.Exit):
+            check_choices(*args)
+        assert message in capsys.readouterr().err, args
+    assert check_choices(None, tmp_path, None, None, None, 2, 32, 32) == "student"
+    assert check_choices("ground-truth", None, None, "toy", None, None, 32, 32) == "ground-truth"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
