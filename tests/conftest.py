@@ -18,6 +18,21 @@ os.environ.pop("RAY_ADDRESS", None)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_temporary_prefect_servers():
+    """Stop the temporary Prefect servers that in-process flows started, while the session's
+    output is open: Prefect stops them at interpreter exit and logs that to a stream pytest
+    has closed by then (a "--- Logging error ---" traceback after the test summary)."""
+    yield
+    import sys
+
+    if "prefect.server.api.server" in sys.modules:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for the in-process tests (stages reuse an initialized Ray)."""
