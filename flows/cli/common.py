@@ -28,7 +28,8 @@ SetOpt = Annotated[
 ]
 WorkspaceOpt = Annotated[
     str | None,
-    typer.Option("--workspace", "-w", help="Artifact root (default: ./runs/<preset>)."),
+    typer.Option("--workspace", "-w", help="Artifact root (default: the config's workspace, "
+                 "else ./runs/<its name>)."),
 ]
 
 
