@@ -130,6 +130,12 @@ LEVERS: dict[str, list[str]] = {
     # phase 2's lr on either side of the preset's 2e-5 at 300 + 200 (1e-4 measured at 200 + 200)
     "p2_lr_1e-5": ["train_e2e.optimizer.lr=1e-5"],
     "p2_lr_4e-5": ["train_e2e.optimizer.lr=4e-5"],
+    # 2026-12-07: how phase 2 weighs the step-1 regression (x_mid to the teacher's) against
+    # the final one (never measured): 0 leaves G1 free to make whatever x_mid G2 finishes
+    # best, a large weight holds G1 where phase 1 put it
+    "p2_step1_0": ["train_e2e.step1_weight=0"],
+    "p2_step1_0.3": ["train_e2e.step1_weight=0.3"],
+    "p2_step1_3": ["train_e2e.step1_weight=3.0"],
 }
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
