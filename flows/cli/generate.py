@@ -24,7 +24,8 @@ Turbo's (``ZImagePipeline``'s default)."""
 
 def one_of(option: str, *choices: str) -> dict[str, Any]:
     """``typer.Option`` arguments for a choice: the choices show in ``--help`` and a wrong
-    value is one ``error:`` line, exit 2 (typer's own choice error is a usage box)."""
+    value is one ``error:`` line, exit 2, that names the option and its choices (typer's own
+    choice error is one line too since :func:`flows.cli.run_app`, worded otherwise)."""
 
     def parse(value: str) -> str:
         if value not in choices:
@@ -137,7 +138,8 @@ def read_prompts(prompt: list[str] | None, prompts_file: Path | None) -> list[st
         fail("give either --prompt or --prompts-file")
     if prompts_file is None:
         return list(prompt or [])
-    # Not typer's exists=/dir_okay=: its error is a usage box, not one ``error:`` line.
+    # Not typer's exists=/dir_okay=: these lines name the file with the problem and read it
+    # once (not found, not UTF-8, no prompt).
     if not prompts_file.is_file():
         fail(f"--prompts-file {prompts_file}: not found")
     try:
