@@ -11,6 +11,10 @@ each setting's re-noising range and at sigma_min alone.
 
     .venv/bin/python research/toy_discriminator_probe.py --workspace runs/toy \\
         --stage train_e2e/60359ab8f491917f --out research/results/toy_discriminator_probe.json
+
+The settings marked "re-encoded" give the heads both sides decoded to images and encoded
+again (what of a latent the image shows); ``--naive-steps 2`` takes the teacher's own 2-step
+samples as the fakes instead of a student's (a generator with a gap to find).
 """
 
 from __future__ import annotations
@@ -36,7 +40,20 @@ SETTINGS: dict[str, dict] = {
     "lr 1e-3, sigma 0.0-0.1": {"lr": 1e-3, "sigma_min": 0.0, "sigma_max": 0.1},
     "lr 1e-3, sigma 0.0-0.1, layers 0-3": {"lr": 1e-3, "sigma_min": 0.0, "sigma_max": 0.1,
                                            "layers": [0, 1, 2, 3]},
+    # 2026-12-07: is what the low-noise heads see visible in the image at all? Both sides
+    # decoded to pixels and encoded again (the autoencoder's projection of a latent onto what
+    # it can show), then the same heads
+    "lr 1e-3, sigma 0.0-0.3, re-encoded": {"lr": 1e-3, "sigma_min": 0.0, "sigma_max": 0.3,
+                                           "reencode": True},
+    "demo (lr 2e-4, sigma 0.05-0.7), re-encoded": {"reencode": True},
 }
+
+
+@torch.no_grad()
+def _reencoded(teacher, x0: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """``x0`` latents decoded to images and encoded again (the autoencoder's round trip)."""
+    return torch.cat([teacher.encode_images(teacher.decode(x0[at:at + chunk])).cpu()
+                      for at in range(0, x0.shape[0], chunk)])
 
 
 def _samples(store, manifest, split: str, n: int):
@@ -47,11 +64,11 @@ def _samples(store, manifest, split: str, n: int):
 
 
 @torch.no_grad()
-def _fakes(student, batch, chunk: int = 128) -> torch.Tensor:
+def _fakes(sample, batch, chunk: int = 128) -> torch.Tensor:
+    """``sample(noise, captions)`` -> x0, over ``batch`` in chunks."""
     out = []
     for at in range(0, batch["noise"].shape[0], chunk):
-        out.append(student.sample(batch["noise"][at:at + chunk],
-                                  batch["caption"][at:at + chunk]))
+        out.append(sample(batch["noise"][at:at + chunk], batch["caption"][at:at + chunk]))
     return torch.cat(out)
 
 
@@ -78,6 +95,7 @@ def probe(backbone, train, train_fake, held, held_fake, setting: dict, steps: in
 
     torch.manual_seed(0)
     layers, hidden = setting.get("layers", [1, 3]), setting.get("hidden", 128)
+    # "reencode" picks the inputs (main); the heads and their training are the same
     lo, hi = setting.get("sigma_min", 0.05), setting.get("sigma_max", 0.7)
     disc = Discriminator(backbone, layers, hidden)
     opt = torch.optim.AdamW(disc.parameters(), lr=setting.get("lr", 2e-4), betas=(0.0, 0.99),
@@ -122,7 +140,11 @@ def probe(backbone, train, train_fake, held, held_fake, setting: dict, steps: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default="runs/toy")
-    parser.add_argument("--stage", required=True, help="train_e2e/<key> (or train_init/<key>)")
+    parser.add_argument("--stage", help="train_e2e/<key> (or train_init/<key>): the student "
+                        "whose samples are the fakes")
+    parser.add_argument("--naive-steps", type=int, help="Instead of a student, the teacher's "
+                        "own samples in this many steps are the fakes (2: the naive 2-step "
+                        "teacher): how the heads fare when there is a gap to find")
     parser.add_argument("--train-samples", type=int, default=1536)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--every", type=int, default=100)
@@ -138,23 +160,44 @@ def main() -> None:
 
     torch.set_num_threads(2)
     store = ArtifactStore(args.workspace)
-    manifest = store.read_manifest(args.stage, StudentCheckpointManifest)
+    if (args.stage is None) == (args.naive_steps is None):
+        parser.error("give --stage or --naive-steps")
     latest = json.loads((Path(args.workspace) / "sample_teacher" / "latest.json").read_text())
     samples = store.read_manifest(f"sample_teacher/{latest['key']}", TeacherSamplesManifest)
     teacher = load_teacher("toy")
-    student = load_student(store.local_path(args.stage), manifest, teacher, "ema")
+    if args.stage:
+        manifest = store.read_manifest(args.stage, StudentCheckpointManifest)
+        sample = load_student(store.local_path(args.stage), manifest, teacher, "ema").sample
+    else:
+        def sample(noise, captions):
+            return teacher.sample(captions, noise, args.naive_steps).final
     backbone = frozen_copy(copy.deepcopy(teacher.transformer))
     train = _samples(store, samples, "train", args.train_samples)
     held = _samples(store, samples, "eval", 10**9)
-    train_fake, held_fake = _fakes(student, train), _fakes(student, held)
+    train_fake, held_fake = _fakes(sample, train), _fakes(sample, held)
     gap = (held_fake - held["x0"]).pow(2).mean().item()
-    print(f"student {args.stage}: held-out mse to the teacher {gap:.4g}; "
+    source = args.stage or f"teacher at {args.naive_steps} steps"
+    print(f"fakes {source}: held-out mse to the teacher {gap:.4g}; "
           f"{train['x0'].shape[0]} train / {held['x0'].shape[0]} held-out pairs", flush=True)
-    report = {"stage": args.stage, "heldout_mse_to_teacher": gap, "settings": {}}
+    report = {"stage": source, "heldout_mse_to_teacher": gap, "settings": {}}
+    pixel_gap = (teacher.decode(held_fake) - teacher.decode(held["x0"])).pow(2).mean().item()
+    report["heldout_pixel_mse_to_teacher"] = pixel_gap
+    inputs = {False: (train, train_fake, held, held_fake)}
+    if any(s.get("reencode") for s in SETTINGS.values()):
+        inputs[True] = ({**train, "x0": _reencoded(teacher, train["x0"])},
+                        _reencoded(teacher, train_fake),
+                        {**held, "x0": _reencoded(teacher, held["x0"])},
+                        _reencoded(teacher, held_fake))
+        round_trip = (inputs[True][3] - inputs[True][2]["x0"]).pow(2).mean().item()
+        report["heldout_reencoded_mse_to_teacher"] = round_trip
+        report["teacher_round_trip_mse"] = (inputs[True][2]["x0"] - held["x0"]).pow(2).mean().item()
+    print(f"pixel mse {pixel_gap:.4g}; re-encoded latent mse "
+          f"{report.get('heldout_reencoded_mse_to_teacher', float('nan')):.4g}; the teacher's "
+          f"own round trip {report.get('teacher_round_trip_mse', float('nan')):.4g}", flush=True)
     for name, setting in SETTINGS.items():
         if args.only and name not in args.only:
             continue
-        result = probe(backbone, train, train_fake, held, held_fake, setting, args.steps,
+        result = probe(backbone, *inputs[bool(setting.get("reencode"))], setting, args.steps,
                        args.every)
         report["settings"][name] = result
         last = result["curve"]
