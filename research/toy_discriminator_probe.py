@@ -158,19 +158,23 @@ def main() -> None:
     from pipeline.teachers import load_teacher
     from schemas.manifest import StudentCheckpointManifest, TeacherSamplesManifest
 
-    torch.set_num_threads(2)
-    store = ArtifactStore(args.workspace)
     if (args.stage is None) == (args.naive_steps is None):
         parser.error("give --stage or --naive-steps")
-    latest = json.loads((Path(args.workspace) / "sample_teacher" / "latest.json").read_text())
-    samples = store.read_manifest(f"sample_teacher/{latest['key']}", TeacherSamplesManifest)
+    torch.set_num_threads(2)
+    store = ArtifactStore(args.workspace)
     teacher = load_teacher("toy")
     if args.stage:
         manifest = store.read_manifest(args.stage, StudentCheckpointManifest)
         sample = load_student(store.local_path(args.stage), manifest, teacher, "ema").sample
+        # the teacher samples the student was trained on, not whichever were made last
+        samples_key = next(i.key for i in manifest.inputs if i.stage == "sample_teacher")
     else:
+        samples_key = json.loads(
+            (Path(args.workspace) / "sample_teacher" / "latest.json").read_text())["key"]
+
         def sample(noise, captions):
             return teacher.sample(captions, noise, args.naive_steps).final
+    samples = store.read_manifest(f"sample_teacher/{samples_key}", TeacherSamplesManifest)
     backbone = frozen_copy(copy.deepcopy(teacher.transformer))
     train = _samples(store, samples, "train", args.train_samples)
     held = _samples(store, samples, "eval", 10**9)
