@@ -426,6 +426,13 @@ class TrainE2EConfig(TrainCommonConfig):
         0.0, ge=0.0, description="Weight of the perceptual term: the distance between the "
         "discriminator backbone's (layer-normalized) features of the student's x0 and of the "
         "teacher's x0 from the same noise, both re-noised alike (0: off).")
+    pixel_weight: float = Field(
+        0.0, ge=0.0, description="Weight of the mean squared error between the decoded images "
+        "of the student's x0 and of the teacher's x0 from the same noise (the teacher's "
+        "decoder, frozen, backpropagated through to x0; 0: off). Where the latent regression "
+        "weighs every latent component alike, this weighs them as the decoder shows them. One "
+        "decoder forward and backward a step: cheap for the toy autoencoder, heavy for a large "
+        "VAE at 1024 px.")
     adv_warmup_steps: int = Field(
         0, ge=0, description="Ramp the generator's adversarial weight linearly from 0 over "
         "these steps, so the discriminator learns before its gradients steer the student.")
@@ -465,10 +472,10 @@ class TrainE2EConfig(TrainCommonConfig):
     @model_validator(mode="after")
     def _something_to_learn(self) -> TrainE2EConfig:
         if not (self.adversarial or self.step1_weight or self.final_weight
-                or self.feature_weight):
-            raise ValueError("adv_weight, step1_weight, final_weight and feature_weight are "
-                             "all 0: phase 2 would train nothing (every gradient is 0); set "
-                             "one of them > 0")
+                or self.feature_weight or self.pixel_weight):
+            raise ValueError("adv_weight, step1_weight, final_weight, feature_weight and "
+                             "pixel_weight are all 0: phase 2 would train nothing (every "
+                             "gradient is 0); set one of them > 0")
         return self
 
     @model_validator(mode="after")

@@ -7,13 +7,15 @@ G2 ``x_mid_teacher -> x0_teacher``, each alone.
 
 Phase 2 (end to end): ``x_mid, x0 = student(eps, c)`` chained (``x_mid`` detached unless
 ``end_to_end``). Generator loss ``adv_weight * L_adv(D(x0)) + step1_weight * d(x_mid,
-x_mid_teacher) + final_weight * d(x0, x0_teacher) + feature_weight * f(x0, x0_teacher)`` (``f``:
+x_mid_teacher) + final_weight * d(x0, x0_teacher) + feature_weight * f(x0, x0_teacher) +
+pixel_weight * mse(decode(x0), decode(x0_teacher))`` (``f``:
 :func:`~pipeline.student.discriminator.feature_distance` of the discriminator backbone's
-features, both re-noised alike); with ``adv_weighting: adaptive`` the adversarial weight is
-recomputed every step so that its gradient on ``x0`` is ``adv_weight`` times the final
-regression's (:func:`~pipeline.student.losses.adaptive_adversarial_gradient`); then a
-discriminator step on real (teacher ``x0``, or ground-truth renders for ``gan_real: data``)
-versus ``x0.detach()``, with optional lazy R1. Separate AdamW optimizers; an EMA of the student.
+features, both re-noised alike; ``decode``: the teacher's frozen decoder, differentiable);
+with ``adv_weighting: adaptive`` the adversarial weight is recomputed every step so that its
+gradient on ``x0`` is ``adv_weight`` times the final regression's
+(:func:`~pipeline.student.losses.adaptive_adversarial_gradient`); then a discriminator step
+on real (teacher ``x0``, or ground-truth renders for ``gan_real: data``) versus
+``x0.detach()``, with optional lazy R1. Separate AdamW optimizers; an EMA of the student.
 With ``adv_weight: 0`` there is no discriminator: no backbone copy, no discriminator step (40%
 of a toy phase-2 step), no draws for it. Without the perceptual term the student trains
 exactly as with the adversarial term weighted 0 (tested); with it (it builds the frozen
@@ -278,7 +280,8 @@ class Worker:
         c = self.cfg
         return self.job.phase == 2 and (
             (not c.end_to_end and c.step1_weight == 0)
-            or (c.adv_weight == 0 and c.final_weight == 0))
+            or (c.adv_weight == 0 and c.final_weight == 0 and c.feature_weight == 0
+                and c.pixel_weight == 0))
 
     # -- data ------------------------------------------------------------------------------
     def _reader(self, shards: list[SampleShard], **kw) -> TeacherSampleReader:
@@ -322,6 +325,13 @@ class Worker:
         self._ema(step)
         return {"loss": loss.item(), "loss_step1": loss_1.item(), "loss_step2": loss_2.item(),
                 "grad_norm_g": norm}
+
+    def _pixel_distance(self, x0: torch.Tensor, x0_t: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the decoded images ``(B, 3, H, W)``, differentiable in the
+        student's ``x0``; the teacher's side without gradients."""
+        with torch.no_grad():
+            target = self.teacher.decode_differentiable(x0_t)
+        return regression(self.teacher.decode_differentiable(x0), target)
 
     def _real_images(self, batch: dict[str, Any], x0_t: torch.Tensor) -> torch.Tensor:
         if self.cfg.gan_real == "teacher":
@@ -371,8 +381,10 @@ class Worker:
             adv = generator_adversarial(fake_logits.float(), cfg.adv_loss)
         step1 = self._reg(x_mid, x_mid_t)
         final = self._reg(x0, x0_t)
+        pixel = self._pixel_distance(x0, x0_t) if cfg.pixel_weight else torch.zeros(())
         ramp = adversarial_ramp(step, cfg.adv_start_step, cfg.adv_warmup_steps)
-        regression_terms = cfg.step1_weight * step1 + cfg.final_weight * final
+        regression_terms = (cfg.step1_weight * step1 + cfg.final_weight * final
+                            + cfg.pixel_weight * pixel)
         if adaptive:
             adv_weight, x0_grad = adaptive_adversarial_gradient(
                 x0, x0_d, cfg.final_weight * final, adv, cfg.adv_weight, ramp,
@@ -391,6 +403,7 @@ class Worker:
         self._ema(step)
         values = {"loss_g": loss_g.item(), "loss_step1": step1.item(),
                   "loss_final": final.item(), "loss_feature": feature.item(),
+                  "loss_pixel": pixel.item(),
                   "grad_norm_g": norm_g}
         if self.trains_disc:
             values |= {"loss_adv_g": adv.item(), "adv_weight": ramp * float(adv_weight),

@@ -62,6 +62,12 @@ class TeacherAdapter(abc.ABC):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in [0, 1] -> sampling space."""
 
+    def decode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        """Sampling space ``(B, C, h, w)`` -> images ``(B, 3, H, W)`` on the [0, 1] scale,
+        differentiable in ``x`` (the decoder itself frozen, no clamp): for a loss on decoded
+        images (``train_e2e.pixel_weight``). Its activations are kept for the backward pass."""
+        raise NotImplementedError(f"the {self.name} teacher cannot decode with gradients")
+
     @property
     @abc.abstractmethod
     def transformer(self) -> nn.Module:

@@ -36,7 +36,8 @@ class ToyTeacher(TeacherAdapter):
     def __init__(self, model: ZImageTransformer2DModel, device: str = "cpu",
                  strict: bool = False, autoencoder: ToyAutoencoder | None = None) -> None:
         self.model = model.to(device).eval()
-        self.autoencoder = autoencoder.to(device).eval() if autoencoder is not None else None
+        self.autoencoder = (autoencoder.to(device).eval().requires_grad_(False)
+                            if autoencoder is not None else None)
         self.device = torch.device(device)
         self.strict = strict
         self._encoder = None
@@ -99,6 +100,11 @@ class ToyTeacher(TeacherAdapter):
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return ((to_images(x.to(self.device).float(), self.autoencoder) + 1) / 2).float()
+
+    def decode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:  # a pixel-space teacher: the state is the image
+            return (x.to(self.device).float() + 1) / 2
+        return (self.autoencoder.decode(x.to(self.device).float()) + 1) / 2
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,12 @@ class ZImageTeacher(TeacherAdapter):
             image = vae.decode(z, return_dict=False)[0]
         return ((image.float() + 1) / 2).clamp(0, 1)
 
+    def decode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        vae.requires_grad_(False)
+        z = x.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        return (vae.decode(z, return_dict=False)[0].float() + 1) / 2
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
         with torch.inference_mode():

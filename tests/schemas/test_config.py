@@ -62,8 +62,8 @@ def test_workspace_defaults_to_runs_preset():
         (["train_e2e.steps=1", "train_e2e.adv_warmup_steps=1"],
          r"adv_start_step \(0\) \+ 1 .* = 1 >= steps \(1\)"),
         (["train_e2e.adv_weight=0", "train_e2e.step1_weight=0", "train_e2e.final_weight=0"],
-         r"train_e2e: .*adv_weight, step1_weight, final_weight and feature_weight are all 0: "
-         r"phase 2 would train nothing"),
+         r"train_e2e: .*adv_weight, step1_weight, final_weight, feature_weight and "
+         r"pixel_weight are all 0: phase 2 would train nothing"),
         (["evaluate.extra_students={student: /x}"],
          r"evaluate.extra_students: .*'student' is the name of one of the run's own "
          r"generators .*choose another"),

@@ -374,3 +374,21 @@ def test_without_the_adversarial_term_no_discriminator_runs_and_the_student_is_t
     assert set(feature.optimizers) == {"student"}
     values = feature.phase2_step(0, next(feature._batches(0)))
     assert values["loss_feature"] > 0 and "loss_d" not in values
+    # The decoded-image term alone: both generators learn through the frozen decoder.
+    pixel = _phase2_worker(samples_workspace, tmp_path, "pixel",
+                           ["train_e2e.adv_weight=0", "train_e2e.step1_weight=0",
+                            "train_e2e.final_weight=0", "train_e2e.pixel_weight=1"])
+    batch = next(pixel._batches(0))
+    caps, noise, _, x0_t = pixel._to(batch)
+    before = {n: p.detach().clone() for n, p in pixel.trainable.items()}
+    with torch.no_grad():
+        _, x0 = pixel.model(noise, caps)
+        images, target = pixel.teacher.decode(x0), pixel.teacher.decode(x0_t)
+    values = pixel.phase2_step(0, batch)
+    # decode clamps to [0, 1], the loss does not: equal up to the few clamped pixels
+    assert values["loss_pixel"] == pytest.approx((images - target).square().mean().item(),
+                                                 rel=0.05)
+    assert values["loss_g"] == pytest.approx(values["loss_pixel"])
+    for g in ("g1.", "g2."):
+        assert any(not torch.equal(p, before[n]) for n, p in pixel.trainable.items()
+                   if n.startswith(g)), g

@@ -32,6 +32,19 @@ def test_sampling_records_sigma_mid_and_is_deterministic():
 
 
 @shipped
+def test_decode_differentiable_is_decode_with_gradients_to_the_latent_only():
+    teacher = load_teacher("toy")
+    x = (2 * torch.randn(2, *teacher.latent_shape(32, 32),
+                         generator=torch.Generator().manual_seed(0))).requires_grad_()
+    images = teacher.decode_differentiable(x)
+    assert images.shape == (2, 3, 32, 32)
+    assert torch.allclose(images.detach().clamp(0, 1), teacher.decode(x.detach()), atol=1e-6)
+    images.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in teacher.autoencoder.parameters())
+
+
+@shipped
 def test_prompts_outside_the_vocabulary(caplog):
     teacher = load_teacher("toy")
     with caplog.at_level(logging.WARNING):
