@@ -236,9 +236,16 @@ def run_stage(
         )
         log.info("%s: computing into %s", spec.name, store.uri(work_dir))
         start = time.perf_counter()
-        result = spec.run(ctx)
-        manifest = _manifest(spec, ctx, result, elapsed=time.perf_counter() - start)
-        lock.ensure_held()  # never commit over a run that took the stage over
+        try:
+            result = spec.run(ctx)
+            manifest = _manifest(spec, ctx, result, elapsed=time.perf_counter() - start)
+            lock.ensure_held()  # never commit over a run that took the stage over
+        except BaseException:
+            # A failed --force restarts from scratch (nothing to keep); a folder the failure
+            # left empty would only look like a result (unfinished work in it resumes).
+            if work_dir != stage_dir or store.is_empty_tree(work_dir):
+                store.remove_tree(work_dir)
+            raise
         store.write_manifest(work_dir, manifest)
         if work_dir != stage_dir:  # a forced recomputation replaces the old result only now
             store.replace_tree(work_dir, stage_dir)

@@ -145,6 +145,10 @@ class ArtifactStore:
         if self.exists(*parts):
             self.fs.rm(self.path(*parts), recursive=True)
 
+    def is_empty_tree(self, *parts: str) -> bool:
+        """No file under the folder (empty sub-folders aside)."""
+        return not self.fs.find(self.path(*parts))
+
     def replace_tree(self, source: str, target: str) -> None:
         """Move the folder ``source`` to ``target``, replacing it whole (:func:`replace_dir`)."""
         replace_dir(self.fs, self.path(source), self.path(target))

@@ -5,6 +5,14 @@ are in place before any command imports either."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from typing import Annotated, NoReturn
 
 import typer
@@ -35,15 +43,41 @@ WorkspaceOpt = Annotated[
 
 def print_error(problem: TwostepError | str) -> None:
     """One ``error:`` line on stderr: the message as plain text (a path such as
-    ``data/[a-z]*.txt`` or ``x[/y]`` is not read as rich markup), never wrapped."""
-    err_console.print(f"[bold red]error:[/] {escape(str(problem))}", highlight=False,
-                      soft_wrap=True)
+    ``data/[a-z]*.txt`` or ``x[/y]`` is not read as rich markup), never wrapped; a way out
+    that says ``distill run`` names this command's run (:func:`with_invocation`)."""
+    err_console.print(f"[bold red]error:[/] {escape(with_invocation(str(problem)))}",
+                      highlight=False, soft_wrap=True)
+
+
+RUN_SELECTING_OPTIONS = ("--config", "-c", "--set", "-s", "--workspace", "-w")
+
+
+def with_invocation(message: str, argv: list[str] | None = None) -> str:
+    """``message`` with every ``distill run`` it suggests carrying the ``--config``, ``--set``
+    and ``--workspace`` options of this ``distill run`` or ``distill ablate`` command line
+    (``argv``, default the process's), as typed: the stages' messages name the way out
+    without knowing the run, and followed literally on a run of another config or workspace
+    they would act on the toy preset's ``./runs/toy``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("run", "ablate") or "distill run" not in message:
+        return message
+    options, rest = [], argv[1:]
+    while rest:
+        arg, rest = rest[0], rest[1:]
+        if arg.startswith("--") and arg.split("=", 1)[0] in RUN_SELECTING_OPTIONS \
+                and "=" in arg:
+            options.append(arg)
+        elif arg in RUN_SELECTING_OPTIONS and rest:
+            options += [arg, rest[0]]
+            rest = rest[1:]
+    if not options:
+        return message
+    return message.replace("distill run", f"distill run {shlex.join(options)}")
 
 
 def unreachable_prefect_api(url: str | None = None) -> str | None:
     """The Prefect API ``url`` (default: ``PREFECT_API_URL``) when it does not answer now;
     None when it answers or none is configured (an ephemeral server is the run's own)."""
-    import os
     import urllib.request
 
     url = url or os.environ.get("PREFECT_API_URL")
@@ -72,9 +106,6 @@ def leave_if_the_api_went_away(code: int) -> None:
     (``distill`` calls this on its way out). Prefect's log and event services would
     otherwise retry delivering to it at interpreter exit for as long as it is gone, so a run
     that finished its work would hang; what they hold is lost."""
-    import os
-    import sys
-
     if "prefect" not in sys.modules:  # this command never talked to a Prefect server
         return
     url = unreachable_prefect_api()
@@ -87,6 +118,62 @@ def leave_if_the_api_went_away(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+
+
+@contextlib.contextmanager
+def ends_cleanly_on_interrupt(what: str, grace_s: float = 8.0) -> Iterator[None]:
+    """Ctrl-C inside the block ends the command with one line and status 130, within
+    ``grace_s`` seconds.
+
+    A terminal's Ctrl-C reaches the whole process group, so the run's own Prefect server and
+    local Ray die with the command; Prefect would then retry recording the crashed flow run
+    on the dead server for minutes and end with connection tracebacks. The first interrupt
+    lets the run unwind as usual (a live server records the run as crashed, which takes a
+    second); if the command has not ended ``grace_s`` later, or at a second interrupt, it
+    exits at once. Nothing on disk needs the unwinding: stages publish atomically, and a
+    rerun resumes from their finished shards and checkpoints."""
+    message = (f"interrupted: {what} stopped; finished stages are on disk with their "
+               f"manifests, rerun the same command to resume the rest")
+    interrupted, reported = threading.Event(), threading.Event()
+
+    def report() -> None:
+        if not reported.is_set():
+            reported.set()
+            print_error(message)
+
+    def leave() -> None:
+        report()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED_EXIT)
+
+    def leave_unless_done() -> None:
+        time.sleep(grace_s)
+        leave()  # a daemon thread: it never runs if the command ends within the grace
+
+    def on_interrupt(signum, frame) -> None:
+        if interrupted.is_set():
+            leave()
+        interrupted.set()
+        threading.Thread(target=leave_unless_done, daemon=True).start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        report()
+        raise typer.Exit(code=INTERRUPTED_EXIT) from None
+    except Exception:
+        if not interrupted.is_set():
+            raise
+        report()  # what the interrupt broke on its way out (a dead server): not a bug
+        raise typer.Exit(code=INTERRUPTED_EXIT) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def fail(problem: TwostepError | str, code: int = 2) -> NoReturn:

@@ -137,6 +137,10 @@ def read_prompts(prompt: list[str] | None, prompts_file: Path | None) -> list[st
     if bool(prompt) == bool(prompts_file):
         fail("give either --prompt or --prompts-file")
     if prompts_file is None:
+        blank = [i for i, p in enumerate(prompt or []) if not p.strip()]
+        if blank:
+            fail(f"--prompt number {blank[0] + 1} is blank: give the words of the image (an "
+                 f"empty prompt is a blank line of --prompts-file, which is skipped)")
         return list(prompt or [])
     # Not typer's exists=/dir_okay=: these lines name the file with the problem and read it
     # once (not found, not UTF-8, no prompt).
@@ -201,13 +205,24 @@ def sample_student(model: Path | None, workspace: str | None, teacher: str | Non
 
     try:
         if model is not None:
-            from pipeline.export.folder import load_exported
+            from pipeline.export.folder import check_export, load_exported
 
             pipe = load_exported(model, device=device)
             meta = {"generator": f"student:{model}", "steps": 2}
+            kind = check_export(model).get("teacher", {}).get("kind")
         else:
+            from pipeline.export.folder import recorded_teacher
+            from pipeline.store import ArtifactStore
+
             pipe = _workspace_student(workspace, teacher, teacher_path, device, height, width)
+            kind = teacher or recorded_teacher(ArtifactStore(workspace)).kind
             meta = {"generator": f"student:{workspace}", "steps": 2}
+        if kind == "toy":  # as the toy teacher warns when it encodes them
+            from pipeline.toy.prompts import outside_vocabulary_warning, words_outside_vocabulary
+
+            if unknown := words_outside_vocabulary(prompts):
+                err_console.print(f"warning: {outside_vocabulary_warning(unknown, 'student')}",
+                                  highlight=False, soft_wrap=True, markup=False)
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("2-step sampling", total=len(prompts))
             images = generate_with_pipeline(pipe, prompts, seeds, height, width or height,

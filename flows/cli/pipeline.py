@@ -14,7 +14,9 @@ from flows.cli.common import (
     SetOpt,
     WorkspaceOpt,
     console,
+    ends_cleanly_on_interrupt,
     fail,
+    print_error,
     require_prefect_api,
     unreachable_prefect_api,
 )
@@ -44,8 +46,9 @@ def run(
             from flows.distill import distill
 
             try:
-                state = distill(config=config, overrides=set_ or [], workspace=workspace,
-                                only=only or None, force=force, return_state=True)
+                with ends_cleanly_on_interrupt("the run"):
+                    state = distill(config=config, overrides=set_ or [], workspace=workspace,
+                                    only=only or None, force=force, return_state=True)
             except Exception as exc:  # noqa: BLE001 - only the lost server is ours to explain
                 url = unreachable_prefect_api()
                 if url is None:
@@ -110,8 +113,9 @@ def ablate(
         require_prefect_api()
         from flows.distill import ablate as ablate_flow
 
-        state = ablate_flow(config=config, overrides=set_ or [], workspace=workspace,
-                            variants=variant or None, seeds=seeds, return_state=True)
+        with ends_cleanly_on_interrupt("the ablation"):
+            state = ablate_flow(config=config, overrides=set_ or [], workspace=workspace,
+                                variants=variant or None, seeds=seeds, return_state=True)
     except TwostepError as exc:
         fail(exc)
     if not state.is_completed():
@@ -223,11 +227,14 @@ def status(
     table = Table(title=f"workspace {root}")
     for column in ("stage", "key", "finished", "last run", "counts"):
         _add_column(table, column)
+    problems = []  # a damaged latest.json is named after the table of the others
     for stage in STAGES:
         try:
             latest = read_latest(store, stage)
         except TwostepError as exc:
-            fail(exc)
+            problems.append(exc)
+            table.add_row(stage, "?", "?", "unreadable (below)", "")
+            continue
         if latest is None:
             table.add_row(stage, "-", "-", "never run", "")
             continue
@@ -236,6 +243,10 @@ def status(
                       f"{'cached' if latest['cached'] else 'computed'} "
                       f"{_short_time(latest['at'])}", counts)
     console.print(table)
+    for problem in problems:
+        print_error(problem)
+    if problems:
+        raise typer.Exit(code=2)
 
 
 # In the order ``distill --help`` lists them.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -76,6 +77,10 @@ def resolve_sources(sources: list[PromptSource]) -> list[ResolvedSource]:
                     f"{where}: cannot infer the format of {uri} from its extension; set "
                     f"format to one of txt, jsonl, json, csv, parquet"
                 )
+            if fmt == "txt" and "field" in source.model_fields_set:
+                raise SourceError(
+                    f"{where}.field: {uri} is a txt file, one prompt a line, with no fields; "
+                    f"remove field (it is for jsonl, json, csv and parquet sources)")
             name = source.name or PurePosixPath(uri).name
             resolved.append(ResolvedSource(len(resolved), name, uri, fmt, source.field, where))
     return resolved
@@ -89,10 +94,12 @@ def _expand(source: FileSource, where: str) -> list[str]:
     if any(ch in path for ch in "*?["):
         matches = sorted(fs.glob(path))
         if not matches:
-            raise SourceError(f"{where}.path: no file matches {source.path}")
+            raise SourceError(f"{where}.path: no file matches {source.path}"
+                              f"{_relative_to_cwd(source.path)}")
     else:
         if not fs.exists(path):
-            raise SourceError(f"{where}.path: source file not found: {source.path}")
+            raise SourceError(f"{where}.path: source file not found: {source.path}"
+                              f"{_relative_to_cwd(source.path)}")
         if fs.isdir(path):
             raise SourceError(f"{where}.path: {source.path} is a directory; use a glob such "
                               f"as {source.path.rstrip('/')}/*.txt")
@@ -100,6 +107,14 @@ def _expand(source: FileSource, where: str) -> list[str]:
     if is_local_fs(fs):
         return matches
     return [fs.unstrip_protocol(m) for m in matches]
+
+
+def _relative_to_cwd(path: str) -> str:
+    """For a relative local path: where it was looked for (relative paths in a config file
+    are read from the current directory, not from the config file's folder)."""
+    if "://" in path or os.path.isabs(path):
+        return ""
+    return f" (relative to the current directory, {os.getcwd()})"
 
 
 # What an HTTP server says about a file's version, as fsspec's HTTP info() reads it.

@@ -173,6 +173,17 @@ def load_exported(folder: Path, device: str = "cpu", dtype: torch.dtype | None =
     return pipe.to(device)
 
 
+def recorded_teacher(store):
+    """The teacher (a :class:`~schemas.config.TeacherConfig`) that the latest finished
+    ``train_e2e`` of the workspace ``store`` recorded."""
+    from pipeline.stage import latest_result
+    from schemas.config import TeacherConfig
+    from schemas.manifest import StudentCheckpointManifest
+
+    manifest, _ = latest_result(store, "train_e2e", StudentCheckpointManifest)
+    return TeacherConfig.model_validate(manifest.run_config.get("teacher", {}))
+
+
 def workspace_student_pipeline(store, teacher_cfg=None, device: str = "cpu",
                                height: int | None = None, width: int | None = None):
     """The latest finished ``train_e2e`` student of the workspace ``store`` as a
@@ -184,13 +195,12 @@ def workspace_student_pipeline(store, teacher_cfg=None, device: str = "cpu",
     from pipeline.student.load import load_student
     from pipeline.teachers import load_teacher
     from pipeline.teachers.describe import OTHER_TEACHER_HINT, describe_teacher, same_teacher
-    from schemas.config import TeacherConfig
     from schemas.manifest import EvalReportManifest, StudentCheckpointManifest
 
     manifest, stage_dir = latest_result(store, "train_e2e", StudentCheckpointManifest)
     recorded = teacher_cfg is None
     if recorded:
-        teacher_cfg = TeacherConfig.model_validate(manifest.run_config.get("teacher", {}))
+        teacher_cfg = recorded_teacher(store)
     try:
         teacher_id = describe_teacher(teacher_cfg).teacher_id
     except ArtifactError as exc:

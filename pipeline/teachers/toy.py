@@ -24,7 +24,7 @@ from pipeline.flow import transformer_velocity
 from pipeline.schedule import SHIFT, shifted_sigmas
 from pipeline.teachers.base import PipelineComponents, TeacherAdapter
 from pipeline.toy.autoencoder import ToyAutoencoder
-from pipeline.toy.prompts import parse_prompt
+from pipeline.toy.prompts import outside_vocabulary_warning, words_outside_vocabulary
 from pipeline.toy.teacher import ASSET_DIR, to_images
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,12 @@ class ToyTeacher(TeacherAdapter):
         return cls(model, device=device, strict=strict, autoencoder=autoencoder)
 
     def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
-        unknown = {w for p in prompts for w in parse_prompt(p)[1]}
+        unknown = words_outside_vocabulary(prompts)
         if unknown and self.strict:
             raise ConfigError(f"words outside the toy vocabulary: {', '.join(sorted(unknown))}")
         if unreported := unknown - self._reported_unknown_words:
             self._reported_unknown_words |= unreported
-            log.warning("words outside the toy vocabulary: %s (they are encoded anyway; the "
-                        "teacher never saw them)", ", ".join(sorted(unreported)))
+            log.warning("%s", outside_vocabulary_warning(unreported, "teacher"))
         return self._text_encoder().encode(prompts)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor,

@@ -177,3 +177,15 @@ def parse_prompt(text: str) -> tuple[ToyAttributes, list[str]]:
         elif word not in _FILLER:
             unknown.append(word)
     return ToyAttributes(size, color, shape, position, background), unknown
+
+
+def words_outside_vocabulary(prompts: list[str]) -> set[str]:
+    """Every word of ``prompts`` that the toy world does not know (:func:`parse_prompt`)."""
+    return {word for prompt in prompts for word in parse_prompt(prompt)[1]}
+
+
+def outside_vocabulary_warning(words: set[str], model: str) -> str:
+    """The warning for prompts with ``words`` outside the toy vocabulary, which ``model``
+    (the teacher, the student) encodes anyway without having seen them in training."""
+    return (f"words outside the toy vocabulary: {', '.join(sorted(words))} (they are encoded "
+            f"anyway; the {model} never saw them)")

@@ -116,6 +116,14 @@ def test_run_twice_is_cached_and_status_reports_it(tmp_path):
     for args in (("status", "--workspace", ws),
                  ("run", "--config", "smoke", "--workspace", ws, "--only", "curate")):
         assert key in distill(*args, columns=80).stdout
+    # a damaged record of one stage is named, after the table of the others
+    (tmp_path / "ws" / "sample_teacher").mkdir()
+    (tmp_path / "ws" / "sample_teacher" / "latest.json").write_text("{not json")
+    status = distill("status", "--workspace", ws)
+    assert status.returncode == 2 and key in status.stdout and "never run" in status.stdout
+    assert [line for line in status.stderr.splitlines() if line.startswith("error:")] == [
+        next(line for line in status.stderr.splitlines() if "sample_teacher/latest.json: "
+             "unreadable" in line and "delete it, the next run rewrites it" in line)]
 
 
 def test_status_of_a_missing_workspace(tmp_path):
@@ -184,6 +192,7 @@ def test_generate_refuses_options_it_would_ignore(tmp_path, capsys):
          "not a toy teacher folder"),
         (["--prompts-file", "/no/such.txt"], "--prompts-file /no/such.txt: not found"),
         ([], "give either --prompt or --prompts-file"),
+        (["--prompt", "a red circle", "--prompt", "  "], "--prompt number 2 is blank"),
         (["--prompt", "x", "--device", "gpu"], "--device 'gpu'"),
         (["--prompt", "x", "--generator", "ground-truth", "--height", "64"],
          "ground-truth renders the toy world"),

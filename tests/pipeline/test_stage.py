@@ -135,6 +135,9 @@ def test_a_failed_forced_rerun_keeps_the_good_result(tmp_path):
     with pytest.raises(RuntimeError, match="forced rerun failed"):
         run_stage(spec, cfg, store, force=True)
     assert (tmp_path / good.stage_dir / "out.txt").read_bytes() == before
+    # ... and leaves no half-built folder beside it (the next --force starts from scratch)
+    assert sorted(p.name for p in (tmp_path / "produce").iterdir()) == [good.manifest.key,
+                                                                       "latest.json"]
     again = run_stage(_spec("produce", (), calls), cfg, store)
     assert again.cached and again.manifest == good.manifest
     # A forced rerun that succeeds replaces the result whole, leaving nothing beside it.

@@ -55,6 +55,19 @@ def test_file_level_errors_name_the_file(tmp_path):
     (tmp_path / "p.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(SourceError, match=r"p.parquet is not a Parquet file"):
         read_source(resolve_sources([FileSource(path=str(tmp_path / "p.parquet"))])[0])
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    with pytest.raises(SourceError, match=r"sources\[0\].field: .*p.txt is a txt file, one "
+                                          r"prompt a line, with no fields; remove field"):
+        resolve_sources([FileSource(path=str(tmp_path / "p.txt"), field="text")])
+
+
+def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError, match=r"source file not found: prompts.txt \(relative to "
+                                          r"the current directory, .+\)$"):
+        resolve_sources([FileSource(path="prompts.txt")])
+    with pytest.raises(SourceError, match=r"not found: /no/prompts.txt$"):
+        resolve_sources([FileSource(path="/no/prompts.txt")])
 
 
 def test_a_jsonl_field_that_no_record_has_is_refused_before_reading(tmp_path):
