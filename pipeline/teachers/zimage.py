@@ -71,6 +71,7 @@ class ZImageTeacher(TeacherAdapter):
                                                   use_safetensors=True, local_files_only=True)
         except (OSError, ValueError, RuntimeError, TypeError) as exc:
             raise ArtifactError(f"{folder}: cannot load the Z-Image pipeline: {exc}") from None
+        pipe.vae.requires_grad_(False)  # frozen: a loss on decoded images trains the student
         return cls(pipe.to(device), device=device)
 
     def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
@@ -104,7 +105,6 @@ class ZImageTeacher(TeacherAdapter):
 
     def decode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
-        vae.requires_grad_(False)
         z = x.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         return (vae.decode(z, return_dict=False)[0].float() + 1) / 2
 

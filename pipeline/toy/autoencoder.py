@@ -324,6 +324,7 @@ def refine_decoder(model: ToyAutoencoder, cfg: AutoencoderTrainConfig,
     start = time.perf_counter()
     data = data if data is not None else render_set(cfg.samples, seed=cfg.seed + 11)
     model.encoder.requires_grad_(False)
+    model.decoder.requires_grad_(True)  # a teacher's autoencoder is loaded frozen
     model.train()
     opt = torch.optim.Adam(model.decoder.parameters(), lr=cfg.decoder_lr)
     n = len(data.images)

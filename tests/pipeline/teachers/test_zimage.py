@@ -43,6 +43,13 @@ def test_decode_and_encode_shapes(zimage_folder):
     images = teacher.decode(latents)
     assert images.shape == (1, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
     assert teacher.encode_images(images).shape == (1, 4, 16, 16)
+    # with gradients to the latent (for train_e2e.pixel_weight), the VAE itself frozen
+    x = latents.clone().requires_grad_()
+    differentiable = teacher.decode_differentiable(x)
+    assert torch.allclose(differentiable.detach().clamp(0, 1), images, atol=1e-5)
+    differentiable.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in teacher.pipe.vae.parameters())
 
 
 def test_missing_or_malformed_folders_are_clear_errors(tmp_path, zimage_folder):
