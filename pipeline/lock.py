@@ -204,14 +204,18 @@ class StageLock:
             except OSError as exc:  # a full disk, say: the run goes on, the lock may go stale
                 log.warning("%s: could not refresh the stage lock: %s", self.stage, exc)
 
-    def ensure_held(self) -> None:
-        """Raise :class:`LockLostError` unless this run still owns the lock (before a
-        commit)."""
+    def held(self) -> bool:
+        """Whether this run still owns the lock (read from the lock file now)."""
         current = _read(self.store, self.path)
         if self.lost is None and (current is None or current.token != self.record.token):
             self.lost = ("the lock is now held by "
                          f"{current.describe(time.time()) if current else 'nobody'}")
-        if self.lost is not None:
+        return self.lost is None
+
+    def ensure_held(self) -> None:
+        """Raise :class:`LockLostError` unless this run still owns the lock (before a
+        commit)."""
+        if not self.held():
             raise LockLostError(f"{self.store.uri(self.path)}: stage {self.stage} did not "
                                 f"commit its result: {self.lost}; rerun")
 

@@ -241,16 +241,26 @@ def run_stage(
             manifest = _manifest(spec, ctx, result, elapsed=time.perf_counter() - start)
             lock.ensure_held()  # never commit over a run that took the stage over
         except BaseException:
-            # A failed --force restarts from scratch (nothing to keep); a folder the failure
-            # left empty would only look like a result (unfinished work in it resumes).
-            if work_dir != stage_dir or store.is_empty_tree(work_dir):
-                store.remove_tree(work_dir)
+            _clean_up_failed_work(store, lock, work_dir, stage_dir)
             raise
         store.write_manifest(work_dir, manifest)
         if work_dir != stage_dir:  # a forced recomputation replaces the old result only now
             store.replace_tree(work_dir, stage_dir)
         _write_latest(store, spec.name, manifest, cached=False)
     return StageOutcome(manifest, False, stage_dir, store.uri(stage_dir))
+
+
+def _clean_up_failed_work(store: ArtifactStore, lock, work_dir: str, stage_dir: str) -> None:
+    """After a stage failed in ``work_dir``: a failed ``--force`` (``work_dir`` beside the
+    finished ``stage_dir``) restarts from scratch next time, so its folder goes; a folder the
+    failure left empty would only look like a result; unfinished work resumes, so it stays.
+    Only while this run still holds the stage's lock (else the folder is another run's), and
+    never at the cost of the error that brought it here (a cleanup problem is logged)."""
+    try:
+        if lock.held() and (work_dir != stage_dir or store.is_empty_tree(work_dir)):
+            store.remove_tree(work_dir)
+    except Exception as exc:  # noqa: BLE001 - the stage's own error is the one to report
+        log.warning("could not remove %s after the failure: %s", store.uri(work_dir), exc)
 
 
 def verify_inputs(store: ArtifactStore, inputs: Mapping[str, Manifest]) -> None:

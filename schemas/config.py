@@ -37,6 +37,16 @@ SAMPLING_ONLY = "sampling_only"
 has it; the stages that only load the teacher's weights do not)."""
 
 
+KEYED_WHEN_SET = "keyed_when_set"
+"""Mark of a field added after results were cached: at its default it is left out of cache
+keys, so that those results (computed as the default computes) stay cache hits."""
+
+
+def keyed_when_set(default: Any, **kwargs: Any) -> Any:
+    """A :func:`pydantic.Field` marked :data:`KEYED_WHEN_SET`."""
+    return Field(default, json_schema_extra={KEYED_WHEN_SET: True}, **kwargs)
+
+
 def speed_only(default: Any = ..., **kwargs: Any) -> Any:
     """A :func:`pydantic.Field` marked as speed-only (left out of cache keys)."""
     return Field(default, json_schema_extra={SPEED_ONLY: True}, **kwargs)
@@ -53,7 +63,8 @@ def cache_view(model: BaseModel, drop: tuple[str, ...] = (SPEED_ONLY,)) -> dict[
     ``model_dump(mode="json")`` for a model without such fields."""
     return {name: _cache_value(getattr(model, name), drop)
             for name, field in type(model).model_fields.items()
-            if not any(marked(field, mark) for mark in drop)}
+            if not any(marked(field, mark) for mark in drop)
+            and not (marked(field, KEYED_WHEN_SET) and getattr(model, name) == field.default)}
 
 
 def _cache_value(value: Any, drop: tuple[str, ...]) -> Any:
@@ -426,7 +437,7 @@ class TrainE2EConfig(TrainCommonConfig):
         0.0, ge=0.0, description="Weight of the perceptual term: the distance between the "
         "discriminator backbone's (layer-normalized) features of the student's x0 and of the "
         "teacher's x0 from the same noise, both re-noised alike (0: off).")
-    pixel_weight: float = Field(
+    pixel_weight: float = keyed_when_set(
         0.0, ge=0.0, description="Weight of the mean squared error between the decoded images "
         "of the student's x0 and of the teacher's x0 from the same noise (the teacher's "
         "decoder, frozen, backpropagated through to x0; 0: off). Where the latent regression "

@@ -41,35 +41,29 @@ WorkspaceOpt = Annotated[
 ]
 
 
-def print_error(problem: TwostepError | str) -> None:
+def print_error(problem: TwostepError | str, rerun: list[str] | None = None) -> None:
     """One ``error:`` line on stderr: the message as plain text (a path such as
     ``data/[a-z]*.txt`` or ``x[/y]`` is not read as rich markup), never wrapped; a way out
-    that says ``distill run`` names this command's run (:func:`with_invocation`)."""
-    err_console.print(f"[bold red]error:[/] {escape(with_invocation(str(problem)))}",
-                      highlight=False, soft_wrap=True)
+    that says ``distill run`` gets the options ``rerun`` (:func:`with_rerun_options`)."""
+    message = with_rerun_options(str(problem), rerun or [])
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                      soft_wrap=True)
 
 
-RUN_SELECTING_OPTIONS = ("--config", "-c", "--set", "-s", "--workspace", "-w")
+def rerun_options(config: str, set_: list[str] | None, workspace: str | None) -> list[str]:
+    """The options that select a ``distill run``'s stages and keys: ``--config`` (unless the
+    default preset), every ``--set`` and ``--workspace``, as parsed."""
+    options = [] if config == "toy" else ["--config", config]
+    for item in set_ or []:
+        options += ["--set", item]
+    return options + (["--workspace", workspace] if workspace else [])
 
 
-def with_invocation(message: str, argv: list[str] | None = None) -> str:
-    """``message`` with every ``distill run`` it suggests carrying the ``--config``, ``--set``
-    and ``--workspace`` options of this ``distill run`` or ``distill ablate`` command line
-    (``argv``, default the process's), as typed: the stages' messages name the way out
+def with_rerun_options(message: str, options: list[str]) -> str:
+    """``message`` with every ``distill run`` it suggests carrying ``options``
+    (:func:`rerun_options` of the command that failed): the stages' messages name the way out
     without knowing the run, and followed literally on a run of another config or workspace
     they would act on the toy preset's ``./runs/toy``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("run", "ablate") or "distill run" not in message:
-        return message
-    options, rest = [], argv[1:]
-    while rest:
-        arg, rest = rest[0], rest[1:]
-        if arg.startswith("--") and arg.split("=", 1)[0] in RUN_SELECTING_OPTIONS \
-                and "=" in arg:
-            options.append(arg)
-        elif arg in RUN_SELECTING_OPTIONS and rest:
-            options += [arg, rest[0]]
-            rest = rest[1:]
     if not options:
         return message
     return message.replace("distill run", f"distill run {shlex.join(options)}")
@@ -135,14 +129,19 @@ def ends_cleanly_on_interrupt(what: str, grace_s: float = 8.0) -> Iterator[None]
     second); if the command has not ended ``grace_s`` later, or at a second interrupt, it
     exits at once. Nothing on disk needs the unwinding: stages publish atomically, and a
     rerun resumes from their finished shards and checkpoints."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals (a command called from a worker)
+        return
     message = (f"interrupted: {what} stopped; finished stages are on disk with their "
-               f"manifests, rerun the same command to resume the rest")
-    interrupted, reported = threading.Event(), threading.Event()
+               f"manifests, and a rerun resumes the unfinished ones (a --force stage starts "
+               f"again)")
+    interrupted, reporting, reported = threading.Event(), threading.Lock(), []
 
-    def report() -> None:
-        if not reported.is_set():
-            reported.set()
-            print_error(message)
+    def report() -> None:  # once, from the main thread or the grace timer, whichever is first
+        with reporting:
+            if not reported:
+                reported.append(True)
+                print_error(message)
 
     def leave() -> None:
         report()
@@ -172,11 +171,14 @@ def ends_cleanly_on_interrupt(what: str, grace_s: float = 8.0) -> Iterator[None]
             raise
         report()  # what the interrupt broke on its way out (a dead server): not a bug
         raise typer.Exit(code=INTERRUPTED_EXIT) from None
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:  # None: a handler not installed from Python; Python's own is the way back
+        signal.signal(signal.SIGINT, previous if previous is not None
+                      else signal.default_int_handler)
 
 
-def fail(problem: TwostepError | str, code: int = 2) -> NoReturn:
-    """Print one ``error:`` line and exit (2: a user mistake, 1: the run itself failed)."""
-    print_error(problem)
+def fail(problem: TwostepError | str, code: int = 2, rerun: list[str] | None = None,
+         ) -> NoReturn:
+    """Print one ``error:`` line and exit (2: a user mistake, 1: the run itself failed);
+    ``rerun``: see :func:`print_error`."""
+    print_error(problem, rerun)
     raise typer.Exit(code=code)

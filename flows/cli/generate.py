@@ -211,11 +211,8 @@ def sample_student(model: Path | None, workspace: str | None, teacher: str | Non
             meta = {"generator": f"student:{model}", "steps": 2}
             kind = check_export(model).get("teacher", {}).get("kind")
         else:
-            from pipeline.export.folder import recorded_teacher
-            from pipeline.store import ArtifactStore
-
-            pipe = _workspace_student(workspace, teacher, teacher_path, device, height, width)
-            kind = teacher or recorded_teacher(ArtifactStore(workspace)).kind
+            pipe, kind = _workspace_student(workspace, teacher, teacher_path, device, height,
+                                            width)
             meta = {"generator": f"student:{workspace}", "steps": 2}
         if kind == "toy":  # as the toy teacher warns when it encodes them
             from pipeline.toy.prompts import outside_vocabulary_warning, words_outside_vocabulary
@@ -237,13 +234,15 @@ def sample_student(model: Path | None, workspace: str | None, teacher: str | Non
 
 def _workspace_student(workspace: str, teacher: str | None, teacher_path: str | None,
                        device: str, height: int | None, width: int | None):
-    from pipeline.export.folder import workspace_student_pipeline
+    """The workspace's latest student as a pipeline, and its teacher's kind."""
+    from pipeline.export.folder import recorded_teacher, workspace_student_pipeline
     from pipeline.store import ArtifactStore
     from schemas.config import TeacherConfig
 
-    cfg = None
+    store, cfg = ArtifactStore(workspace), None
     if teacher is not None or teacher_path is not None:  # else the run's own teacher
         kind = teacher or "toy"
         side = height or DEFAULT_SIZE[kind]
         cfg = TeacherConfig(kind=kind, path=teacher_path, height=side, width=width or side)
-    return workspace_student_pipeline(ArtifactStore(workspace), cfg, device, height, width)
+    pipe = workspace_student_pipeline(store, cfg, device, height, width)
+    return pipe, (cfg or recorded_teacher(store)).kind

@@ -18,6 +18,7 @@ from flows.cli.common import (
     fail,
     print_error,
     require_prefect_api,
+    rerun_options,
     unreachable_prefect_api,
 )
 from pipeline.errors import TwostepError
@@ -36,6 +37,7 @@ def run(
     """Run the pipeline (or some stages) locally: ephemeral Prefect, local Ray."""
     from stages.registry import cached_run, prepare_run
 
+    rerun = rerun_options(config, set_, workspace)  # for a way out that says `distill run`
     try:
         # Validate everything before Prefect and Ray start: a user mistake is one line.
         prepared = prepare_run(config, set_, workspace, only)
@@ -49,6 +51,8 @@ def run(
                 with ends_cleanly_on_interrupt("the run"):
                     state = distill(config=config, overrides=set_ or [], workspace=workspace,
                                     only=only or None, force=force, return_state=True)
+            except typer.Exit:  # an interrupt, already reported (a RuntimeError to Python)
+                raise
             except Exception as exc:  # noqa: BLE001 - only the lost server is ours to explain
                 url = unreachable_prefect_api()
                 if url is None:
@@ -59,13 +63,13 @@ def run(
                      f"their manifests, the others resume: rerun once the server is back",
                      code=1)
             if not state.is_completed():
-                fail(state.message or "the run failed", code=1)
+                fail(state.message or "the run failed", code=1, rerun=rerun)
             summary = state.result()
         else:
             console.print("every stage is a cache hit: nothing to compute (no Prefect flow "
                           "run, no Ray)")
     except TwostepError as exc:
-        fail(exc)
+        fail(exc, rerun=rerun)
     table = Table(title=f"distill run ({config})")
     for column in ("stage", "key", "result", "counts", "folder"):
         _add_column(table, column)

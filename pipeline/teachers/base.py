@@ -54,19 +54,20 @@ class TeacherAdapter(abc.ABC):
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """``(C, H, W)`` of the sampling space for an image of ``height x width`` pixels."""
 
-    @abc.abstractmethod
+    @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Sampling space -> images ``(B, 3, H, W)`` in [0, 1]."""
+        return self.decode_differentiable(x).clamp(0, 1)
 
     @abc.abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in [0, 1] -> sampling space."""
 
+    @abc.abstractmethod
     def decode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
         """Sampling space ``(B, C, h, w)`` -> images ``(B, 3, H, W)`` on the [0, 1] scale,
-        differentiable in ``x`` (the decoder itself frozen, no clamp): for a loss on decoded
-        images (``train_e2e.pixel_weight``). Its activations are kept for the backward pass."""
-        raise NotImplementedError(f"the {self.name} teacher cannot decode with gradients")
+        differentiable in ``x`` (the decoder itself frozen, no clamp): :meth:`decode` without
+        its clamp, and for a loss on decoded images (``train_e2e.pixel_weight``)."""
 
     @property
     @abc.abstractmethod

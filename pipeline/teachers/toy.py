@@ -25,7 +25,7 @@ from pipeline.schedule import SHIFT, shifted_sigmas
 from pipeline.teachers.base import PipelineComponents, TeacherAdapter
 from pipeline.toy.autoencoder import ToyAutoencoder
 from pipeline.toy.prompts import outside_vocabulary_warning, words_outside_vocabulary
-from pipeline.toy.teacher import ASSET_DIR, to_images
+from pipeline.toy.teacher import ASSET_DIR, decoded
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,8 @@ class ToyTeacher(TeacherAdapter):
             raise ConfigError(f"the toy teacher makes 32x32 images, not {height}x{width}")
         return self.autoencoder.latent_shape if self.autoencoder is not None else (3, 32, 32)
 
-    @torch.no_grad()
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return ((to_images(x.to(self.device).float(), self.autoencoder) + 1) / 2).float()
-
     def decode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
-        if self.autoencoder is None:  # a pixel-space teacher: the state is the image
-            return (x.to(self.device).float() + 1) / 2
-        return (self.autoencoder.decode(x.to(self.device).float()) + 1) / 2
+        return (decoded(x.to(self.device).float(), self.autoencoder) + 1) / 2
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -96,13 +96,6 @@ class ZImageTeacher(TeacherAdapter):
         return (config.in_channels,
                 *latent_size(height, width, self.pipe.vae_scale_factor, config))
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        z = x.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        with torch.inference_mode():
-            image = vae.decode(z, return_dict=False)[0]
-        return ((image.float() + 1) / 2).clamp(0, 1)
-
     def decode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
         z = x.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor

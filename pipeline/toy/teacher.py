@@ -122,13 +122,19 @@ def sample(model: ZImageTransformer2DModel, caps: list[torch.Tensor], noise: tor
                  shifted_sigmas(steps)).final
 
 
+def decoded(x: torch.Tensor, autoencoder: ToyAutoencoder | None) -> torch.Tensor:
+    """Final states ``(B, C, H, W)`` -> images ``(B, 3, 32, 32)`` on the [-1, 1] scale,
+    unclamped and differentiable: decoded by the autoencoder for a latent teacher, the state
+    itself for a pixel teacher."""
+    if autoencoder is not None:
+        return autoencoder.decode(x.to(autoencoder.latent_mean.device))
+    return x
+
+
 @torch.no_grad()
 def to_images(x: torch.Tensor, autoencoder: ToyAutoencoder | None) -> torch.Tensor:
-    """Final states ``(B, C, H, W)`` -> images ``(B, 3, 32, 32)`` in [-1, 1]: decoded by the
-    autoencoder for a latent teacher, the state itself for a pixel teacher (clamped)."""
-    if autoencoder is not None:
-        x = autoencoder.decode(x.to(autoencoder.latent_mean.device))
-    return x.clamp(-1, 1)
+    """:func:`decoded`, clamped to [-1, 1]."""
+    return decoded(x, autoencoder).clamp(-1, 1)
 
 
 class TeacherTrainConfig(StrictModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Literal
 
@@ -168,3 +169,35 @@ def test_every_stage_key_is_computed_without_torch():
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def _failing(write: bool, take_lock: bool = False) -> StageSpec[CountManifest]:
+    """A stage that writes ``out.txt`` (or nothing), optionally loses its lock to another
+    run, then fails."""
+    def run(ctx: StageContext) -> StageResult:
+        if write:
+            ctx.store.write_bytes(b"half", ctx.out_dir, "out.txt")
+        if take_lock:  # another run took the stage over: the folder is now its own
+            lock = f".locks/{ctx.name}-{ctx.key}.lock"
+            record = json.loads(ctx.store.read_bytes(lock))
+            ctx.store.write_bytes(json.dumps({**record, "token": "another run"}).encode(), lock)
+        raise RuntimeError("the stage failed")
+
+    return StageSpec(name="produce", upstream=(), manifest_type=CountManifest,
+                     section=lambda cfg: cfg.curate, run=run)
+
+
+def test_a_failure_keeps_unfinished_work_and_never_touches_another_runs_folder(tmp_path):
+    cfg = load_config("smoke", workspace=str(tmp_path))
+    store = ArtifactStore(str(tmp_path))
+    with pytest.raises(RuntimeError, match="the stage failed"):  # written work resumes
+        run_stage(_failing(write=True), cfg, store)
+    (folder,) = (tmp_path / "produce").iterdir()
+    assert (folder / "out.txt").read_bytes() == b"half"
+    good = run_stage(_spec("produce", (), []), cfg, store)  # finishes it
+    for write in (False, True):  # a failed --force whose lock another run took: left to it
+        with pytest.raises(RuntimeError, match="the stage failed"):
+            run_stage(_failing(write=write, take_lock=True), cfg, store, force=True)
+        assert (tmp_path / "produce" / f"{good.manifest.key}.forced").is_dir()
+        (tmp_path / ".locks" / f"produce-{good.manifest.key}.lock").unlink()
+    assert (tmp_path / good.stage_dir / "manifest.json").is_file()

@@ -137,6 +137,9 @@ def test_cache_view_leaves_out_speed_only_fields_at_every_depth():
     plain = cfg.curate.model_dump(mode="json")
     plain.pop("batch_size")
     assert cache_view(cfg.curate) == plain
+    # A field added after results were cached is keyed only away from its default.
+    assert "pixel_weight" not in view
+    assert cache_view(TrainE2EConfig(pixel_weight=1.0))["pixel_weight"] == 1.0
 
 
 def test_the_readmes_config_files_are_valid(tmp_path):
