@@ -6,6 +6,7 @@ are in place before any command imports either."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -157,6 +158,10 @@ def ends_cleanly_on_interrupt(what: str, grace_s: float = 8.0) -> Iterator[None]
         if interrupted.is_set():
             leave()
         interrupted.set()
+        # What Prefect logs from here on is mostly its failing to reach the server that died
+        # with the interrupt ("Crash detected!", connection errors): noise above the one
+        # line. The command ends with this block, so logging stays off.
+        logging.disable(logging.ERROR)
         threading.Thread(target=leave_unless_done, daemon=True).start()
         raise KeyboardInterrupt
 
