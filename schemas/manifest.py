@@ -169,6 +169,10 @@ class TeacherSamplesManifest(Manifest):
     splits: dict[str, SampleSplit]
     teacher: TeacherInfo
     storage_dtype: str
+    compute_dtype: str | None = Field(
+        None, description="The dtype the teacher computed the samples in, as the sampling "
+        "actors report it: `teacher.dtype: auto` resolved where it ran (bf16 autocast on a CPU "
+        "counts as bfloat16). None for samples written before it was recorded.")
 
     def verified_when_read(self) -> set[str]:
         """The shards: :class:`~pipeline.samples.reader.TeacherSampleReader` checks each one's

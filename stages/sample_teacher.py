@@ -53,6 +53,7 @@ def sample_teacher(ctx: StageContext) -> StageResult:
         check_reproducible,
         plan_pool,
         read_settings,
+        record_compute_dtype,
         resume_plan,
         sample_on_actor_pool,
         settings_of,
@@ -106,6 +107,8 @@ def sample_teacher(ctx: StageContext) -> StageResult:
             write_settings(ctx.store, ctx.out_dir, settings_of(job, pool))
         written = sample_on_actor_pool(job, plan.todo, pool, ctx.log, ctx.progress)
     sample_s = round(time.perf_counter() - start, 3)
+    compute_dtype = record_compute_dtype(ctx.store, ctx.out_dir, written, teacher_cfg.dtype,
+                                         ctx.log)
 
     # Shards are hashed once: as written (by the actor) or as verified (on resume).
     entries = {**plan.entries, **{r["path"]: FileEntry(path=r["path"], size=r["size"],
@@ -139,7 +142,8 @@ def sample_teacher(ctx: StageContext) -> StageResult:
     return StageResult(counts=counts, metrics=metrics, timings={"sample_s": sample_s},
                        files=list(entries.values()),
                        fields={"splits": splits, "teacher": teacher,
-                               "storage_dtype": cfg.storage_dtype})
+                               "storage_dtype": cfg.storage_dtype,
+                               "compute_dtype": compute_dtype})
 
 
 def check(cfg: DistillConfig) -> None:

@@ -21,7 +21,7 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from typing import IO, Any
 
@@ -89,6 +89,8 @@ class ShardSampler:
             self.autocast_dtype = dtype
             self._teacher = load_teacher(cfg.kind, cfg.path, device=device,
                                          dtype=None if self.autocast else dtype)
+            computes_in = dtype if self.autocast else self._teacher.compute_dtype
+            self.compute_dtype = str(computes_in).removeprefix("torch.")
         return self._teacher
 
     def ready(self) -> str | None:
@@ -136,7 +138,8 @@ class ShardSampler:
             write_checksum(self.store, self.job.out_dir, unit.path, digest)
         return {"path": unit.path, "split": unit.split, "num_samples": len(samples),
                 "size": hashed.size, "sha256": digest,
-                "seconds": time.perf_counter() - start, "actor": os.getpid()}
+                "seconds": time.perf_counter() - start, "actor": os.getpid(),
+                "compute_dtype": self.compute_dtype}
 
     def _samples(self, unit: ShardUnit) -> Iterator[dict[str, object]]:
         import torch
@@ -257,12 +260,16 @@ def resume_plan(store: ArtifactStore, out_dir: str, units: list[ShardUnit],
 class SamplingSettings:
     """What a shard's bytes depend on beyond the cache key: the torch threads per actor (a
     6-sample toy shard differed in the last bits between 1 and 2 threads), and, recorded to
-    check, the device kind, the batch size and the teacher's dtype (both in the key)."""
+    check, the device kind, the batch size and the teacher's dtype as configured (both in the
+    key). ``compute_dtype`` is what the actors computed in (``auto`` resolved on them; bf16
+    autocast counts as ``bfloat16``), added once the first shard is written (None before, and
+    in folders written before it was recorded)."""
 
     batch_size: int
     dtype: str
     device: str
     threads_per_actor: int
+    compute_dtype: str | None = None
 
     def describe(self) -> str:
         return (f"batch_size={self.batch_size}, dtype={self.dtype}, device={self.device}, "
@@ -278,7 +285,8 @@ def read_settings(store: ArtifactStore, out_dir: str,
         raw = json.loads(store.read_bytes(out_dir, SETTINGS_FILE))
         return SamplingSettings(batch_size=int(raw["batch_size"]), dtype=str(raw["dtype"]),
                                 device=str(raw["device"]),
-                                threads_per_actor=int(raw["threads_per_actor"]))
+                                threads_per_actor=int(raw["threads_per_actor"]),
+                                compute_dtype=_optional_str(raw.get("compute_dtype")))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if log:
             log.warning("sample_teacher: %s unreadable (%s); its shards are not reused",
@@ -286,9 +294,43 @@ def read_settings(store: ArtifactStore, out_dir: str,
         return None
 
 
+def _optional_str(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"compute_dtype is {value!r}, not a string")
+    return value
+
+
 def write_settings(store: ArtifactStore, out_dir: str, settings: SamplingSettings) -> None:
     store.write_bytes(json.dumps(asdict(settings), indent=2, sort_keys=True).encode() + b"\n",
                       out_dir, SETTINGS_FILE)
+
+
+def record_compute_dtype(store: ArtifactStore, out_dir: str, written: list[dict[str, Any]],
+                         configured: str, log: logging.Logger) -> str | None:
+    """The dtype the folder's shards were computed in, for the manifest: what this run's
+    actors report (``written``: their shard records), kept in ``out_dir``'s settings so that a
+    resumed run that writes nothing still knows it; None where no run has recorded it.
+
+    Actors that disagree (a cluster of mixed GPUs under ``auto``) are recorded together,
+    ``"bfloat16, float16"``, with a warning; a dtype other than a configured one (a teacher
+    that keeps its own weights, as the toy teacher keeps float32 on CUDA) is warned about."""
+    settings = read_settings(store, out_dir, log)
+    seen = {str(r["compute_dtype"]) for r in written if r.get("compute_dtype")}
+    if settings is not None and settings.compute_dtype:
+        seen |= set(settings.compute_dtype.split(", "))
+    if not seen:
+        return None
+    compute_dtype = ", ".join(sorted(seen))
+    if len(seen) > 1:
+        log.warning("sample_teacher: the shards of %s were computed in different dtypes (%s): "
+                    "set teacher.dtype explicitly for samples that agree", out_dir,
+                    compute_dtype)
+    elif configured != "auto" and compute_dtype != configured:
+        log.warning("sample_teacher: teacher.dtype is %s, the teacher computed in %s (it keeps "
+                    "its own weights' dtype on this device)", configured, compute_dtype)
+    if settings is not None and settings.compute_dtype != compute_dtype:
+        write_settings(store, out_dir, replace(settings, compute_dtype=compute_dtype))
+    return compute_dtype
 
 
 def settings_of(job: ShardJob, plan: ActorPlan) -> SamplingSettings:

@@ -74,6 +74,13 @@ class TeacherAdapter(abc.ABC):
     def transformer(self) -> nn.Module:
         """The denoiser, for students to copy."""
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the denoiser's weights: what sampling computes in outside autocast
+        (an adapter may hold other weights than it was asked for: the toy teacher stays
+        float32)."""
+        return next(self.transformer.parameters()).dtype
+
     @abc.abstractmethod
     def take_transformer(self) -> nn.Module:
         """The denoiser, handed over: the adapter keeps no reference to it (a training worker

@@ -58,6 +58,8 @@ def test_samples_hold_the_teacher_trajectory(tmp_path):
         assert (folder / f"{shard.path}.sha256").read_text() == f"{shard.sha256}  {shard.path}\n"
     settings = json.loads((folder / "sampling-settings.json").read_text())
     assert settings["batch_size"] == 16 and settings["device"] == "cpu"
+    # `auto` resolved on the actors (a CPU: float32), recorded for the manifest and a resume
+    assert m.compute_dtype == settings["compute_dtype"] == "float32"
     assert {f.path for f in m.files} >= {"sampling-settings.json", "train-000000.tar.sha256"}
     samples = _by_key(store, m)
     assert len(samples) == m.counts["train_samples"]
@@ -168,6 +170,7 @@ def test_sigkill_then_rerun_writes_every_key_exactly_once(tmp_path):
     assert outcome.cached
     assert m.counts["shards_reused"] == len(finished)
     assert m.counts["shards_written"] == m.counts["shards"] - len(finished)
+    assert m.compute_dtype == cfg.teacher.dtype  # the resumed run's actors and the first's
     for name, mtime in finished.items():  # complete shards were not recomputed
         assert (stage_dir / name).stat().st_mtime_ns == mtime
     assert not [p for p in stage_dir.iterdir() if ".tmp-" in p.name]

@@ -64,3 +64,55 @@ def test_config_takes_auto_or_a_positive_count():
                                                  (64, [16, 4])])
 def test_calibration_tries_the_default_and_a_many_actor_split(cpus, expected):
     assert split_candidates(cpus) == expected
+
+
+def _settings(compute_dtype=None):
+    from pipeline.samples.sampling import SamplingSettings
+
+    return SamplingSettings(batch_size=4, dtype="auto", device="gpu", threads_per_actor=1,
+                            compute_dtype=compute_dtype)
+
+
+def test_the_compute_dtype_the_actors_report_is_kept_for_a_resume(tmp_path, caplog):
+    import logging
+
+    from pipeline.samples.sampling import read_settings, record_compute_dtype, write_settings
+    from pipeline.store import ArtifactStore
+
+    store, log = ArtifactStore(str(tmp_path)), logging.getLogger("test")
+    write_settings(store, "out", _settings())  # as written before the first shard
+    written = [{"path": "train-000000.tar", "compute_dtype": "bfloat16"}]
+    assert record_compute_dtype(store, "out", written, "auto", log) == "bfloat16"
+    assert read_settings(store, "out").compute_dtype == "bfloat16"
+    # a resumed run that writes nothing still knows what the shards were computed in
+    assert record_compute_dtype(store, "out", [], "auto", log) == "bfloat16"
+    assert not caplog.records
+
+
+def test_a_folder_without_a_recorded_compute_dtype_records_none(tmp_path):
+    import logging
+
+    from pipeline.samples.sampling import record_compute_dtype, write_settings
+    from pipeline.store import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path))
+    write_settings(store, "out", _settings())
+    assert record_compute_dtype(store, "out", [], "auto", logging.getLogger("test")) is None
+
+
+def test_disagreeing_or_unasked_compute_dtypes_are_recorded_with_a_warning(tmp_path, caplog):
+    import logging
+
+    from pipeline.samples.sampling import record_compute_dtype, write_settings
+    from pipeline.store import ArtifactStore
+
+    store, log = ArtifactStore(str(tmp_path)), logging.getLogger("test")
+    write_settings(store, "mixed", _settings("bfloat16"))
+    assert record_compute_dtype(store, "mixed", [{"compute_dtype": "float16"}], "auto",
+                                log) == "bfloat16, float16"
+    assert "different dtypes (bfloat16, float16)" in caplog.text
+    caplog.clear()
+    write_settings(store, "kept", _settings())
+    assert record_compute_dtype(store, "kept", [{"compute_dtype": "float32"}], "bfloat16",
+                                log) == "float32"
+    assert "teacher.dtype is bfloat16, the teacher computed in float32" in caplog.text
