@@ -296,17 +296,22 @@ class SampleTeacherConfig(StrictModel):
 
 
 class OptimizerConfig(StrictModel):
-    """AdamW with linear warm-up, then a constant learning rate or a cosine decay."""
+    """AdamW with linear warm-up, then a constant learning rate, a cosine decay, or a constant
+    rate that cools down linearly over the phase's last steps."""
 
     lr: float = Field(1e-4, gt=0.0, description="Peak learning rate.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 to lr.")
-    schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="After the warm-up: constant lr, or a cosine decay from lr to "
-        "min_lr_ratio * lr over the phase's remaining steps.")
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine: the learning rate "
-                                "at the end, as a fraction of lr.")
+    schedule: Literal["constant", "cosine", "cooldown"] = Field(
+        "constant", description="After the warm-up: constant lr; a cosine decay from lr to "
+        "min_lr_ratio * lr over the phase's remaining steps; or cooldown: constant lr, then a "
+        "linear decay towards min_lr_ratio * lr over the last cooldown_fraction of them.")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine, cooldown: the "
+                                "learning rate at the end, as a fraction of lr.")
+    cooldown_fraction: float = keyed_when_set(
+        0.2, gt=0.0, le=1.0, description="cooldown: the fraction of the steps after the "
+        "warm-up over which the learning rate decays.")
     grad_clip: float | None = Field(1.0, gt=0.0, description="Global grad-norm clip (None: off).")
 
 

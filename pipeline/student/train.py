@@ -153,14 +153,21 @@ def _optimizer(params, cfg: OptimizerConfig) -> torch.optim.AdamW:
 def scheduled_lr(cfg: OptimizerConfig, step: int, total: int) -> float:
     """The learning rate of 0-based ``step`` of ``total``: linear warm-up over
     ``warmup_steps``, then ``lr`` (constant) or ``lr * (r + (1 - r) (1 + cos(pi t)) / 2)``
-    (cosine, ``r = min_lr_ratio``, ``t`` from 0 after the warm-up to 1 at ``total``)."""
+    (cosine, ``r = min_lr_ratio``, ``t`` from 0 after the warm-up to 1 at ``total``), or
+    (cooldown) ``lr`` until the last ``n = round(cooldown_fraction * (total - warmup))`` steps
+    and ``lr * (1 - (1 - r) k / n)`` on the ``k``-th of them (``k`` = 1 .. n: the last step
+    still moves, at ``r`` of the rate)."""
     warm = cfg.warmup_steps
     if step < warm:
         return cfg.lr * ((step + 1) / warm)  # the product of before: bit-identical runs
     if cfg.schedule == "constant" or total <= warm:
         return cfg.lr
-    t = (step - warm) / (total - warm)
     r = cfg.min_lr_ratio
+    if cfg.schedule == "cooldown":
+        n = max(1, round(cfg.cooldown_fraction * (total - warm)))
+        k = step - (total - n) + 1
+        return cfg.lr if k <= 0 else cfg.lr * (1.0 - (1.0 - r) * k / (n + 1))
+    t = (step - warm) / (total - warm)
     return cfg.lr * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 

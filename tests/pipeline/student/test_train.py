@@ -31,6 +31,28 @@ def test_cosine_decays_from_lr_after_the_warm_up_to_the_floor(ratio):
     assert lrs[-1] == pytest.approx(last) and lrs[-1] >= 1e-4 * ratio
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.25])
+def test_cooldown_keeps_lr_then_decays_linearly_over_the_last_steps(ratio):
+    cfg = OptimizerConfig(lr=1e-4, warmup_steps=20, schedule="cooldown",
+                          cooldown_fraction=0.25, min_lr_ratio=ratio)
+    constant = cfg.model_copy(update={"schedule": "constant"})
+    lrs = [scheduled_lr(cfg, step, 220) for step in range(220)]
+    # warm-up and the constant part as the constant schedule's; the last 50 steps decay
+    assert lrs[:170] == [scheduled_lr(constant, s, 220) for s in range(170)]
+    tail = lrs[170:]
+    assert all(a > b for a, b in zip([1e-4, *tail[:-1]], tail, strict=True))
+    steps = [a - b for a, b in zip([1e-4, *tail[:-1]], tail, strict=True)]
+    assert max(steps) == pytest.approx(min(steps))  # linear
+    assert tail[-1] == pytest.approx(1e-4 * (1 - (1 - ratio) * 50 / 51)) and tail[-1] > 0
+
+
+def test_cooldown_settings_are_keyed_only_when_they_change_a_run():
+    from schemas.config import cache_view
+
+    assert "cooldown_fraction" not in cache_view(OptimizerConfig())
+    assert cache_view(OptimizerConfig(cooldown_fraction=0.5))["cooldown_fraction"] == 0.5
+
+
 def test_cosine_with_no_steps_after_the_warm_up_keeps_lr():
     cfg = OptimizerConfig(lr=1e-4, warmup_steps=10, schedule="cosine")
     assert scheduled_lr(cfg, 12, 10) == 1e-4
