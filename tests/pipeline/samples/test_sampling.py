@@ -1,6 +1,7 @@
 """The sampling actor pool's plan: how many actors with how many threads, from the cluster."""
 
 import pytest
+import torch
 
 from pipeline.errors import ConfigError
 from pipeline.samples.sampling import (
@@ -116,3 +117,23 @@ def test_disagreeing_or_unasked_compute_dtypes_are_recorded_with_a_warning(tmp_p
     assert record_compute_dtype(store, "kept", [{"compute_dtype": "float32"}], "bfloat16",
                                 log) == "float32"
     assert "teacher.dtype is bfloat16, the teacher computed in float32" in caplog.text
+
+
+@pytest.mark.parametrize(("configured", "computed"), [
+    ("auto", "float32"),  # auto on a CPU actor: the teacher's own float32 weights
+    ("bfloat16", "bfloat16"),  # bf16 autocast over float32 weights counts as bfloat16
+])
+def test_a_sampling_actor_reports_the_dtype_it_computes_in(tmp_path, configured, computed):
+    from pipeline.samples.sampling import ShardJob, ShardSampler
+    from schemas.config import TeacherConfig
+
+    job = ShardJob(teacher=TeacherConfig(kind="toy", dtype=configured), record={},
+                   sigma_mid=0.5, storage_dtype="float32", batch_size=2,
+                   store_root=str(tmp_path), out_dir="out")
+    threads = torch.get_num_threads()
+    try:
+        sampler = ShardSampler(job, threads=threads)  # an actor sets its threads
+        assert sampler.ready() is None
+        assert sampler.compute_dtype == computed
+    finally:
+        torch.set_num_threads(threads)
