@@ -155,8 +155,8 @@ def scheduled_lr(cfg: OptimizerConfig, step: int, total: int) -> float:
     ``warmup_steps``, then ``lr`` (constant) or ``lr * (r + (1 - r) (1 + cos(pi t)) / 2)``
     (cosine, ``r = min_lr_ratio``, ``t`` from 0 after the warm-up to 1 at ``total``), or
     (cooldown) ``lr`` until the last ``n = round(cooldown_fraction * (total - warmup))`` steps
-    and ``lr * (1 - (1 - r) k / n)`` on the ``k``-th of them (``k`` = 1 .. n: the last step
-    still moves, at ``r`` of the rate)."""
+    and ``lr * (1 - (1 - r) k / (n + 1))`` on the ``k``-th of them (``k`` = 1 .. n: the last
+    step still moves, a little above ``r`` of the rate)."""
     warm = cfg.warmup_steps
     if step < warm:
         return cfg.lr * ((step + 1) / warm)  # the product of before: bit-identical runs
