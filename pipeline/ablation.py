@@ -51,11 +51,11 @@ The toy feature network's FD to the teacher; else (a Z-Image teacher) Inception 
 DISTRIBUTION = {"fd_teacher": "fd_teacher_unpaired", "fid_teacher": "fid_teacher_unpaired"}
 """The primary metric's unpaired twin: a verdict on the distribution (the teacher's other
 seeds), not on the sample match from the same noise that the primary rewards."""
-LOWER_IS_BETTER = {"fd_teacher": True, "fd_teacher_unpaired": True, "fd_data": True,
-                   "fid_teacher": True, "fid_teacher_unpaired": True, "kid_teacher": True,
-                   "fid_data": True, "kid_data": True, "mean_accuracy": False,
-                   "valid_rate": False, "psnr": False, "ssim": False, "diversity": False,
-                   "clip_score": False}
+LOWER_IS_BETTER = {"fd_teacher": True, "fd_teacher_inf": True, "fd_teacher_unpaired": True,
+                   "fd_data": True, "fid_teacher": True, "fid_teacher_unpaired": True,
+                   "kid_teacher": True, "fid_data": True, "kid_data": True,
+                   "mean_accuracy": False, "valid_rate": False, "psnr": False, "ssim": False,
+                   "diversity": False, "clip_score": False}
 METRIC_MEANING = {
     "psnr": ": the student's image against the teacher's from the same noise, one by one",
     **{twin: f": against the teacher's other seeds, the distribution, where `{paired}` is the "

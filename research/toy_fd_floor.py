@@ -37,7 +37,7 @@ from pathlib import Path
 
 from evaluations import eval_batch, input_key, main_over_evaluations, stage_manifest
 
-KEPT = ("size", "color", "shape", "mean_accuracy", "valid_rate", "fd_teacher",
+KEPT = ("size", "color", "shape", "mean_accuracy", "valid_rate", "fd_teacher", "fd_teacher_inf",
         "fd_teacher_unpaired", "fd_data")
 
 

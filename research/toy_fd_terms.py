@@ -46,7 +46,11 @@ def fd_terms(a, b) -> dict[str, float]:
             "paired_squared_error": round(float((a - b).pow(2).sum(1).mean()), 4)}
 
 
-def measure(workspace: Path, evaluate_key: str, args=None, batch_size: int = 128) -> dict:
+def generator_features(workspace: Path, evaluate_key: str, batch_size: int = 128):
+    """The shipped feature network's features of the teacher's stored eval images and of each
+    generator that ``evaluate_key`` scored (``teacher_2``, ``student_phase1``, ``student``),
+    regenerated as `evaluate` makes them: ``(teacher (N, D), {name: (N, D)}, evaluation)``,
+    row ``i`` of each from the same noise."""
     from pipeline.evaluation.generation import generate_images
     from pipeline.evaluation.toy import ToyScorer
     from pipeline.student.load import load_student
@@ -60,7 +64,7 @@ def measure(workspace: Path, evaluate_key: str, args=None, batch_size: int = 128
                                                     batch_size))
     naive = generate_images(lambda c, n: teacher.sample(c, n, 2).final, teacher, caps, noise,
                             batch_size)
-    rows = {"teacher_2": fd_terms(scorer.features(naive), teacher_feats)}
+    feats = {"teacher_2": scorer.features(naive)}
     for stage in ("train_init", "train_e2e"):
         key = input_key(evaluation, stage)
         manifest = StudentCheckpointManifest.model_validate(stage_manifest(workspace, stage, key))
@@ -68,11 +72,16 @@ def measure(workspace: Path, evaluate_key: str, args=None, batch_size: int = 128
                                evaluation["config"]["weights"])
         images = generate_images(lambda c, n, s=student: s.sample(n.to(teacher.device), c),
                                  teacher, caps, noise, batch_size)
-        rows["student_phase1" if stage == "train_init" else "student"] = fd_terms(
-            scorer.features(images), teacher_feats)
+        feats["student_phase1" if stage == "train_init" else "student"] = scorer.features(images)
+    return teacher_feats, feats, evaluation
+
+
+def measure(workspace: Path, evaluate_key: str, args=None) -> dict:
+    teacher_feats, feats, evaluation = generator_features(workspace, evaluate_key)
+    rows = {name: fd_terms(f, teacher_feats) for name, f in feats.items()}
     return {"evaluate": evaluate_key, "train_e2e": input_key(evaluation, "train_e2e"),
-            "samples": len(caps), "stored": {name: evaluation["metrics"].get(f"{name}.fd_teacher")
-                                             for name in rows},
+            "samples": len(teacher_feats),
+            "stored": {name: evaluation["metrics"].get(f"{name}.fd_teacher") for name in rows},
             "rows": rows}
 
 

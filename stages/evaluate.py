@@ -185,7 +185,8 @@ STAGE: StageSpec[EvalReportManifest] = StageSpec(
     run=evaluate,
     check=check,
     check_inputs=check_inputs,
-    version=3,  # 2: fd_teacher_unpaired; 3: attributes no eval prompt names left out
+    version=4,  # 2: fd_teacher_unpaired; 3: attributes no eval prompt names left out;
+    # 4: fd_teacher_inf
     fingerprint=_fingerprint,
     uses_teacher=True,
     local_files=True,

@@ -13,10 +13,10 @@ import torch
 
 from schemas.manifest import GeneratorScores, StudentCheckpointManifest
 
-METRIC_ORDER = ("fd_teacher", "fd_teacher_unpaired", "fd_data", "mean_accuracy", "size", "color",
-                "shape", "position", "background", "valid_rate", "psnr", "ssim", "diversity",
-                "fid_teacher", "fid_teacher_unpaired", "kid_teacher", "fid_data", "kid_data",
-                "clip_score")
+METRIC_ORDER = ("fd_teacher", "fd_teacher_inf", "fd_teacher_unpaired", "fd_data",
+                "mean_accuracy", "size", "color", "shape", "position", "background",
+                "valid_rate", "psnr", "ssim", "diversity", "fid_teacher", "fid_teacher_unpaired",
+                "kid_teacher", "fid_data", "kid_data", "clip_score")
 """Columns of the metrics table, in this order, where any generator has them."""
 
 
@@ -154,6 +154,8 @@ METRIC_LEGEND: tuple[tuple[tuple[str, ...], str], ...] = (
      "FD: toy Frechet distance (feature network)"),
     (("fd_teacher",), "fd_teacher against the teacher's images from the same noise (paired: "
      "copying the teacher sample for sample scores 0)"),
+    (("fd_teacher_inf",), "fd_teacher_inf: fd_teacher extrapolated to infinitely many samples "
+     "(an FD of N samples is biased up by about k/N; fitted over subsets of the eval set)"),
     (("fd_teacher_unpaired", "fid_teacher_unpaired"),
      "*_unpaired against the teacher's images of the same prompts from other seeds (the "
      "teacher's own row is the floor a generator of its distribution reaches)"),

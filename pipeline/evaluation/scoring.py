@@ -3,8 +3,9 @@ for the toy world, against ground-truth renders of the same prompts.
 
 Toy metrics come from the shipped feature network (:class:`~pipeline.evaluation.toy.ToyScorer`):
 named-attribute accuracy, validity, Frechet distance to the teacher from the same noise
-(``fd_teacher``, paired) and from the other seeds of the same prompts (``fd_teacher_unpaired``:
-the teacher's own value is the floor of its distribution), to the data (``fd_data``), and
+(``fd_teacher``, paired; ``fd_teacher_inf`` the same extrapolated to infinitely many samples)
+and from the other seeds of the same prompts (``fd_teacher_unpaired``: the teacher's own value
+is the floor of its distribution), to the data (``fd_data``), and
 diversity across the seeds of a prompt. Every generator but the
 reference also gets PSNR/SSIM against the reference image from the same noise; real-domain
 plugins (FID/KID, CLIP score) add theirs when configured.
@@ -18,6 +19,7 @@ import math
 import torch
 
 from pipeline.evaluation.metrics import (
+    extrapolated_frechet_distance,
     frechet_distance,
     mean_pairwise_distance,
     psnr,
@@ -65,6 +67,9 @@ def score_generators(images: dict[str, torch.Tensor], reference_name: str, promp
             m = scores[name]
             m.update(scorer.score(img, prompts))
             m["fd_teacher"] = round(frechet_distance(feats, ref_feats), 4)
+            fd_inf = extrapolated_frechet_distance(feats, ref_feats)
+            if math.isfinite(fd_inf):  # needs twice the feature dimensions in half the set
+                m["fd_teacher_inf"] = round(fd_inf, 4)
             m["fd_data"] = round(frechet_distance(feats, truth_feats), 4)
             unpaired = unpaired_frechet_distance(feats, ref_feats, groups)
             if math.isfinite(unpaired):  # needs two cross-seed pairs; JSON has no NaN

@@ -10,6 +10,7 @@ import torch
 from pipeline.evaluation.metrics import (
     _sqrtm_trace_of_covariances,
     cross_seed_halves,
+    extrapolated_frechet_distance,
     frechet_distance,
     groups_of,
     mean_pairwise_distance,
@@ -26,6 +27,32 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
     # |mu|^2 + tr(I + 4I - 2 * 2I) = 1 + 3 * (1 + 4 - 4) = 4
     assert frechet_distance(a, b) == pytest.approx(4.0, rel=0.05)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_extrapolated_frechet_distance_removes_most_of_the_small_sample_bias():
+    """Paired features a student-like generator gives (the reference plus a small error of
+    its own and a small shift): the FD of 400 rows is several times the population's, the
+    extrapolation lands near it (Chong and Forsyth's FD_inf), on every draw of the data."""
+    dims, rows, shift, noise = 32, 400, 0.02, 0.3
+    # population FD: |shift|^2 D + D (sqrt(1 + noise^2) - 1)^2 (isotropic covariances)
+    true = dims * shift ** 2 + dims * (math.sqrt(1 + noise ** 2) - 1) ** 2
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        a = torch.randn(rows, dims, generator=g)
+        b = a + noise * torch.randn(rows, dims, generator=g) + shift
+        biased, extrapolated = frechet_distance(a, b), extrapolated_frechet_distance(a, b)
+        assert biased > 2 * true
+        assert abs(extrapolated - true) < 0.35 * (biased - true)
+    assert extrapolated_frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert extrapolated_frechet_distance(a, b) == extrapolated_frechet_distance(a, b)  # seeded
+
+
+def test_the_extrapolated_frechet_distance_needs_twice_the_dimensions_in_half_the_rows():
+    a = torch.randn(60, 16)
+    assert math.isnan(extrapolated_frechet_distance(a, a + 0.1))  # 30 rows < 2 * 16
+    assert math.isfinite(extrapolated_frechet_distance(torch.randn(64, 16), a[:1].repeat(64, 1)
+                                                       + torch.randn(64, 16)))
+    assert math.isnan(extrapolated_frechet_distance(a, a[:40]))  # not paired
 
 
 def test_fewer_samples_than_features_gives_the_covariance_routes_value():
